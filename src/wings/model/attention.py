@@ -1,0 +1,107 @@
+"""The router's input, read from the LLM's own attention kernel without materialising attention matrices.
+
+The router needs, per query token i and head h, the attention mass on visual keys
+`m[i, h] = sum_{j visual} A_h[i, j]`. Appending one value channel that is 1 on visual keys and 0 elsewhere
+makes any attention kernel (SDPA, flash, eager) return exactly that sum in the extra output channel. We pad
+queries and keys with zeros to the same width (scores unchanged, scaling passed explicitly) so kernels that
+need equal head sizes, and a multiple of 8, accept it.
+
+The wrapped kernels are registered with transformers' `AttentionInterface` under `wings_<backend>`; the LLM
+of a WINGS model runs with that name and everything else in transformers stays as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX = "wings_"
+# Extra channels appended to q/k/v: one carries the visual indicator, the rest keep the width a multiple of 8.
+EXTRA_CHANNELS = 8
+SUPPORTED_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Llama-family eager attention (grouped KV, fp32 softmax); output (B, L, H, D)."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def base_attention_function(backend: str) -> Callable:
+    """The kernel that `backend` names in transformers (eager is ours: the LLMs keep theirs module-private)."""
+    if backend == "eager":
+        return eager_attention
+    return ALL_ATTENTION_FUNCTIONS[backend]
+
+
+def make_visual_mass_attention(backend: str) -> Callable:
+    """Wrap `backend` so that WINGS layers also get the per-head attention mass on visual keys."""
+    base = base_attention_function(backend)
+
+    def attention_with_visual_mass(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        runtime = getattr(module, "wings_runtime", None)
+        context = runtime.context if runtime is not None else None
+        if context is None or not context.wants_visual_mass(module.layer_idx):
+            return base(module, query, key, value, attention_mask, **kwargs)
+        head_dim = value.shape[-1]
+        kwargs.setdefault("scaling", module.scaling)  # padding must not change the 1/sqrt(d) scale
+        indicator = context.key_is_visual[:, None, :, None].to(value.dtype)  # (B, 1, T, 1)
+        indicator = indicator.expand(value.shape[0], value.shape[1], -1, 1)
+        padded_value = torch.cat([value, indicator, value.new_zeros(*indicator.shape[:-1], EXTRA_CHANNELS - 1)], -1)
+        padded_query = F.pad(query, (0, EXTRA_CHANNELS))
+        padded_key = F.pad(key, (0, EXTRA_CHANNELS))
+        output, weights = base(module, padded_query, padded_key, padded_value, attention_mask, **kwargs)
+        context.visual_mass[module.layer_idx] = output[..., head_dim].float()  # (B, L, H)
+        return output[..., :head_dim], weights
+
+    return attention_with_visual_mass
+
+
+def register_wings_attention() -> None:
+    """Register `wings_<backend>` attention and mask functions with transformers (idempotent)."""
+    for backend in SUPPORTED_BACKENDS:
+        name = PREFIX + backend
+        if name in ALL_ATTENTION_FUNCTIONS.valid_keys():
+            continue
+        if backend != "eager" and backend not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+            continue
+        AttentionInterface.register(name, make_visual_mass_attention(backend))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[backend])
+
+
+def wings_attention_name(backend: str | None) -> str:
+    """`sdpa` -> `wings_sdpa`; raises for backends the router cannot read yet."""
+    backend = (backend or "sdpa").removeprefix(PREFIX)
+    if backend not in SUPPORTED_BACKENDS:
+        raise ValueError(
+            f"attn_implementation={backend!r} is not supported by WINGS' router; use one of {SUPPORTED_BACKENDS}."
+        )
+    return PREFIX + backend

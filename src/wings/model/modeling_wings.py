@@ -1,0 +1,489 @@
+"""`WingsForConditionalGeneration`: vision tower -> projector -> any Llama-family HF LLM, with WINGS learners.
+
+The LLM is used as it is: the learners attach from outside, through a forward hook on each chosen decoder
+layer's `self_attn` (which receives the attention's normalised input x and returns a), so that layer computes
+`h + a + learners(x)`. The router's visual-attention mass comes from the LLM's own attention kernel (see
+`attention.py`). The learners' keys and values live in the same HF `Cache` as the LLM's, as extra cache
+layers, so beam search, cropping and batch selection treat them like every other layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .attention import register_wings_attention, wings_attention_name
+from .configuration_wings import WingsConfig
+from .learners import LearnerInputs, WingsLayer
+
+IGNORE_INDEX = -100
+
+
+class WingsProjector(nn.Module):
+    """Linear(d_v, d) -> GELU -> Linear(d, d): vision features to the LLM's embedding space."""
+
+    def __init__(self, vision_hidden_size: int, text_hidden_size: int, activation: str = "gelu"):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_hidden_size, text_hidden_size)
+        self.act = ACT2FN[activation]
+        self.linear_2 = nn.Linear(text_hidden_size, text_hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class LearnerRuntime:
+    """Per-forward state shared by the hooks (a plain object, so it is never a parameter or buffer)."""
+
+    def __init__(self) -> None:
+        self.context: LearnerInputs | None = None
+
+
+def check_llm_layout(llm: nn.Module) -> None:
+    """Raise, before any computation, if `llm` is not a Llama-family causal LM that learners can attach to."""
+    name = type(llm).__name__
+    base = getattr(llm, "model", None)
+    layers = getattr(base, "layers", None)
+    problems = []
+    if base is None or layers is None or len(layers) == 0:
+        problems.append("no decoder layers at `model.layers`")
+    else:
+        attention = getattr(layers[0], "self_attn", None)
+        if attention is None or not hasattr(attention, "layer_idx"):
+            problems.append("decoder layers have no `self_attn` with a `layer_idx`")
+        if getattr(layers[0], "input_layernorm", None) is None:
+            problems.append("decoder layers have no pre-attention norm `input_layernorm`")
+    if base is not None and getattr(base, "rotary_emb", None) is None:
+        problems.append("no rotary embedding at `model.rotary_emb`")
+    if getattr(llm, "lm_head", None) is None:
+        problems.append("no `lm_head`")
+    config = getattr(llm, "config", None)
+    if config is not None and config.hidden_size % config.num_attention_heads:
+        problems.append("hidden_size is not a multiple of num_attention_heads")
+    if problems:
+        raise ValueError(
+            f"{name} is not supported: WINGS attaches to Llama-family decoder LLMs (Llama, Qwen2/2.5/3, Mistral, "
+            f"SmolLM2) and this one has {'; '.join(problems)}. Load the LLM with AutoModelForCausalLM and check it "
+            "follows that layout."
+        )
+
+
+def as_vision_model(vision: PreTrainedModel) -> PreTrainedModel:
+    """A vision-only tower: a full CLIP/SigLIP model (text + vision) is reduced to its vision part."""
+    vision_config = getattr(vision.config, "vision_config", None)
+    if vision_config is None:
+        return vision
+    tower = AutoModel.from_config(vision_config)
+    tower.vision_model.load_state_dict(vision.vision_model.state_dict())
+    return tower.to(dtype=vision.dtype)
+
+
+class WingsPreTrainedModel(PreTrainedModel):
+    config_class = WingsConfig
+    config: WingsConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Learner matrices carry their own rule (A ~ trunc-normal, B = 0, router = 0); see learners.py.
+        if getattr(module, "wings_zero_init", False):
+            init.zeros_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif (std := getattr(module, "wings_init_std", None)) is not None:
+            init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        else:
+            super()._init_weights(module)
+
+
+class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
+    """A multimodal LLM: vision tower, projector, the LLM, and the WINGS learners beside its attention.
+
+    With `config.learners == "none"` it is the LLaVA-style baseline on the same code.
+    """
+
+    def __init__(
+        self,
+        config: WingsConfig,
+        language_model: PreTrainedModel | None = None,
+        vision_tower: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        register_wings_attention()
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        check_llm_layout(self.language_model)
+        config.text_config = self.language_model.config
+        text = config.text_config
+        if config.vision_config is not None:
+            self.vision_tower = vision_tower or AutoModel.from_config(config.vision_config)
+            config.vision_config = self.vision_tower.config
+            self.projector = WingsProjector(
+                config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act
+            )
+        else:
+            self.vision_tower = self.projector = None
+        self.wings_layers = nn.ModuleDict(
+            {
+                str(index): WingsLayer(
+                    text.hidden_size, text.num_attention_heads, config.lorra_rank, config.learners,
+                    config.lorra_init_std,
+                )
+                for index in config.learner_layers
+            }
+        )
+        self.learner_rotary = self._build_learner_rotary()
+        self._runtime = LearnerRuntime()
+        self._attach_learners()
+        self.post_init()
+
+    # ----- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_llm_and_vision(
+        cls,
+        llm: PreTrainedModel | str,
+        vision: PreTrainedModel | str | None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        **wings_options: Any,
+    ) -> "WingsForConditionalGeneration":
+        """Build a WINGS model around an existing LLM and vision tower (objects, hub ids or local paths).
+
+        `wings_options` are `WingsConfig` fields (learners, wings_layers, lorra_rank, ...). New modules
+        (projector, learners, routers) are freshly initialised; the LLM and tower keep their weights.
+        """
+        base_llm = llm if isinstance(llm, str) else getattr(llm, "name_or_path", None) or None
+        base_vision = vision if isinstance(vision, str) else getattr(vision, "name_or_path", None) or None
+        load_kwargs = {"dtype": dtype} if dtype is not None else {}
+        if isinstance(llm, str):
+            llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
+        check_llm_layout(llm)
+        if isinstance(vision, str):
+            vision = AutoModel.from_pretrained(vision, **load_kwargs)
+        if vision is not None:
+            vision = as_vision_model(vision)
+        config = WingsConfig(
+            text_config=llm.config,
+            vision_config=vision.config if vision is not None else None,
+            base_llm=base_llm,
+            base_vision=base_vision,
+            **wings_options,
+        )
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        else:
+            config._attn_implementation = llm.config._attn_implementation
+        model = cls(config, language_model=llm, vision_tower=vision)
+        return model.to(dtype=llm.dtype)
+
+    def _build_learner_rotary(self) -> nn.Module | None:
+        """The learners use head size d/H; when the LLM's head size differs (e.g. Qwen3) they get their own rope."""
+        text = self.config.text_config
+        learner_head_dim = text.hidden_size // text.num_attention_heads
+        llm_head_dim = getattr(text, "head_dim", None) or learner_head_dim
+        if not self.wings_layers or llm_head_dim == learner_head_dim:
+            return None
+        rope_config = copy.deepcopy(text)
+        rope_config.head_dim = learner_head_dim
+        return type(self.language_model.model.rotary_emb)(config=rope_config)
+
+    def _attach_learners(self) -> None:
+        """Hook each chosen decoder layer's attention and route it through the visual-mass kernel."""
+        self._use_wings_attention()
+        layers = self.language_model.model.layers
+        for index in self.config.learner_layers:
+            attention = layers[index].self_attn
+            object.__setattr__(attention, "wings_runtime", self._runtime)  # read by the attention kernel
+            attention.register_forward_hook(partial(self._add_learner_outputs, index), with_kwargs=True)
+
+    def _use_wings_attention(self) -> None:
+        """Run the LLM with `wings_<backend>`; re-applied if someone switched the backend since."""
+        text = self.language_model.config
+        if self.wings_layers and not str(text._attn_implementation).startswith("wings_"):
+            text._attn_implementation_internal = wings_attention_name(text._attn_implementation)
+
+    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs: Any) -> None:
+        super().set_attn_implementation(attn_implementation, **kwargs)
+        self._use_wings_attention()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        # The learners read per-forward state outside the checkpointed layer: only non-reentrant replay sees it.
+        kwargs_ = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    # ----- images -----------------------------------------------------------------------------------------
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(num_images, image_seq_length, hidden_size) visual features X_v."""
+        tower_dtype = next(self.vision_tower.parameters()).dtype
+        outputs = self.vision_tower(pixel_values=pixel_values.to(tower_dtype), output_hidden_states=True)
+        features = outputs.hidden_states[self.config.vision_feature_layer]
+        if self.config.has_cls_token and self.config.vision_feature_select_strategy == "default":
+            features = features[:, 1:]
+        return self.projector(features)
+
+    def _check_images(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """The visual-position mask; raises when images and placeholders do not match."""
+        is_visual = input_ids == self.config.image_token_id
+        per_sample = is_visual.sum(dim=1).tolist()
+        per_image = self.config.image_seq_length
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if num_images and self.vision_tower is None:
+            raise ValueError("pixel_values were given but this model has no vision tower (vision_config is None).")
+        if any(count % per_image for count in per_sample):
+            raise ValueError(
+                f"Image placeholder tokens per sample {per_sample} are not multiples of {per_image} (the visual tokens "
+                "of one image): expand each image placeholder with WingsProcessor, and never truncate inside an image."
+            )
+        expected = sum(per_sample) // per_image
+        if expected != num_images:
+            raise ValueError(
+                f"The input_ids hold placeholders for {expected} image(s) but pixel_values holds {num_images}: "
+                "give exactly one image per placeholder, in order of appearance."
+            )
+        return is_visual
+
+    def _zero_weighted_pass(self, reference: torch.Tensor) -> torch.Tensor:
+        """0 * (vision tower, projector, visual learners, routers on a dummy input), for text-only training batches.
+
+        Under DDP or DeepSpeed ZeRO-3 every rank must run the same modules; a rank whose batch has no image
+        would otherwise skip them and hang the others. The result is exactly 0 with a gradient path.
+        """
+        size = self.config.vision_config.image_size
+        dummy = torch.zeros(1, 3, size, size, device=reference.device)
+        features = self.get_image_features(dummy)[:, :1].to(reference.dtype)  # (1, 1, d)
+        total = features.sum()
+        heads = self.config.text_config.num_attention_heads
+        head_dim = self.config.text_config.hidden_size // heads
+        cos = torch.ones(1, 1, head_dim, device=reference.device, dtype=reference.dtype)
+        sin = torch.zeros_like(cos)
+        allow = torch.ones(1, 1, 1, dtype=torch.bool, device=reference.device)
+        for layer in self.wings_layers.values():
+            keys, values = layer.visual_learner.keys_and_values(features, cos, sin)
+            total = total + layer.visual_learner(features, cos, sin, keys, values, allow).sum()
+            if layer.router is not None:
+                mass = torch.zeros(1, 1, heads, device=reference.device)
+                total = total + sum(w.sum() for w in layer.router(mass, allow[..., 0]))
+        return total * 0.0
+
+    # ----- the learners -----------------------------------------------------------------------------------
+    def _learner_inputs(
+        self,
+        inputs_embeds: torch.Tensor,
+        is_visual: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Cache | None,
+        past_length: int,
+    ) -> LearnerInputs:
+        """Masks and rotary tables shared by every WINGS layer of this forward."""
+        key_is_visual = is_visual
+        if cache is not None:
+            indicator = is_visual[:, None, :, None].to(torch.float32)
+            stored, _ = cache.update(indicator, indicator, self._cache_index("meta"))
+            key_is_visual = stored[:, 0, :, 0].bool()
+        total = key_is_visual.shape[1]
+        key_valid = attention_mask[:, -total:].bool()
+        query_index = torch.arange(past_length, past_length + is_visual.shape[1], device=is_visual.device)
+        causal = torch.arange(total, device=is_visual.device)[None, :] <= query_index[:, None]  # (L, T)
+        admissible = causal[None] & key_valid[:, None, :]
+        visual_key_mask = admissible & key_is_visual[:, None, :]
+        rotary = self.learner_rotary or self.language_model.model.rotary_emb
+        cos, sin = rotary(inputs_embeds, position_ids)
+        return LearnerInputs(
+            key_input=inputs_embeds,
+            key_is_visual=key_is_visual,
+            visual_key_mask=visual_key_mask,
+            text_key_mask=admissible & ~key_is_visual[:, None, :],
+            has_visual_key=visual_key_mask.any(dim=-1),
+            any_visual=bool(key_is_visual.any()),
+            learner_layers=frozenset(self.config.learner_layers),
+            routed=self.config.learners == "wings",
+            cos=cos,
+            sin=sin,
+            past_length=past_length,
+        )
+
+    def _cache_index(self, kind: str, layer_index: int | None = None) -> int:
+        """Where learner state lives in the HF cache: after the LLM's own layers."""
+        first = self.config.text_config.num_hidden_layers
+        order = self.config.learner_layers
+        if kind == "meta":
+            return first + 2 * len(order)
+        return first + 2 * order.index(layer_index) + (0 if kind == "visual" else 1)
+
+    def _cached_keys(
+        self, cache: Cache, layer_index: int, kind: str, keys: torch.Tensor, values: torch.Tensor, past_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._cache_index(kind, layer_index)
+        missing = past_length - cache.get_seq_length(index)
+        if missing > 0:  # the visual learner skipped earlier text-only steps: their keys are never admissible
+            keys = torch.cat([keys.new_zeros(*keys.shape[:2], missing, keys.shape[-1]), keys], dim=2)
+            values = torch.cat([values.new_zeros(*values.shape[:2], missing, values.shape[-1]), values], dim=2)
+        return cache.update(keys, values, index)
+
+    def _add_learner_outputs(
+        self, layer_index: int, module: nn.Module, args: tuple, kwargs: dict, output: tuple
+    ) -> tuple | None:
+        """Forward hook on `self_attn`: returns (a + learners(x), attention weights)."""
+        inputs = self._runtime.context
+        if inputs is None:  # the LLM called on its own behaves as the base LLM
+            return None
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        layer = self.wings_layers[str(layer_index)]
+        keys = layer.learner_keys(inputs.key_input, inputs.cos, inputs.sin, use_visual=inputs.any_visual)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            past_length = inputs.past_length
+            keys = {kind: self._cached_keys(cache, layer_index, kind, *kv, past_length) for kind, kv in keys.items()}
+        added = layer(x, inputs.cos, inputs.sin, keys, inputs, inputs.visual_mass.get(layer_index))
+        if added is None:
+            return None
+        attention_output, weights = output[0], output[1]
+        return (attention_output + added.to(attention_output.dtype), weights, *output[2:])
+
+    # ----- forward ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Token ids with `image_token_id` at visual positions, `pixel_values` one image per placeholder run.
+
+        With `labels` (unshifted, -100 where unsupervised) the loss is computed from the LM head at labelled
+        positions only, and `logits` is None.
+        """
+        cache = cache if cache is not None else past_key_values
+        kwargs.pop("image_token_mask", None)  # the processor's copy of what input_ids already say
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Give exactly one of input_ids or inputs_embeds.")
+        if input_ids is not None:
+            is_visual = self._check_images(input_ids, pixel_values)
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_visual, 0))
+            if pixel_values is not None and pixel_values.shape[0]:
+                features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
+                inputs_embeds = inputs_embeds.masked_scatter(is_visual.unsqueeze(-1), features)
+            elif self.training and self.vision_tower is not None and torch.is_grad_enabled():
+                inputs_embeds = inputs_embeds + self._zero_weighted_pass(inputs_embeds)
+        else:
+            if pixel_values is not None:
+                raise ValueError("pixel_values need input_ids (to know where the images go), not inputs_embeds.")
+            is_visual = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        if labels is not None and labels.shape != is_visual.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)} but the inputs {tuple(is_visual.shape)}.")
+
+        use_cache = use_cache if use_cache is not None else (self.config.text_config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.language_model.config)
+        if not use_cache:
+            cache = None
+        if cache is not None and self.wings_layers:
+            while len(cache.layers) <= self._cache_index("meta"):  # learner slots after the LLM's layers
+                cache.layers.append(DynamicLayer())
+        past_length = cache.get_seq_length() if cache is not None else 0
+        batch, length = is_visual.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=is_visual.device)
+        if position_ids is None:  # true positions: padding does not shift them
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+        self._use_wings_attention()
+        self._runtime.context = None
+        if self.wings_layers:
+            self._runtime.context = self._learner_inputs(
+                inputs_embeds, is_visual, attention_mask, position_ids, cache, past_length
+            )
+        try:
+            outputs = self.language_model.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        finally:
+            if not (self.training and torch.is_grad_enabled()):  # checkpoint replays in backward still need it
+                self._runtime.context = None
+        hidden_states = outputs.last_hidden_state
+        lm_head = self.get_output_embeddings()
+
+        loss = logits = None
+        if labels is not None:
+            loss = self.labelled_loss(hidden_states, labels, lm_head, num_items_in_batch)
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = lm_head(hidden_states[:, keep, :])
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache if use_cache else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def labelled_loss(
+        self,
+        hidden_states: torch.Tensor,
+        labels: torch.Tensor,
+        lm_head: nn.Module,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Next-token cross-entropy from the LM head applied only where a label exists."""
+        targets = labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        vocab_size = lm_head.weight.shape[0]
+        bad = selected & ((targets < 0) | (targets >= vocab_size))
+        if bad.any():
+            raise ValueError(
+                f"labels hold {int(bad.sum())} id(s) outside the vocabulary [0, {vocab_size}) (image placeholders?): "
+                f"set them to {IGNORE_INDEX}."
+            )
+        logits = lm_head(hidden_states[:, :-1][selected]).float()
+        total = F.cross_entropy(logits, targets[selected], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else selected.sum().clamp(min=1)
+        if isinstance(count, torch.Tensor):
+            count = count.to(total.device)
+        return total / count
+
+
+__all__ = ["WingsForConditionalGeneration", "WingsPreTrainedModel", "WingsProjector", "check_llm_layout"]

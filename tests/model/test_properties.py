@@ -1,0 +1,246 @@
+"""The properties WINGS.md requires of the model, each as a test, on several LLM families and vision towers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from wings import WingsConfig, WingsForConditionalGeneration
+
+from .tiny import image_ids, randomize_learners, sample, tiny_wings
+
+FAMILIES = ["qwen2", "llama", "mistral", "qwen3"]
+TOWERS = ["siglip", "clip"]
+ATOL = 1e-6
+
+
+def logits(model, ids, pixels=None, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=ids, pixel_values=pixels, **kwargs).logits
+
+
+# 1. Zero-init equivalence -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_init_text_only_equals_base_llm(family):
+    model = tiny_wings(family)
+    base_llm = copy.deepcopy(model.language_model)
+    base_llm.config._attn_implementation_internal = "sdpa"  # the plain LLM, not our attention kernel
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]])
+    with torch.no_grad():
+        expected = base_llm(input_ids=ids).logits
+    torch.testing.assert_close(logits(model, ids), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family,tower", [("qwen2", "siglip"), ("llama", "clip"), ("qwen3", "siglip")])
+def test_zero_init_image_input_equals_llava_baseline(family, tower):
+    wings_model = tiny_wings(family, tower)
+    baseline = tiny_wings(family, tower, learners="none")
+    missing, unexpected = baseline.load_state_dict(wings_model.state_dict(), strict=False)
+    assert not missing and all(key.startswith("wings_layers.") for key in unexpected)
+    ids, pixels = sample(wings_model, images=2)
+    torch.testing.assert_close(logits(wings_model, ids, pixels), logits(baseline, ids, pixels), atol=ATOL, rtol=0)
+    # ... and the learners do change the output once trained (the test above is not vacuous)
+    randomize_learners(wings_model)
+    assert (logits(wings_model, ids, pixels) - logits(baseline, ids, pixels)).abs().max() > 1e-3
+
+
+# 2. Causality -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family,tower", [("qwen2", "siglip"), ("llama", "clip")])
+@pytest.mark.parametrize("mode", ["wings", "visual"])
+def test_changing_a_token_never_changes_earlier_outputs(family, tower, mode):
+    model = tiny_wings(family, tower, learners=mode)
+    randomize_learners(model)
+    ids, pixels = sample(model, images=2)
+    reference = logits(model, ids, pixels)
+    for position in [2, ids.shape[1] - 3]:  # a text token before the images, one after them
+        changed = ids.clone()
+        changed[0, position] = 77
+        out = logits(model, changed, pixels)
+        torch.testing.assert_close(out[:, :position], reference[:, :position], atol=ATOL, rtol=0)
+        assert (out[:, position:] - reference[:, position:]).abs().max() > 1e-4
+    # changing the second image changes nothing before its first visual token
+    second_image_start = (ids[0] == model.config.image_token_id).nonzero()[model.config.image_seq_length].item()
+    other_pixels = pixels.clone()
+    other_pixels[1] = torch.randn_like(other_pixels[1])
+    out = logits(model, ids, other_pixels)
+    torch.testing.assert_close(out[:, :second_image_start], reference[:, :second_image_start], atol=ATOL, rtol=0)
+    assert (out[:, second_image_start:] - reference[:, second_image_start:]).abs().max() > 1e-4
+
+
+# 3. KV cache --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family,tower", [("qwen2", "siglip"), ("llama", "clip"), ("qwen3", "siglip")])
+def test_cached_generation_equals_recomputation(family, tower):
+    model = tiny_wings(family, tower)
+    randomize_learners(model)
+    ids, pixels = sample(model, images=2)
+    kwargs = dict(input_ids=ids, pixel_values=pixels, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    with torch.no_grad():
+        cached = model.generate(**kwargs, use_cache=True)
+        recomputed = model.generate(**kwargs, use_cache=False)
+    assert cached.shape[1] == ids.shape[1] + 12
+    assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.parametrize("first_has_image", [True, False])
+def test_cache_continues_across_turns_with_new_images(first_has_image):
+    """Prefill turn 1, then turn 2 (with another image) on the same cache == one forward over both turns."""
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    turn1, pixels1 = sample(model, images=1 if first_has_image else 0, seed=1)
+    turn2, pixels2 = sample(model, text_before=(30, 31), images=1, text_after=(40, 41), seed=2)
+    everything = torch.cat([turn1, turn2], dim=1)
+    all_pixels = torch.cat([p for p in (pixels1, pixels2) if p is not None])
+    full = logits(model, everything, all_pixels)
+    with torch.no_grad():
+        first = model(input_ids=turn1, pixel_values=pixels1, use_cache=True)
+        mask = torch.ones_like(everything)
+        second = model(input_ids=turn2, pixel_values=pixels2, cache=first.cache, attention_mask=mask, use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, atol=1e-5, rtol=0)
+
+
+# 4. Padding ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_samples_alone(side):
+    """A batch of a two-image sample and a text-only one, padded, gives each sample's own outputs."""
+    model = tiny_wings("llama", "siglip")
+    randomize_learners(model)
+    long_ids, long_pixels = sample(model, images=2)
+    short_ids = torch.tensor([[4, 5, 6, 7, 8]])
+    pad = long_ids.shape[1] - short_ids.shape[1]
+    padding = torch.zeros(1, pad, dtype=torch.long)
+    short_padded = torch.cat([padding, short_ids] if side == "left" else [short_ids, padding], dim=1)
+    short_mask = torch.cat([padding, torch.ones_like(short_ids)] if side == "left" else
+                           [torch.ones_like(short_ids), padding], dim=1)
+    batch = torch.cat([long_ids, short_padded])
+    mask = torch.cat([torch.ones_like(long_ids), short_mask])
+    out = logits(model, batch, long_pixels, attention_mask=mask)
+    torch.testing.assert_close(out[:1], logits(model, long_ids, long_pixels), atol=1e-5, rtol=0)
+    real = short_mask[0].bool()
+    torch.testing.assert_close(out[1, real], logits(model, short_ids)[0], atol=1e-5, rtol=0)
+
+
+def test_left_padded_batch_generation_equals_single_generation():
+    model = tiny_wings("qwen2", "siglip")
+    randomize_learners(model)
+    ids_a, pixels_a = sample(model, images=1, seed=3)
+    ids_b, pixels_b = sample(model, text_before=(9,), images=1, text_after=(12, 13), seed=4)
+    pad = ids_a.shape[1] - ids_b.shape[1]
+    batch = torch.cat([ids_a, torch.cat([torch.zeros(1, pad, dtype=torch.long), ids_b], 1)])
+    mask = torch.cat([torch.ones_like(ids_a), torch.cat([torch.zeros(1, pad), torch.ones_like(ids_b)], 1).long()])
+    options = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        together = model.generate(input_ids=batch, attention_mask=mask, pixel_values=torch.cat([pixels_a, pixels_b]),
+                                  **options)
+        alone_a = model.generate(input_ids=ids_a, pixel_values=pixels_a, **options)
+        alone_b = model.generate(input_ids=ids_b, pixel_values=pixels_b, **options)
+    assert torch.equal(together[0, -8:], alone_a[0, -8:])
+    assert torch.equal(together[1, -8:], alone_b[0, -8:])
+
+
+# 5. Text-only input -------------------------------------------------------------------------------------------
+def test_text_only_input_skips_visual_learner_and_gives_textual_weight_one():
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    calls = {"visual": 0, "router": 0}
+    for layer in model.wings_layers.values():
+        layer.visual_learner.register_forward_hook(lambda *a: calls.__setitem__("visual", calls["visual"] + 1))
+        layer.router.register_forward_hook(lambda *a: calls.__setitem__("router", calls["router"] + 1))
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    out = logits(model, ids)
+    assert calls == {"visual": 0, "router": 0}
+    # w_t = 1: the same as running the textual learner alone with weight 1 (visual learner removed)
+    textual_only = copy.deepcopy(model)
+    for layer in textual_only.wings_layers.values():
+        layer.visual_learner = None
+    torch.testing.assert_close(out, logits(textual_only, ids), atol=ATOL, rtol=0)
+
+
+def test_router_gives_textual_weight_one_before_the_first_image():
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    captured = []
+    model.wings_layers["0"].router.register_forward_hook(lambda module, args, out: captured.append(out))
+    ids, pixels = sample(model, text_before=(5, 6, 7), images=1)
+    logits(model, ids, pixels)
+    visual_weight, textual_weight = captured[0]
+    assert torch.all(visual_weight[0, :3] == 0) and torch.all(textual_weight[0, :3] == 1)
+    after = slice(3, None)
+    assert torch.all(visual_weight[0, after] > 0) and torch.allclose(
+        visual_weight[0, after] + textual_weight[0, after], torch.ones(1))
+
+
+# 6. Attention backend -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_sdpa_and_eager_give_the_same_outputs_and_router_weights(family):
+    results = {}
+    for backend in ["sdpa", "eager"]:
+        model = tiny_wings(family, attn=backend)
+        randomize_learners(model)
+        captured = []
+        for layer in model.wings_layers.values():
+            layer.router.register_forward_hook(lambda module, args, out: captured.append(torch.cat(out, -1)))
+        ids, pixels = sample(model, images=2)
+        results[backend] = (logits(model, ids, pixels), torch.stack(captured))
+        assert model.language_model.config._attn_implementation == f"wings_{backend}"
+    torch.testing.assert_close(results["sdpa"][0], results["eager"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results["sdpa"][1], results["eager"][1], atol=1e-5, rtol=0)
+
+
+def test_router_mass_equals_attention_probabilities_on_visual_keys():
+    """The extra value channel gives exactly sum_j A[i, j] over visual keys (checked against eager weights)."""
+    model = tiny_wings("llama", attn="eager")
+    randomize_learners(model)
+    ids, pixels = sample(model, images=1)
+    weights = []
+    model.language_model.model.layers[1].self_attn.register_forward_hook(lambda m, a, out: weights.append(out[1]))
+    masses = []
+    model.wings_layers["1"].router.register_forward_pre_hook(lambda m, args: masses.append(args[0]))
+    logits(model, ids, pixels)
+    visual = ids[0] == model.config.image_token_id
+    expected = weights[0][0][:, :, visual].sum(-1).transpose(0, 1)  # (L, H)
+    torch.testing.assert_close(masses[0][0], expected.float(), atol=1e-6, rtol=0)
+
+
+def test_switching_backend_after_construction_keeps_the_router_input():
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    ids, pixels = sample(model, images=1)
+    before = logits(model, ids, pixels)
+    model.set_attn_implementation("eager")
+    assert model.language_model.config._attn_implementation == "wings_eager"
+    torch.testing.assert_close(logits(model, ids, pixels), before, atol=1e-5, rtol=0)
+
+
+# 7. Images anywhere -------------------------------------------------------------------------------------------
+def test_images_anywhere_including_none_and_back_to_back():
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    size = model.config.vision_config.image_size
+    ids = torch.tensor([image_ids(model, 2) + [5, 6] + image_ids(model) + [7]])  # starts with two images
+    pixels = torch.randn(3, 3, size, size)
+    out = logits(model, ids, pixels)
+    assert out.shape == (1, ids.shape[1], model.config.text_config.vocab_size) and torch.isfinite(out).all()
+    no_images = logits(model, torch.tensor([[5, 6, 7]]))
+    assert torch.isfinite(no_images).all()
+
+
+def test_layer_subset_and_rank_are_configurable():
+    model = tiny_wings("qwen2", wings_layers=[0, 2], lorra_rank=3)
+    assert sorted(model.wings_layers.keys()) == ["0", "2"]
+    assert model.wings_layers["0"].visual_learner.query.down.weight.shape == (3, 32)
+    randomize_learners(model)
+    with torch.no_grad():
+        generated = model.generate(*sample(model)[:1], pixel_values=sample(model)[1], max_new_tokens=4,
+                                   do_sample=False)
+    assert generated.shape[1] == sample(model)[0].shape[1] + 4
+
+
+def test_from_llm_and_vision_uses_the_given_modules():
+    reference = tiny_wings("llama", "clip")
+    llm, vision = reference.language_model, reference.vision_tower
+    model = WingsForConditionalGeneration.from_llm_and_vision(llm, vision, learners="wings", lorra_rank=4)
+    assert model.language_model is llm and model.vision_tower is vision
+    assert model.config.lorra_rank == 4 and isinstance(model.config, WingsConfig)
+    assert model.config.text_config.model_type == "llama" and model.config.vision_config.model_type.startswith("clip")
