@@ -15,7 +15,7 @@ class WingsConfig(PreTrainedConfig):
 
     Args:
         text_config: config of the LLM (any Llama-family causal LM: Llama, Qwen2/2.5/3, Mistral, SmolLM2).
-        vision_config: config of the vision tower (SigLIP or CLIP vision model).
+        vision_config: config of the vision tower (SigLIP or CLIP vision model); None for a model without one.
         image_token_id: id marking visual positions in `input_ids`. Defaults to the LLM's `vocab_size`: one
             past the text vocabulary, never looked up in the embedding table, so the LLM is never resized.
         projector_hidden_act: activation between the projector's two linear layers.
@@ -36,7 +36,7 @@ class WingsConfig(PreTrainedConfig):
     model_type = "wings"
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
     }
 
     text_config: dict | PreTrainedConfig | None = None

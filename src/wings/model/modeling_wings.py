@@ -33,6 +33,7 @@ from .configuration_wings import WingsConfig
 from .learners import LearnerInputs, WingsLayer
 
 IGNORE_INDEX = -100
+PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
 
 
 class WingsProjector(nn.Module):
@@ -227,10 +228,24 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         super().set_attn_implementation(attn_implementation, **kwargs)
         self._use_wings_attention()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
-        # The learners read per-forward state outside the checkpointed layer: only non-reentrant replay sees it.
-        kwargs_ = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_, **kwargs)
+    def _activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        # The learners read per-forward state from outside the checkpointed layer: only non-reentrant replay sees it.
+        kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
+        super()._activation_checkpointing_enable(kwargs, every_n_layers, offload)
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters by role (the training stages freeze, train and set learning rates by group)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
+        for name, parameter in self.named_parameters():
+            if name.startswith("wings_layers."):
+                part = name.split(".")[2]
+                group = {"visual_learner": "visual_learners", "textual_learner": "textual_learners"}.get(part, "routers")
+            else:
+                group = {"language_model": "llm"}.get(name.split(".")[0], name.split(".")[0])
+            groups[group].append((name, parameter))
+        return groups
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -254,11 +269,16 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     def _check_images(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """The visual-position mask; raises when images and placeholders do not match."""
         is_visual = input_ids == self.config.image_token_id
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if self.vision_tower is None:
+            if num_images or is_visual.any():
+                raise ValueError(
+                    "Images were given (pixel_values or image placeholders in input_ids) but this model has no "
+                    "vision tower (vision_config is None): build it with a vision tower, or send text only."
+                )
+            return is_visual
         per_sample = is_visual.sum(dim=1).tolist()
         per_image = self.config.image_seq_length
-        num_images = 0 if pixel_values is None else pixel_values.shape[0]
-        if num_images and self.vision_tower is None:
-            raise ValueError("pixel_values were given but this model has no vision tower (vision_config is None).")
         if any(count % per_image for count in per_sample):
             raise ValueError(
                 f"Image placeholder tokens per sample {per_sample} are not multiples of {per_image} (the visual tokens "
@@ -486,4 +506,10 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         return total / count
 
 
-__all__ = ["WingsForConditionalGeneration", "WingsPreTrainedModel", "WingsProjector", "check_llm_layout"]
+__all__ = [
+    "PARAMETER_GROUPS",
+    "WingsForConditionalGeneration",
+    "WingsPreTrainedModel",
+    "WingsProjector",
+    "check_llm_layout",
+]
