@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))  # the tiny chat tokenizers live there
-from chat_tokenizers import build_processor  # noqa: E402
-
-from wings.model.processing_wings import IGNORE_INDEX, SampleDropped, WingsProcessor  # noqa: E402
+from tests.data.chat_tokenizers import build_processor
+from wings.model.processing_wings import IGNORE_INDEX, SampleDropped, WingsProcessor
 
 SEQ = 16  # visual tokens per image: (32 // 8) ** 2
 END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
@@ -32,6 +27,11 @@ def style(request) -> str:
 @pytest.fixture
 def processor(style) -> WingsProcessor:
     return build_processor(style)
+
+
+@pytest.fixture
+def chatml_processor() -> WingsProcessor:
+    return build_processor("chatml")
 
 
 def red(width: int = 40, height: int = 20) -> Image.Image:
@@ -132,8 +132,8 @@ def test_images_alone_over_max_length_drop_the_sample(chatml_processor):
 
 
 def test_sample_with_no_answer_left_after_truncation_is_dropped(chatml_processor):
-    with pytest.raises(SampleDropped, match=r"^no assistant token within max_length=10$"):
-        chatml_processor.encode_conversation(CONVERSATION, [red()], max_length=10)
+    with pytest.raises(SampleDropped, match=r"^no assistant token within max_length=25$"):
+        chatml_processor.encode_conversation(CONVERSATION, [red()], max_length=25)
 
 
 def test_pad_to_square_uses_the_mean_colour_and_resize_stretches(style):

@@ -244,3 +244,8 @@ def test_from_llm_and_vision_uses_the_given_modules():
     assert model.language_model is llm and model.vision_tower is vision
     assert model.config.lorra_rank == 4 and isinstance(model.config, WingsConfig)
     assert model.config.text_config.model_type == "llama" and model.config.vision_config.model_type.startswith("clip")
+    assert vision.config._attn_implementation == "sdpa"  # the composite config must not reset the tower's backend
+    assert llm.config._attn_implementation == "wings_sdpa"
+    eager = WingsForConditionalGeneration.from_llm_and_vision(
+        tiny_wings("qwen2").language_model, tiny_wings("qwen2").vision_tower, attn_implementation="eager")
+    assert eager.language_model.config._attn_implementation == "wings_eager"

@@ -184,6 +184,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             vision = AutoModel.from_pretrained(vision, **load_kwargs)
         if vision is not None:
             vision = as_vision_model(vision)
+        # A composite config resets its sub-configs' attention backends: remember them and set them back.
+        text_backend = (attn_implementation or llm.config._attn_implementation or "sdpa").removeprefix("wings_")
+        vision_backend = (vision.config._attn_implementation if vision is not None else None) or "sdpa"
         config = WingsConfig(
             text_config=llm.config,
             vision_config=vision.config if vision is not None else None,
@@ -191,10 +194,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             base_vision=base_vision,
             **wings_options,
         )
-        if attn_implementation is not None:
-            config._attn_implementation = attn_implementation
-        else:
-            config._attn_implementation = llm.config._attn_implementation
+        config._attn_implementation = {"": text_backend, "text_config": text_backend, "vision_config": vision_backend}
         model = cls(config, language_model=llm, vision_tower=vision)
         return model.to(dtype=llm.dtype)
 

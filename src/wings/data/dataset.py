@@ -1,0 +1,227 @@
+"""Training data sets: one indexed conversation file, and a mixture of several with ratios.
+
+A `ConversationDataset` checks every record's structure once when built (cheap: no image is
+opened) and fails fast on the first bad one, naming file, record and field, unless
+`skip_invalid=True`, which skips bad records and reports how many and why. Images are opened
+and samples tokenized only in `__getitem__`, i.e. in the data loader's workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from wings.data.formats import Conversation, RecordError, RecordFile, normalize_record
+from wings.data.images import ImageLoadError
+from wings.data.validation import Problem, conversation_problems
+
+if TYPE_CHECKING:
+    from wings.model.processing_wings import WingsProcessor
+
+logger = logging.getLogger(__name__)
+
+# Rough characters per token, only to group samples of similar length (never to truncate).
+CHARS_PER_TOKEN = 4
+IMAGES_ALONE_TOO_LONG = "images alone exceed max_length"
+NO_ANSWER_LEFT = "no assistant token left after truncation"
+
+
+class InvalidSampleError(ValueError):
+    """A bad sample met while training with `skip_invalid=False`; the message names it and what to do."""
+
+
+class ConversationDataset(Dataset):
+    """The samples of one LLaVA / "messages" / OpenAI-parts file, encoded by a `WingsProcessor`.
+
+    Args:
+        path: JSON array or JSON Lines file.
+        processor: turns conversations into model inputs.
+        image_folder: where relative image paths resolve (default: the file's folder).
+        max_length: truncation length in tokens (images never cut); None: no limit.
+        skip_invalid: skip bad records (counted in `skipped`) instead of raising `InvalidSampleError`.
+        check_image_files: check at build time that every image file exists (one `stat` each).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        processor: "WingsProcessor",
+        image_folder: str | os.PathLike | None = None,
+        max_length: int | None = None,
+        skip_invalid: bool = False,
+        check_image_files: bool = True,
+    ):
+        self.records = RecordFile(path)
+        self.path = self.records.path
+        self.image_folder = os.fspath(Path(path).parent if image_folder is None else image_folder)
+        self.processor = processor
+        self.max_length = max_length
+        self.skip_invalid = skip_invalid
+        self.skipped: Counter = Counter()  # reason -> count, for bad records (with skip_invalid)
+        self.dropped: Counter = Counter()  # reason -> count, for samples that cannot fit max_length
+        self.indices, self.lengths, self.has_images = self._scan(check_image_files)
+        if self.skipped or self.dropped:
+            logger.warning("%s: %s", self.path, self.summary())
+
+    def summary(self) -> str:
+        """One line: how many samples are used, skipped and dropped, and why."""
+        parts = [f"{len(self)} of {len(self.records)} records used"]
+        if self.skipped:
+            parts.append("skipped " + ", ".join(f"{n} ({reason})" for reason, n in self.skipped.most_common()))
+        if self.dropped:
+            parts.append("dropped " + ", ".join(f"{n} ({reason})" for reason, n in self.dropped.most_common()))
+        return "; ".join(parts)
+
+    def _scan(self, check_image_files: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        indices, lengths, has_images = [], [], []
+        image_seq_length = self.processor.image_seq_length
+        for index in range(len(self.records)):
+            try:
+                conversation = self.conversation(index)
+                problems = conversation_problems(conversation, check_image_files)
+            except RecordError as error:
+                problems = [Problem(index, error.field, "format", error.reason)]
+            if problems:
+                if not self.skip_invalid:
+                    raise InvalidSampleError(
+                        f"{self.path}: {problems[0]}. Fix it (`wings data check {self.path}` lists every "
+                        "problem) or pass skip_invalid=True (--skip-invalid-samples) to skip such records"
+                    )
+                self.skipped[problems[0].kind] += 1
+                continue
+            image_tokens = len(conversation.images) * image_seq_length
+            if self.max_length is not None and image_tokens > self.max_length:
+                self.dropped[IMAGES_ALONE_TOO_LONG] += 1
+                continue
+            indices.append(index)
+            lengths.append(image_tokens + conversation.num_text_chars // CHARS_PER_TOKEN + 4 * len(conversation.messages))
+            has_images.append(bool(conversation.images))
+        return np.asarray(indices, dtype=np.int64), np.asarray(lengths, dtype=np.int64), np.asarray(has_images, bool)
+
+    def conversation(self, record_index: int) -> Conversation:
+        """The record at `record_index` of the file (not of the data set), normalised."""
+        return normalize_record(self.records.record(record_index), self.image_folder, self.path, record_index)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        from wings.model.processing_wings import SampleDropped
+
+        # A sample that turns out bad here (unreadable image, nothing left after truncation) is replaced by the next.
+        for attempt in range(len(self)):
+            record_index = int(self.indices[(item + attempt) % len(self)])
+            conversation = self.conversation(record_index)
+            try:
+                return self.processor.encode_conversation(conversation.to_chat(), conversation.images, self.max_length)
+            except SampleDropped as error:
+                self.dropped[NO_ANSWER_LEFT if "assistant" in str(error) else IMAGES_ALONE_TOO_LONG] += 1
+                logger.warning("%s: record %d dropped: %s", self.path, record_index, error)
+            except (ImageLoadError, ValueError) as error:
+                if not self.skip_invalid:
+                    raise InvalidSampleError(
+                        f"{self.path}: record {record_index}: {error}. Fix it or pass skip_invalid=True "
+                        "(--skip-invalid-samples) to skip such records"
+                    ) from error
+                self.skipped["unreadable image" if isinstance(error, ImageLoadError) else "encoding"] += 1
+                logger.warning("%s: record %d skipped: %s", self.path, record_index, error)
+        raise InvalidSampleError(f"{self.path}: no usable sample left ({self.summary()})")
+
+
+class MixtureDataset(Dataset):
+    """Several data sets mixed by ratio: each contributes `ratio x len(dataset)` samples.
+
+    A ratio of 0.5 takes a random half of a data set, 2.0 takes it twice; the choice is fixed by
+    `seed`. `lengths` and `has_images` follow, for the length- and modality-grouped sampler.
+    """
+
+    def __init__(self, datasets: Sequence[ConversationDataset], ratios: Sequence[float], seed: int = 0):
+        if len(datasets) != len(ratios):
+            raise ValueError(f"{len(datasets)} data sets but {len(ratios)} ratios")
+        if any(ratio < 0 for ratio in ratios):
+            raise ValueError(f"ratios must be >= 0, got {list(ratios)}")
+        self.datasets = list(datasets)
+        self.ratios = list(ratios)
+        generator = np.random.default_rng(seed)
+        parts = []
+        for number, (dataset, ratio) in enumerate(zip(self.datasets, self.ratios)):
+            count = int(round(ratio * len(dataset)))
+            repeats, remainder = divmod(count, len(dataset)) if len(dataset) else (0, 0)
+            chosen = np.concatenate([np.tile(np.arange(len(dataset)), repeats),
+                                     generator.permutation(len(dataset))[:remainder]]).astype(np.int64)
+            parts.append(np.stack([np.full_like(chosen, number), chosen], axis=1))
+        self.index = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+        self.lengths = np.asarray([self.datasets[d].lengths[i] for d, i in self.index], dtype=np.int64)
+        self.has_images = np.asarray([self.datasets[d].has_images[i] for d, i in self.index], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        dataset_number, sample = self.index[item]
+        return self.datasets[int(dataset_number)][int(sample)]
+
+    def summary(self) -> str:
+        return "\n".join(
+            f"{dataset.path}: ratio {ratio} -> {int((self.index[:, 0] == n).sum())} samples; {dataset.summary()}"
+            for n, (dataset, ratio) in enumerate(zip(self.datasets, self.ratios))
+        )
+
+
+@dataclass
+class DataSource:
+    """One entry of a data config: a file, its image folder, and its mixing ratio."""
+
+    path: str
+    image_folder: str | None = None
+    ratio: float = 1.0
+
+
+def read_data_config(config: str | os.PathLike | dict[str, Any]) -> list[DataSource]:
+    """Read ``datasets: [{path, image_folder, ratio}, ...]`` from a YAML file or a dict.
+
+    Relative paths in a YAML file resolve against the file's folder.
+    """
+    base = None
+    if not isinstance(config, dict):
+        base = Path(config).parent
+        with open(config, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+    entries = config.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("the data config needs a non-empty 'datasets' list of {path, image_folder, ratio}")
+    sources = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ValueError(f"datasets[{number}]: expected {{path, image_folder, ratio}}, got {entry!r}")
+        unknown = set(entry) - {"path", "image_folder", "ratio"}
+        if unknown:
+            raise ValueError(f"datasets[{number}]: unknown key(s) {sorted(unknown)}; use path, image_folder, ratio")
+
+        def resolve(value: str | None) -> str | None:
+            return value if value is None or base is None or os.path.isabs(value) else str(base / value)
+
+        sources.append(DataSource(resolve(entry["path"]), resolve(entry.get("image_folder")), float(entry.get("ratio", 1.0))))
+    return sources
+
+
+def build_dataset(
+    config: str | os.PathLike | dict[str, Any],
+    processor: "WingsProcessor",
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    seed: int = 0,
+) -> MixtureDataset:
+    """The training set a data config describes (one or several files, mixed by ratio)."""
+    sources = read_data_config(config)
+    datasets = [ConversationDataset(s.path, processor, s.image_folder, max_length, skip_invalid) for s in sources]
+    return MixtureDataset(datasets, [source.ratio for source in sources], seed=seed)

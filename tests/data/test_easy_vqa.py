@@ -1,0 +1,72 @@
+"""easy-VQA conversion: several Q/A turns per image, train and test splits, answer types."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from wings.data.easy_vqa import convert_easy_vqa
+from wings.data.formats import read_conversations
+from wings.data.validation import check_file
+
+
+@pytest.fixture
+def fake_easy_vqa(tmp_path):
+    """The package's data layout in miniature: answers.txt, {train,test}/questions.json and images/."""
+    source = tmp_path / "easy_vqa_data"
+    (source / "answers.txt").parent.mkdir()
+    (source / "answers.txt").write_text("circle\nred\nyes\nno\n")
+    questions = {
+        "train": [["what shape?", "circle", 0], ["is it red?", "yes", 0], ["is it blue?", "no", 0], ["what colour?", "red", 1]],
+        "test": [["what shape is it?", "circle", 0], ["is there a circle?", "yes", 0]],
+    }
+    for split, rows in questions.items():
+        (source / split / "images").mkdir(parents=True)
+        (source / split / "questions.json").write_text(json.dumps(rows))
+        for image_id in {row[2] for row in rows}:
+            Image.new("RGB", (64, 64), (255, 0, 0)).save(source / split / "images" / f"{image_id}.png")
+    return source
+
+
+def test_conversion_layout_and_turns(tmp_path, fake_easy_vqa):
+    out = tmp_path / "out"
+    counts = convert_easy_vqa(out, data_dir=fake_easy_vqa)
+    assert counts["train"] == {"images": 2, "questions": 4, "yes_no_questions": 2, "conversations": 2}
+    assert counts["test"] == {"images": 1, "questions": 2, "yes_no_questions": 1, "conversations": 1}
+    train = read_conversations(out / "train.json")
+    assert [len(c.messages) for c in train] == [6, 2]  # all of an image's questions in one conversation
+    assert train[0].messages[0].content.startswith("<image>\n") and train[0].num_placeholders == 1
+    assert train[0].images == [str(out / "images" / "train" / "0.png")]
+    records = json.loads((out / "train.json").read_text())
+    answer_types = dict(zip([m.content for m in train[0].messages[1::2]], records[0]["answer_types"]))
+    assert answer_types == {"circle": "open", "yes": "yes/no", "no": "yes/no"}
+    test_questions = [json.loads(line) for line in (out / "test_questions.jsonl").read_text().splitlines()]
+    assert test_questions[1] == {"id": "test-0-1", "image": "images/test/0.png", "question": "is there a circle?",
+                                 "answer": "yes", "type": "yes/no"}
+    answers = json.loads((out / "answers.json").read_text())
+    assert answers["answers"] == ["circle", "red", "yes", "no"] and answers["yes_no"] == ["yes", "no"]
+    assert check_file(out / "train.json").problems == [] and check_file(out / "test.json").problems == []
+    split = convert_easy_vqa(tmp_path / "split", data_dir=fake_easy_vqa, max_turns=2)
+    assert split["train"]["conversations"] == 3
+
+
+def test_cli_converts_and_prints_counts(tmp_path, fake_easy_vqa, capsys):
+    from tests.data.test_validation import run_cli
+
+    assert run_cli("data", "easy-vqa", "--out", str(tmp_path / "o"), "--source", str(fake_easy_vqa), "--max-turns", "1") == 0
+    out = capsys.readouterr().out
+    assert f"train: 2 images, 4 questions (2 yes/no) in 4 conversations -> {tmp_path}/o/train.json" in out
+    assert (tmp_path / "o" / "images" / "test" / "0.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_real_easy_vqa_package(tmp_path):
+    pytest.importorskip("easy_vqa", reason="easy-vqa is an optional extra: pip install 'wings[data]'")
+    counts = convert_easy_vqa(tmp_path)
+    assert counts["answers"] == 13
+    assert counts["train"] == {"images": 4000, "questions": 38575, "yes_no_questions": 28407, "conversations": 4000}
+    assert counts["test"] == {"images": 1000, "questions": 9673, "yes_no_questions": 7136, "conversations": 1000}
+    report = check_file(tmp_path / "test.json")
+    assert report.problems == [] and report.assistant_turns == 9673

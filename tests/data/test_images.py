@@ -1,0 +1,98 @@
+"""Opening images: every PIL mode to RGB, EXIF orientation, the pixel limit, corrupt and missing files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wings.data.images import ImageLoadError, load_image, pad_to_square, to_rgb
+
+
+def saved(tmp_path, image: Image.Image, name: str, **options) -> str:
+    path = tmp_path / name
+    image.save(path, **options)
+    return str(path)
+
+
+def pixel(image: Image.Image, xy=(0, 0)) -> tuple:
+    assert image.mode == "RGB"
+    return image.getpixel(xy)
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    rgba.putpixel((1, 1), (255, 0, 0, 255))
+    image = load_image(saved(tmp_path, rgba, "a.png"))
+    assert pixel(image) == (255, 255, 255) and pixel(image, (1, 1)) == (255, 0, 0)
+    assert pixel(to_rgb(Image.new("LA", (2, 2), (0, 0)))) == (255, 255, 255)
+    assert pixel(to_rgb(Image.new("LA", (2, 2), (0, 255)))) == (0, 0, 0)
+
+
+def test_palette_with_transparency(tmp_path):
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.info["transparency"] = 0
+    palette.putpixel((0, 0), 0)
+    image = load_image(saved(tmp_path, palette, "p.png", transparency=0))
+    assert pixel(image) == (255, 255, 255) and pixel(image, (1, 1)) == (0, 255, 0)
+
+
+def test_greyscale_cmyk_and_sixteen_bit(tmp_path):
+    assert pixel(load_image(saved(tmp_path, Image.new("L", (2, 2), 7), "l.png"))) == (7, 7, 7)
+    assert pixel(load_image(saved(tmp_path, Image.new("CMYK", (2, 2), (0, 255, 255, 0)), "c.jpg", quality=100)))[0] > 240
+    sixteen = Image.fromarray(np.array([[65535, 32768], [0, 257]], dtype=np.uint16))
+    image = load_image(saved(tmp_path, sixteen, "i16.png"))
+    assert [pixel(image, xy)[0] for xy in ((0, 0), (1, 0), (0, 1), (1, 1))] == [255, 128, 0, 1]
+    assert pixel(to_rgb(Image.new("1", (2, 2), 1))) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    wide = Image.new("RGB", (8, 4), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image = load_image(saved(tmp_path, wide, "o.jpg", exif=exif.tobytes()))
+    assert image.size == (4, 8)
+
+
+def test_pixel_limit_refuses_large_images_naming_the_file(tmp_path):
+    path = saved(tmp_path, Image.new("RGB", (100, 50)), "big.png")
+    with pytest.raises(ImageLoadError, match=rf"^{path}: image is 100x50 = 5,000 pixels, over the limit of 4,999 "):
+        load_image(path, max_pixels=4999)
+    assert load_image(path, max_pixels=5000).size == (100, 50)
+
+
+def test_corrupt_truncated_and_missing_files_are_errors_naming_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match=rf"^{corrupt}: not a readable image file \(corrupt or not an image\)$"):
+        load_image(corrupt)
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="PNG")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageLoadError, match=rf"^{truncated}: corrupt or truncated image file"):
+        load_image(truncated)
+    with pytest.raises(ImageLoadError, match=rf"^{tmp_path}/nope.png: image file not found$"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageLoadError, match="remote images are not fetched"):
+        load_image("https://example.com/cat.png")
+
+
+def test_data_url_and_bytes(tmp_path):
+    import base64
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert pixel(load_image(url)) == (1, 2, 3)
+    assert pixel(load_image(buffer.getvalue())) == (1, 2, 3)
+
+
+def test_pad_to_square_centres_the_image():
+    square = pad_to_square(Image.new("RGB", (6, 2), (255, 0, 0)), (9, 9, 9))
+    assert square.size == (6, 6)
+    assert square.getpixel((0, 0)) == (9, 9, 9) and square.getpixel((0, 2)) == (255, 0, 0)
+    assert square.getpixel((0, 3)) == (255, 0, 0) and square.getpixel((0, 4)) == (9, 9, 9)
