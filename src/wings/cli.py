@@ -13,8 +13,16 @@ import sys
 
 # (command, module that defines it, one-line help); the module must provide `add_parser(subparsers)`.
 COMMANDS: list[tuple[str, str, str]] = [
-    ("info", "wings.model.cli", "build a WINGS model from an LLM and a vision tower and describe it"),
+    ("build", "wings.model.cli", "build a WINGS model from an LLM and a vision tower, save it with its processor"),
+    ("train", "wings.training.cli", "train one stage (align, instruct, llava-align, llava-instruct) from a YAML config"),
+    ("export", "wings.training.cli", "write a standalone HF directory from a checkpoint that leaves out a frozen LLM"),
+    ("data", "wings.data.cli", "check data files and convert data sets"),
     ("eval", "wings.evaluation.cli", "score models and their base LLM on text tasks; write the forgetting report"),
+    ("chat", "wings.serving.chat", "talk to a WINGS model in the terminal, with images"),
+    ("generate", "wings.serving.batch", "answer a file of conversations in batches (resumable)"),
+    ("serve", "wings.serving.serve", "serve a WINGS model over an OpenAI-compatible HTTP API"),
+    ("analyze", "wings.analysis.cli", "attention-shift analysis: LAWS curves per layer and the shift/score plot"),
+    ("iit", "wings.analysis.iit_cli", "build the Interleaved Image-Text (IIT) benchmark"),
 ]
 
 
@@ -29,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

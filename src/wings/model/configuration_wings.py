@@ -31,6 +31,9 @@ class WingsConfig(PreTrainedConfig):
         lorra_init_std: std of the truncated-normal init of the A matrices (B starts at 0).
         base_llm: name or path of the LLM this model was built from (for provenance and evaluation).
         base_vision: name or path of the vision tower this model was built from.
+        llm_checkpoint: set when the checkpoint leaves out the LLM's weights (they were frozen while training):
+            where to read them (a registry name, an HF causal-LM directory or a WINGS checkpoint).
+            `from_pretrained` loads them from there; `wings export` writes a standalone directory.
     """
 
     model_type = "wings"
@@ -51,6 +54,7 @@ class WingsConfig(PreTrainedConfig):
     lorra_init_std: float = 0.02
     base_llm: str | None = None
     base_vision: str | None = None
+    llm_checkpoint: str | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -10,7 +10,10 @@ layers, so beam search, cropping and batch selection treat them like every other
 from __future__ import annotations
 
 import copy
+import json
+import os
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -159,6 +162,39 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         self.post_init()
 
     # ----- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, plus the LLM's weights from `config.llm_checkpoint` when the
+        checkpoint leaves them out (saved while the LLM was frozen)."""
+        config = kwargs.get("config")
+        if not isinstance(config, WingsConfig):
+            config = WingsConfig.from_pretrained(pretrained_model_name_or_path)
+        if not config.llm_checkpoint:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        cls._keys_to_ignore_on_load_missing = [r"^language_model\."]  # they come from llm_checkpoint below
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        finally:
+            cls._keys_to_ignore_on_load_missing = None
+        model.load_llm_weights(model.config.llm_checkpoint)
+        return model
+
+    def load_llm_weights(self, source: str) -> None:
+        """Copy the LLM's weights from a registry name, an HF causal-LM directory or a WINGS checkpoint."""
+        from .registry import resolve_llm  # the registry imports the GGUF tooling lazily
+
+        path = resolve_llm(source)
+        if not Path(path, "config.json").is_file():
+            raise FileNotFoundError(
+                f"this checkpoint reads its LLM weights from {source!r}, which is not available here "
+                f"({path} has no config.json): make it available, or use a checkpoint made by `wings export`."
+            )
+        if json.loads(Path(path, "config.json").read_text()).get("model_type") == WingsConfig.model_type:
+            state = type(self).from_pretrained(path).language_model.state_dict()
+        else:
+            state = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).state_dict()
+        self.language_model.load_state_dict(state, strict=True)
+
     @classmethod
     def from_llm_and_vision(
         cls,

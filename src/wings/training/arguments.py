@@ -1,0 +1,233 @@
+"""`wings train` configuration: a YAML file of sections, every key overridable as `--section.key value`.
+
+    stage: align                       # align | instruct | llava-align | llava-instruct
+    model:    {llm: ..., vision: ..., init_from: ..., lorra_rank: 16, ...}       ModelArguments
+    data:     {datasets: [{path: ..., image_folder: ..., ratio: 1.0}], ...}      DataArguments
+    optim:    {learning_rates: {projector: 1e-3}, weight_decay: {...}}          OptimArguments
+    training: {output_dir: runs/x, max_steps: 100, ...}   any transformers TrainingArguments field
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wings.model.modeling_wings import PARAMETER_GROUPS
+
+from .stages import STAGES
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (printed by `wings train --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class ModelArguments:
+    """What to train: a new WINGS model around an LLM and a vision tower, or a previous stage's output."""
+
+    llm: str | None = option(None, "LLM to build on: registry name (smollm2-135m-instruct), hub id or directory")
+    vision: str | None = option(
+        "siglip-scratch-64", "vision tower: SigLIP/CLIP hub id or directory, or a from-scratch preset"
+    )
+    init_from: str | None = option(None, "start from this earlier stage's output directory instead of llm/vision")
+    lorra_rank: int = option(16, "rank of the learners' low-rank projections (the paper's 7B models use 64)")
+    wings_layers: list[int] | None = option(None, "decoder layers that get learners (default: all)")
+    train_vision_tower: bool | None = option(
+        None, "train the vision tower too (default: yes in the first stage when it is a from-scratch preset)"
+    )
+    attn_implementation: str = option("sdpa", "attention kernel of the LLM: sdpa, eager, flash_attention_2")
+    image_preprocess: str = option("pad", "pad (to square with the mean colour) or resize")
+
+
+@dataclass
+class DataArguments:
+    """Training data: one or several files, mixed by ratio (see `wings data check`)."""
+
+    datasets: list[dict] = option([], "list of {path, image_folder, ratio}; ratio 0.5 takes half a file, 2 twice")
+    max_length: int = option(2048, "maximum tokens per sample (truncation never cuts inside an image)")
+    skip_invalid_samples: bool = option(False, "skip (and count) invalid samples instead of stopping at the first")
+    group_by_length: bool = option(True, "batches of one modality and similar lengths (less padding)")
+    padding_side: str = option("right", "padding side of training batches")
+
+
+@dataclass
+class OptimArguments:
+    """Per-group learning rates and weight decay (groups: projector, visual_learners, textual_learners,
+    routers, llm, vision_tower); the stage's defaults (WingsMD's table) fill what is not given."""
+
+    learning_rates: dict[str, float] = option({}, "learning rate per parameter group, over the stage's defaults")
+    weight_decay: dict[str, float] = option({}, "weight decay per group (default: training.weight_decay)")
+
+
+# Defaults of the `training` section (transformers TrainingArguments), chosen for this recipe.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "num_train_epochs": 1,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,  # a fraction of the run (the authors' 3% warmup)
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "dataloader_num_workers": 0,
+    "remove_unused_columns": False,  # the collator's keys are the model's inputs
+    "seed": 42,
+    "report_to": "auto",  # tensorboard when installed; add "wandb" explicitly
+}
+
+
+@dataclass
+class TrainConfig:
+    """The whole `wings train` configuration."""
+
+    stage: str = option("align", f"training stage: {', '.join(STAGES)}")
+    model: ModelArguments = field(default_factory=ModelArguments)
+    data: DataArguments = field(default_factory=DataArguments)
+    optim: OptimArguments = field(default_factory=OptimArguments)
+    training: dict[str, Any] = field(default_factory=dict)  # transformers TrainingArguments fields
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        if not self.model.init_from and not self.model.llm:
+            raise ValueError("give model.llm (to build a new model) or model.init_from (a previous stage's output)")
+        if not self.data.datasets:
+            raise ValueError("give data.datasets: a list of {path, image_folder, ratio}")
+        for number, source in enumerate(self.data.datasets):
+            if not isinstance(source, dict) or "path" not in source:
+                raise ValueError(f"data.datasets[{number}] must be a mapping with a 'path' (got {source!r})")
+        if not self.training.get("output_dir"):
+            raise ValueError("give training.output_dir (where checkpoints and the final model go)")
+        for section in ("learning_rates", "weight_decay"):
+            unknown = set(getattr(self.optim, section)) - set(PARAMETER_GROUPS)
+            if unknown:
+                raise ValueError(f"optim.{section} has unknown groups {sorted(unknown)}; groups: {PARAMETER_GROUPS}")
+        if self.data.padding_side not in ("left", "right"):
+            raise ValueError(f"data.padding_side must be left or right, got {self.data.padding_side!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelArguments, "data": DataArguments, "optim": OptimArguments}
+
+
+def with_numbers(value: Any) -> Any:
+    """YAML 1.1 reads `1e-5` as a string; learning rates are written that way, so read them as numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in "eE.") and value.strip().lower() not in ("nan", "inf") \
+                else value
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {key: with_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_numbers(item) for item in value]
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it (numbers, booleans, lists, null)."""
+    try:
+        return with_numbers(yaml.safe_load(text))
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--section.key value` / `--key=value` pairs from the command line to the YAML mapping."""
+    raw = copy.deepcopy(raw)
+    position = 0
+    while position < len(overrides):
+        token = overrides[position]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}: overrides look like --section.key value")
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if position + 1 >= len(overrides) or overrides[position + 1].startswith("--"):
+                raise ValueError(f"--{key} needs a value")
+            position += 1
+            value = overrides[position]
+        *parents, name = key.split(".")
+        target = raw
+        for parent in parents:  # --optim.learning_rates.llm 1e-5 sets a key inside a mapping
+            target[parent] = dict(target.get(parent) or {})
+            if not isinstance(target[parent], dict):
+                raise ValueError(f"--{key}: {parent!r} is not a section")
+            target = target[parent]
+        target[name] = parse_value(value)
+        position += 1
+    return raw
+
+
+def build_config(raw: dict[str, Any], source: str = "the configuration") -> TrainConfig:
+    """Typed configuration from a mapping; unknown keys are errors naming the section and the valid keys."""
+    unknown = set(raw) - {"stage", "training", *SECTIONS}
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; use stage, model, data, optim, training")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {name!r} must be a mapping")
+        valid = {f.name for f in dataclasses.fields(cls)}
+        bad = set(values) - valid
+        if bad:
+            raise ValueError(f"{source}: unknown keys {sorted(bad)} in section {name!r}; valid: {sorted(valid)}")
+        sections[name] = cls(**values)
+    training = {**TRAINING_DEFAULTS, **(raw.get("training") or {})}
+    config = TrainConfig(stage=raw.get("stage", "align"), training=training, **sections)
+    config.validate()
+    return config
+
+
+def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
+    """Read the YAML file (if any), apply command-line overrides, and type-check the result."""
+    raw: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            raw = with_numbers(yaml.safe_load(file.read_text()) or {})
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a mapping of sections (stage, model, data, optim, training)")
+    raw = apply_overrides(raw, overrides)
+    return build_config(raw, source=path or "the command line")
+
+
+def describe_options() -> str:
+    """The text of `wings train --help`: every option with its default and meaning."""
+    lines = ["Options (in the YAML file, or on the command line as --section.key value):", ""]
+    lines.append(f"  --stage {{{','.join(STAGES)}}}")
+    for stage in STAGES.values():
+        lines.append(f"      {stage.name}: {stage.description}; default learning rates {stage.learning_rates}")
+    for name, cls in SECTIONS.items():
+        lines += ["", f"  {name}: {cls.__doc__.splitlines()[0]}"]
+        for item in dataclasses.fields(cls):
+            default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+            lines.append(f"    --{name}.{item.name} (default: {default!r})")
+            lines.append(f"        {item.metadata.get('help', '')}")
+    lines += ["", "  training: any transformers TrainingArguments field, e.g. --training.output_dir runs/x",
+              "    --training.max_steps 100 --training.per_device_train_batch_size 8 --training.bf16 true;",
+              "    defaults here: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items())]
+    return "\n".join(lines)
+
+
+def command_line(argv: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in argv)

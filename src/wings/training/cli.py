@@ -1,0 +1,67 @@
+"""`wings train` (one stage, from a YAML config plus `--section.key value` overrides) and `wings export`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .arguments import command_line, describe_options, load_config
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .run import run_stage  # torch/transformers load only when a run starts
+
+    overrides = list(args.overrides)
+    if args.skip_invalid_samples:
+        overrides += ["--data.skip_invalid_samples", "true"]
+    config = load_config(args.config, overrides)
+    output = run_stage(config, command=command_line(["wings", *sys.argv[1:]]), force=args.force)
+    print(f"\n{config.stage} done: {output}")
+    if config.stage in ("align", "llava-align"):
+        following = "instruct" if config.stage == "align" else "llava-instruct"
+        print(f"next stage: wings train --config CONFIG --stage {following} --model.init_from {output}")
+    else:
+        print(f"chat with it: wings chat --model {output}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from wings.model.modeling_wings import WingsForConditionalGeneration
+    from wings.model.processing_wings import WingsProcessor
+
+    from .provenance import read_provenance
+    from .trainer import PROVENANCE_FILE
+
+    source, target = Path(args.checkpoint), Path(args.out)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"{source} holds no model (config.json)")
+    model = WingsForConditionalGeneration.from_pretrained(source)  # reads a left-out LLM from its reference
+    model.config.llm_checkpoint = None
+    model.save_pretrained(target)
+    WingsProcessor.from_pretrained(source).save_pretrained(target)
+    provenance = read_provenance(source)
+    if provenance is not None:
+        provenance["exported_from"] = str(source)
+        (target / PROVENANCE_FILE).write_text(__import__("json").dumps(provenance, indent=2, default=str))
+    print(f"exported a standalone model to {target} (loads with AutoModelForImageTextToText.from_pretrained)")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    if name == "export":
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--checkpoint", required=True, help="a training output or checkpoint directory")
+        parser.add_argument("--out", required=True, help="where to write the standalone HF directory")
+        parser.set_defaults(func=run_export)
+        return
+    parser = subparsers.add_parser(
+        name, help=help_text, description=help_text, epilog=describe_options(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file with the sections stage, model, data, optim, training")
+    parser.add_argument("--force", action="store_true", help="retrain even if the output directory is finished")
+    parser.add_argument("--skip-invalid-samples", action="store_true",
+                        help="skip (and count) invalid samples instead of stopping at the first")
+    # Any further `--section.key value` pairs override the YAML file (collected by wings.cli as `overrides`).
+    parser.set_defaults(func=run_train, accepts_overrides=True)

@@ -1,0 +1,161 @@
+"""One training stage from a `TrainConfig`: model, data, Trainer, resume, final model with its provenance."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from wings.data.collator import WingsCollator
+from wings.data.dataset import build_dataset
+from wings.model.builder import VISION_PRESETS, build_wings
+from wings.model.modeling_wings import WingsForConditionalGeneration
+from wings.model.processing_wings import WingsProcessor
+from wings.model.registry import resolve_llm
+
+from .arguments import TrainConfig
+from .provenance import data_fingerprint, model_fingerprint, stage_record
+from .stages import Stage, get_stage, prepare_model_for_stage
+from .trainer import PROVENANCE_FILE, WingsTrainer
+
+
+def load_for_stage(config: TrainConfig, stage: Stage) -> tuple[WingsForConditionalGeneration, WingsProcessor, str]:
+    """The model in the stage's learner mode, its processor, and where its LLM weights can be read again."""
+    options = dict(attn_implementation=config.model.attn_implementation)
+    if config.model.init_from:
+        source = config.model.init_from
+        if not Path(source, "config.json").is_file():
+            raise FileNotFoundError(f"model.init_from={source} holds no model (config.json): train that stage first")
+        model = WingsForConditionalGeneration.from_pretrained(source, learners=stage.learners, **options)
+        processor = WingsProcessor.from_pretrained(source)
+        llm_reference = model.config.llm_checkpoint or source
+    else:
+        model, processor = build_wings(
+            config.model.llm, config.model.vision, image_preprocess=config.model.image_preprocess,
+            learners=stage.learners, lorra_rank=config.model.lorra_rank, wings_layers=config.model.wings_layers,
+            **options,
+        )
+        llm_reference = config.model.llm
+    return model, processor, llm_reference
+
+
+def freeze_vision_parameters_without_gradient(model: WingsForConditionalGeneration) -> list[str]:
+    """Freeze tower parameters that the features never reach (post-norm, pooling head, layers after the feature
+    layer): DDP requires every trained parameter to get a gradient."""
+    tower = [(n, p) for n, p in model.parameter_groups()["vision_tower"] if p.requires_grad]
+    if not tower:
+        return []
+    size = model.config.vision_config.image_size
+    model.get_image_features(torch.zeros(1, 3, size, size, device=model.device)).sum().backward()
+    unused = [n for n, p in tower if p.grad is None]
+    for name, parameter in tower:
+        parameter.grad = None
+        if name in set(unused):
+            parameter.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    return unused
+
+
+def training_arguments(config: TrainConfig) -> TrainingArguments:
+    values: dict[str, Any] = dict(config.training)
+    if values.get("report_to") == "auto":
+        values["report_to"] = ["tensorboard"] if importlib.util.find_spec("tensorboard") else "none"
+    if "bf16" not in values and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        values["bf16"] = True  # bf16 on GPU; fp32 on CPU
+    try:
+        return TrainingArguments(**values)
+    except TypeError as error:
+        raise ValueError(f"training section: {error} (keys must be transformers TrainingArguments fields)") from error
+
+
+def is_complete(output_dir: Path) -> bool:
+    provenance = output_dir / PROVENANCE_FILE
+    return provenance.is_file() and json.loads(provenance.read_text()).get("status") == "complete"
+
+
+def save_final(trainer: WingsTrainer, output_dir: Path, metrics: dict[str, Any]) -> None:
+    """Write the final model beside the checkpoints; config.json and provenance.json land last, so a reader
+    never sees a half-written model as complete."""
+    staging = output_dir / ".final-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if not trainer.args.should_save:
+        return
+    trainer.provenance["status"] = "complete"
+    trainer.write_provenance(str(staging), metrics)
+    last = ("config.json", PROVENANCE_FILE)
+    names = sorted(os.listdir(staging), key=lambda name: name in last)
+    for name in names:
+        target = output_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_stage(
+    config: TrainConfig, command: str = "", force: bool = False, callbacks: list[TrainerCallback] | None = None
+) -> Path:
+    """Train one stage; returns the output directory holding the final model. Resumes an interrupted run."""
+    stage = get_stage(config.stage)
+    output_dir = Path(config.training["output_dir"])
+    if is_complete(output_dir) and not force:
+        print(f"{output_dir} already holds a finished {stage.name} stage: reusing it (pass --force to retrain)")
+        return output_dir
+    args = training_arguments(config)
+    model, processor, llm_reference = load_for_stage(config, stage)
+    train_tower = config.model.train_vision_tower
+    if train_tower is None:
+        train_tower = not config.model.init_from and config.model.vision in VISION_PRESETS and stage.name.endswith("align")
+    rates = prepare_model_for_stage(model, stage, train_vision_tower=bool(train_tower))
+    for group, rate in config.optim.learning_rates.items():  # a learning rate given for a group trains it
+        rates[group] = rate
+        for _, parameter in model.parameter_groups()[group]:
+            parameter.requires_grad_(True)
+    frozen = freeze_vision_parameters_without_gradient(model)
+
+    dataset = build_dataset({"datasets": config.data.datasets}, processor, config.data.max_length,
+                            config.data.skip_invalid_samples, seed=args.seed)
+    for part in dataset.datasets:
+        print(f"data {part.path}: {part.summary()}")
+    if len(dataset) == 0:
+        raise ValueError("no usable training sample: see the data summary above (`wings data check FILE`)")
+
+    models = {
+        "llm": model_fingerprint(model.config.base_llm, _local_dir(model.config.base_llm)),
+        "vision_tower": model_fingerprint(model.config.base_vision, _local_dir(model.config.base_vision)),
+        "init_from": config.model.init_from,
+    }
+    record = stage_record(stage.name, config.to_dict(), models, data_fingerprint(config.data.datasets, dataset),
+                          config.model.init_from, command, args.world_size)
+    record.update(status="running", learning_rates=rates, frozen_vision_parameters=frozen)
+    trainer = WingsTrainer(
+        model=model, args=args, train_dataset=dataset,
+        data_collator=WingsCollator(processor.pad_token_id, padding_side=config.data.padding_side),
+        processing_class=processor, group_learning_rates=rates, group_weight_decay=config.optim.weight_decay,
+        llm_reference=llm_reference, provenance=record, group_by_length=config.data.group_by_length,
+        callbacks=callbacks,
+    )
+    resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if resume:
+        print(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    save_final(trainer, output_dir, result.metrics)
+    return output_dir
+
+
+def _local_dir(name: str | None) -> str | None:
+    if not name or name in VISION_PRESETS:
+        return None
+    try:
+        path = resolve_llm(name)
+    except (FileNotFoundError, ValueError):
+        return None
+    return path if Path(path).is_dir() else None

@@ -1,0 +1,190 @@
+"""Stages train exactly their groups at their learning rates; checkpoints are atomic, resumable, partial when
+the LLM is frozen, exportable and traceable; a NaN loss stops the run; the CLI reads YAML plus overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from transformers import TrainerCallback
+
+from wings import WingsForConditionalGeneration
+from wings.cli import main as wings_main
+from wings.training.arguments import build_config, load_config
+from wings.training.run import run_stage
+from wings.training.stages import STAGES
+from wings.training.trainer import TrainingDivergedError
+
+from .conftest import tiny_config
+
+GROUPS_TRAINED = {
+    "align": {"projector", "visual_learners", "vision_tower"},  # the from-scratch tower trains in stage 1
+    "instruct": {"projector", "visual_learners", "textual_learners", "routers", "llm"},
+    "llava-align": {"projector", "vision_tower"},
+    "llava-instruct": {"projector", "llm"},
+}
+
+
+class Snapshot(TrainerCallback):
+    """Keeps the weights at the start of training, the optimizer's groups, and every logged loss."""
+
+    def __init__(self):
+        self.before, self.optimizer_groups, self.losses = {}, [], []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None and not self.optimizer_groups:
+            self.optimizer_groups = [(g["name"], g["lr"], g["initial_lr"]) for g in optimizer.param_groups]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_trains_exactly_its_groups_at_its_learning_rates(tiny_llm_dir, tiny_data, tmp_path, stage):
+    snapshot = Snapshot()
+    config = build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / stage, stage, max_steps=3))
+    output = run_stage(config, callbacks=[snapshot])
+    model = WingsForConditionalGeneration.from_pretrained(output)
+    changed = set()
+    for group, named in model.parameter_groups().items():
+        for name, parameter in named:
+            if not torch.equal(parameter, snapshot.before[name]):
+                changed.add(group)
+    assert changed == GROUPS_TRAINED[stage]
+    expected = STAGES[stage].learning_rates
+    for name, _, initial_lr in snapshot.optimizer_groups:
+        group = name.removesuffix(".no_decay")
+        assert initial_lr == expected.get(group, expected.get("projector")), name
+
+
+def test_align_checkpoint_leaves_out_the_frozen_llm_and_export_restores_it(tiny_llm_dir, tiny_data, tmp_path):
+    config = build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align"))
+    output = run_stage(config)
+    with safe_open(output / "model.safetensors", "pt") as weights:
+        assert not [key for key in weights.keys() if key.startswith("language_model.")]
+    assert json.loads((output / "config.json").read_text())["llm_checkpoint"] == str(tiny_llm_dir)
+
+    loaded = WingsForConditionalGeneration.from_pretrained(output).eval()
+    base = WingsForConditionalGeneration.from_llm_and_vision(str(tiny_llm_dir), None).language_model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.language_model.state_dict().values(),
+                                                 base.state_dict().values()))
+    assert wings_main(["export", "--checkpoint", str(output), "--out", str(tmp_path / "standalone")]) == 0
+    standalone = WingsForConditionalGeneration.from_pretrained(tmp_path / "standalone").eval()
+    assert standalone.config.llm_checkpoint is None
+    ids = torch.tensor([[5, 6, 7] + [loaded.config.image_token_id] * loaded.config.image_seq_length + [8, 9]])
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, pixel_values=pixels).logits,
+                           standalone(input_ids=ids, pixel_values=pixels).logits)
+
+
+def test_stage_chain_and_provenance(tiny_llm_dir, tiny_data, tmp_path):
+    align = run_stage(build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align")))
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "instruct", "instruct")
+    raw["model"]["init_from"] = str(align)
+    instruct = run_stage(build_config(raw), command="wings train ...")
+    record = json.loads((instruct / "provenance.json").read_text())
+    assert record["status"] == "complete" and record["stage"] == "instruct"
+    assert [link["stage"] for link in record["stage_chain"]] == ["align", "instruct"]
+    assert record["previous"]["stage"] == "align"
+    assert record["models"]["llm"]["name"] == str(tiny_llm_dir)
+    assert set(record["models"]["llm"]["files"]) >= {"config.json", "model.safetensors"}
+    data = record["data"][0]
+    assert data["records"] == 8 and data["used"] == 8 and len(data["sha256"]) == 64
+    assert record["config"]["stage"] == "instruct" and record["code"]["transformers"]
+    assert "train_loss" in record["metrics"]
+    # the instruct stage trains the LLM: its checkpoint is standalone
+    assert json.loads((instruct / "config.json").read_text())["llm_checkpoint"] is None
+    # a second run reuses what is done
+    assert run_stage(build_config(raw)) == instruct
+
+
+class KillAt(TrainerCallback):
+    """Stands in for a kill: the process dies right after the step-`step` checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("killed")
+
+
+def test_resume_after_a_kill_continues_the_same_loss_curve(tiny_llm_dir, tiny_data, tmp_path):
+    settings = dict(max_steps=4, save_steps=2, per_device_train_batch_size=1)
+    uninterrupted = Snapshot()
+    run_stage(build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "a", **settings)), callbacks=[uninterrupted])
+
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "b", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(build_config(raw), callbacks=[KillAt(2)])
+    assert (tmp_path / "b" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (tmp_path / "b" / ".staging").exists()
+    resumed = Snapshot()
+    run_stage(build_config(raw), callbacks=[resumed])
+    assert len(uninterrupted.losses) == 4 and len(resumed.losses) == 2
+    assert resumed.losses == pytest.approx(uninterrupted.losses[2:], rel=1e-5)
+
+
+class PoisonAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                model.projector.linear_2.bias.fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llm_dir, tiny_data, tmp_path):
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "run", max_steps=6, save_steps=2)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 3.*checkpoint-2"):
+        run_stage(build_config(raw), callbacks=[PoisonAt(2)])
+    good = WingsForConditionalGeneration.from_pretrained(tmp_path / "run" / "checkpoint-2")
+    assert all(torch.isfinite(p).all() for p in good.parameters())
+    assert not (tmp_path / "run" / "config.json").exists()  # no final model from a diverged run
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"stage": "align", "model": {"llm": "x"},
+                                    "data": {"datasets": [{"path": "a.json"}]},
+                                    "training": {"output_dir": "out", "max_steps": 5}}))
+    config = load_config(str(path), ["--stage", "instruct", "--training.max_steps", "9", "--model.wings_layers",
+                                     "[0, 2]", "--optim.learning_rates.llm=1e-5", "--data.max_length=64"])
+    assert config.stage == "instruct" and config.training["max_steps"] == 9
+    assert config.optim.learning_rates == {"llm": 1e-5}
+    assert config.model.wings_layers == [0, 2] and config.data.max_length == 64
+    assert config.training["lr_scheduler_type"] == "cosine"  # the recipe's defaults fill the rest
+    with pytest.raises(ValueError, match=r"unknown keys \['lrank'\] in section 'model'"):
+        load_config(str(path), ["--model.lrank", "4"])
+    with pytest.raises(ValueError, match="stage 'pretrain' is not one of"):
+        load_config(str(path), ["--stage", "pretrain"])
+    with pytest.raises(ValueError, match="unknown groups"):
+        load_config(str(path), ["--optim.learning_rates", "{mlp: 1.0}"])
+
+
+def test_train_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        wings_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--model.lorra_rank", "--data.skip_invalid_samples", "--optim.learning_rates", "instruct:"):
+        assert option in text
+
+
+def test_train_command_end_to_end(tiny_llm_dir, tiny_data, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "out")))
+    assert wings_main(["train", "--config", str(path), "--training.max_steps", "1"]) == 0
+    assert "next stage: wings train" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["global_step"] == 1
+    missing = wings_main(["train", "--config", str(tmp_path / "nope.yaml")])
+    assert missing == 1 and "does not exist" in capsys.readouterr().err
