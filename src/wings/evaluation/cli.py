@@ -1,0 +1,69 @@
+"""`wings eval`: score models and their base LLM on the same text tasks and write the forgetting report.
+
+    wings eval --model runs/wings-smollm2 --tasks arc_easy,retention --data-dir ../shared/data --split validation
+    wings eval --model A --model B --base smollm2-135m-instruct --tasks mmlu --num-fewshot 5
+
+Without `--base`, a WINGS model's base LLM is the one it was built from (its config's `base_llm`);
+with only plain LLMs, the first `--model` is the base.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from wings.evaluation.tasks import TASKS, expand_task_names, get_task
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """Register `wings eval`."""
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--model", action="append", required=True,
+                        help="registry name, HF causal-LM directory or id, or WINGS checkpoint directory (repeatable)")  # fmt: skip
+    parser.add_argument("--base", help="the base LLM to compare against (default: the WINGS model's own base LLM)")
+    parser.add_argument("--tasks", nargs="+", default=["retention"],
+                        help=f"task names or comma lists: {', '.join(sorted(n for n in TASKS if not n.startswith('mmlu_')))}, "
+                             "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE (default: retention)")  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, help="local copies of the benchmarks, in their published layouts")
+    parser.add_argument("--split", help="evaluate this split instead of each task's default (e.g. validation)")
+    parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars before each question (default 0)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="only the first N documents of each task (quick checks)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="length of the base LLM's reference continuations")
+    parser.add_argument("--max-tokens", type=int, help="ppl: tasks score only the first N tokens of the file")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="where results.json and results.md go")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the models, evaluate them and the base LLM, write the report; return the exit code."""
+    from wings.evaluation.report import markdown_table, write_report
+    from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
+
+    for task_name in expand_task_names(args.tasks):  # fail on an unknown task before loading any model
+        get_task(task_name)
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir {args.data_dir} is not a directory")
+    dtype = getattr(torch, args.dtype)
+    models = [load_eval_model(name, dtype=dtype, device=args.device) for name in args.model]
+    base_name = args.base
+    if base_name is None:
+        bases = sorted({m.base_llm for m in models if m.is_wings and m.base_llm})
+        if len(bases) > 1:
+            raise ValueError(f"the WINGS models were built from different LLMs ({', '.join(bases)}); choose one with --base")
+        base_name = bases[0] if bases else models[0].name
+    base = next((m for m in models if m.name == base_name), None) or load_eval_model(base_name, dtype, args.device)
+    settings = EvalSettings(tasks=args.tasks, data_dir=args.data_dir, split=args.split, num_fewshot=args.num_fewshot,
+                            batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                            ppl_max_tokens=args.max_tokens, progress=not args.no_progress)  # fmt: skip
+    results = evaluate_models([m for m in models if m is not base], base, settings)
+    json_path, md_path = write_report(results, args.output_dir)
+    print(markdown_table(results))
+    print(f"wrote {json_path} and {md_path}")
+    return 0

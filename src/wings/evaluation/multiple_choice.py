@@ -1,0 +1,199 @@
+"""Multiple-choice scoring by log-likelihood, computed exactly as lm-evaluation-harness computes it.
+
+For each (context, continuation) pair: trailing spaces of the context move to the continuation, the
+whole string and the context are tokenised, and the continuation's tokens are the tail of the whole
+encoding past the context's (lm-eval's `_encode_pair`); an empty context is replaced by the prefix token
+(BOS, else EOS). The score is the summed log-probability of the continuation tokens. `acc` takes the
+argmax of the scores, `acc_norm` the argmax of score / len(choice) in characters (lm-eval's
+`completion_len`, the choice text without the delimiter). Requests are batched longest first, right-padded
+with an attention mask, so the order of the inputs never changes a score beyond float rounding.
+
+The model is anything whose `model(input_ids=..., attention_mask=...).logits` gives next-token logits:
+any Hugging Face causal LM, or a WINGS model on text-only input.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from wings.evaluation.tasks import Doc, Task
+
+FEWSHOT_SEED = 1234  # lm-eval's default `fewshot_random_seed`
+TARGET_DELIMITER = " "
+FEWSHOT_DELIMITER = "\n\n"
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    """The token that stands in for an empty context: BOS if the tokenizer has one, else EOS (as lm-eval)."""
+    token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token_id is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to stand in for an empty context")
+    return int(token_id)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation), split the way lm-eval splits them."""
+    if not context:
+        continuation_ids = tokenizer.encode(continuation)
+        return [prefix_token_id(tokenizer)], continuation_ids
+    spaces = len(context) - len(context.rstrip())
+    if spaces:  # a trailing space belongs to the next word's token in BPE vocabularies
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def model_max_length(model: Any, default: int = 2048) -> int:
+    """The longest input the model takes (config fields lm-eval reads, in its order)."""
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", None) or config
+    for attribute in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(text_config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+@torch.no_grad()
+def loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    requests: list[tuple[str, str]],
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool | str = False,
+) -> list[tuple[float, bool]]:
+    """Summed log-probability of each continuation given its context, and whether it is the greedy output."""
+    max_length = max_length or model_max_length(model)
+    device = next(model.parameters()).device
+    encoded = []
+    for context, continuation in requests:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        if not continuation_ids:
+            raise ValueError(f"continuation {continuation!r} encodes to no tokens after context {context[-60:]!r}")
+        # Left-truncate as lm-eval does: the last max_length+1 tokens, minus the final one (it is only a target).
+        tokens = (context_ids + continuation_ids)[-(max_length + 1) :]
+        encoded.append((tokens[:-1], tokens[len(tokens) - len(continuation_ids) :]))
+    # Longest first: batches of similar length waste little padding, and an out-of-memory error comes early.
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0]), i))
+    results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    label = progress if isinstance(progress, str) else "loglikelihood"
+    for batch in tqdm(batches, desc=label, disable=not progress, leave=False):
+        width = max(len(encoded[i][0]) for i in batch)
+        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, index in enumerate(batch):
+            inputs = encoded[index][0]
+            input_ids[row, : len(inputs)] = torch.tensor(inputs)
+            attention_mask[row, : len(inputs)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        for row, index in enumerate(batch):
+            inputs, targets = encoded[index]
+            end = len(inputs)
+            # Softmax only where continuation tokens are predicted: the full vocabulary is the costly axis.
+            positions = torch.log_softmax(logits[row, end - len(targets) : end].float(), dim=-1)
+            target_tensor = torch.tensor(targets, device=positions.device)
+            score = positions.gather(-1, target_tensor[:, None]).sum().item()
+            greedy = bool((positions.argmax(-1) == target_tensor).all().item())
+            results[index] = (score, greedy)
+    return results
+
+
+def _fewshot_docs(task: Task, docs: list[Doc], pool: list[Doc], num_fewshot: int) -> list[list[Doc]]:
+    """The k exemplars of each doc: the pool's first k (MMLU) or a seeded random draw per doc, as lm-eval."""
+    if num_fewshot == 0:
+        return [[] for _ in docs]
+    if len(pool) < num_fewshot:
+        raise ValueError(f"task {task.name}: {num_fewshot}-shot needs {num_fewshot} exemplars, split has {len(pool)}")
+    if task.fewshot_sampler == "first_n":
+        by_group: dict[str | None, list[Doc]] = defaultdict(list)
+        for doc in pool:
+            by_group[doc.group].append(doc)
+        return [by_group.get(doc.group, pool)[:num_fewshot] for doc in docs]
+    rng = random.Random(FEWSHOT_SEED)
+    # One generator drawn in document order: every run of the same task and k gets the same exemplars.
+    return [rng.sample(pool, num_fewshot) for _ in docs]
+
+
+def _exemplar_text(doc: Doc) -> str:
+    if doc.shared_continuation is not None:
+        return doc.choices[doc.gold] + TARGET_DELIMITER + doc.shared_continuation + FEWSHOT_DELIMITER
+    return doc.question + TARGET_DELIMITER + doc.choices[doc.gold] + FEWSHOT_DELIMITER
+
+
+def build_requests(task: Task, docs: list[Doc], fewshot: list[list[Doc]]) -> list[list[tuple[str, str]]]:
+    """The (context, continuation) pairs of each doc, with the task description and exemplars in front."""
+    all_requests = []
+    for doc, exemplars in zip(docs, fewshot):
+        prefix = (task.description(doc) if task.description else "") + "".join(map(_exemplar_text, exemplars))
+        if doc.shared_continuation is not None:
+            all_requests.append([(prefix + choice, TARGET_DELIMITER + doc.shared_continuation) for choice in doc.choices])
+        else:
+            all_requests.append([(prefix + doc.question, TARGET_DELIMITER + choice) for choice in doc.choices])
+    return all_requests
+
+
+def score_docs(docs: list[Doc], lls: list[list[float]]) -> list[dict[str, float]]:
+    """acc and acc_norm of each doc from the log-likelihoods of its choices."""
+    scores = []
+    for doc, doc_lls in zip(docs, lls):
+        lengths = [float(len(choice)) for choice in doc.choices]
+        pred = max(range(len(doc_lls)), key=lambda i: doc_lls[i])
+        pred_norm = max(range(len(doc_lls)), key=lambda i: doc_lls[i] / lengths[i])
+        scores.append({"acc": float(pred == doc.gold), "acc_norm": float(pred_norm == doc.gold)})
+    return scores
+
+
+def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def evaluate_multiple_choice(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    docs: list[Doc],
+    fewshot_pool: list[Doc] | None = None,
+    num_fewshot: int = 0,
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score a multiple-choice task: its metrics (mean and standard error), per-group scores, sample count."""
+    docs = docs[:limit] if limit else docs
+    if not docs:
+        raise ValueError(f"task {task.name}: no documents to evaluate")
+    fewshot = _fewshot_docs(task, docs, fewshot_pool or [], num_fewshot)
+    per_doc = build_requests(task, docs, fewshot)
+    flat = [request for requests in per_doc for request in requests]
+    results = loglikelihoods(model, tokenizer, flat, batch_size=batch_size, progress=progress and task.name)
+    lls, start = [], 0
+    for requests in per_doc:
+        lls.append([score for score, _ in results[start : start + len(requests)]])
+        start += len(requests)
+    scores = score_docs(docs, lls)
+    out: dict[str, Any] = {"num_samples": len(docs), "num_fewshot": num_fewshot}
+    for metric in task.metrics:
+        out[metric], out[f"{metric}_stderr"] = _mean_and_stderr([s[metric] for s in scores])
+    groups: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for doc, score in zip(docs, scores):
+        if doc.group is not None:
+            groups[doc.group].append(score)
+    if len(groups) > 1:
+        out["groups"] = {
+            name: {**{m: _mean_and_stderr([s[m] for s in group])[0] for m in task.metrics}, "num_samples": len(group)}
+            for name, group in sorted(groups.items())
+        }
+    return out

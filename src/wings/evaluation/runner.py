@@ -1,0 +1,176 @@
+"""Evaluate several models and their base LLM on the same tasks with the same prompts.
+
+`load_eval_model` accepts a registry name, a Hugging Face causal-LM directory or id, or a WINGS
+checkpoint directory (its tokenizer is saved beside it; its base LLM is read from the config).
+`evaluate_models` runs every task on every model, the base LLM first, in a fixed order with fixed
+seeds, and returns the results that `report.py` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from wings.evaluation.divergence import continuation_divergence, reference_sequences
+from wings.evaluation.multiple_choice import evaluate_multiple_choice
+from wings.evaluation.perplexity import file_perplexity
+from wings.evaluation.tasks import Doc, Task, _read_jsonl, expand_task_names, get_task, retention_file
+from wings.model.registry import resolve_llm
+
+SEED = 1234
+
+
+@dataclass
+class EvalModel:
+    """A model ready to score: its name in the report, the module, its tokenizer and its base LLM if known."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    base_llm: str | None = None
+    is_wings: bool = False
+
+
+def _is_wings_checkpoint(path: Path) -> bool:
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "wings"
+
+
+def load_eval_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> EvalModel:
+    """Load a registry name, an HF causal LM (directory or id) or a WINGS checkpoint directory for evaluation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and _is_wings_checkpoint(path):
+        try:
+            import wings  # noqa: F401  (registers the WINGS classes with the Auto classes)
+            from transformers import AutoModelForImageTextToText
+
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        except (ImportError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"{path} is a WINGS checkpoint but the WINGS model classes could not be loaded ({error}); "
+                "install the full `wings` package (src/wings/model/modeling_wings.py)"
+            ) from error
+        if not any(path.glob("tokenizer*")):
+            raise FileNotFoundError(f"WINGS checkpoint {path} has no tokenizer saved beside it (tokenizer.json)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        config = model.config
+        text_config = getattr(config, "text_config", None)
+        base = getattr(config, "base_llm", None) or getattr(text_config, "_name_or_path", None) or None
+        return EvalModel(str(name_or_path), model.to(device).eval(), tokenizer, base_llm=base, is_wings=True)
+    text = str(name_or_path)
+    looks_local = text.startswith((".", "/", "~")) or "/" not in text
+    if not path.exists() and looks_local and text.lower() not in _registry_names():
+        raise FileNotFoundError(
+            f"model '{name_or_path}' is neither a local directory, a registered LLM ({', '.join(_registry_names())}) "
+            "nor a Hugging Face id (owner/name)"
+        )
+    resolved = resolve_llm(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype)
+    except OSError as error:  # hub id unreachable offline, or a directory without weights
+        raise FileNotFoundError(f"model '{name_or_path}' could not be loaded from {resolved}: {error}") from error
+    return EvalModel(str(name_or_path), model.to(device).eval(), tokenizer)
+
+
+def _registry_names() -> list[str]:
+    from wings.model.registry import list_llms
+
+    return list_llms()
+
+
+@dataclass
+class EvalSettings:
+    """What to run and how: the same settings apply to every model, so scores are comparable."""
+
+    tasks: list[str]
+    data_dir: Path | None = None
+    split: str | None = None  # overrides each task's default split
+    num_fewshot: int = 0
+    batch_size: int = 16
+    limit: int | None = None  # first N documents per task, for quick checks
+    max_new_tokens: int = 32  # length of the base LLM's reference continuations (retention_lm)
+    ppl_max_tokens: int | None = None  # `ppl:` tasks score only the first N tokens of the file
+    progress: bool = True
+
+
+def seed_everything(seed: int = SEED) -> None:
+    """Fix every random source scoring could touch (few-shot draws use their own seeded generator)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _load_docs(task: Task, settings: EvalSettings) -> tuple[list[Doc], list[Doc]]:
+    split = settings.split or task.split
+    docs = task.load(settings.data_dir, split)
+    pool: list[Doc] = []
+    if settings.num_fewshot:
+        if task.fewshot_split is None:
+            raise ValueError(f"task {task.name} has no few-shot split; run it with --num-fewshot 0")
+        pool = task.load(settings.data_dir, task.fewshot_split)
+    return docs, pool
+
+
+def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSettings) -> dict[str, Any]:
+    """Scores of the base LLM and every model on every task: {"models": {name: {task: metrics}}, ...}."""
+    task_names = expand_task_names(settings.tasks)
+    tasks = [get_task(name) for name in task_names]  # unknown names fail before any model runs
+    everyone = [base] + [m for m in models if m is not base]
+    results: dict[str, dict[str, Any]] = {m.name: {} for m in everyone}
+    for task in tasks:
+        if task.kind == "multiple_choice":
+            docs, pool = _load_docs(task, settings)
+            for entry in tqdm(everyone, desc=task.name, disable=not settings.progress, leave=False):
+                seed_everything()
+                results[entry.name][task.name] = evaluate_multiple_choice(
+                    entry.model, entry.tokenizer, task, docs, pool, settings.num_fewshot,
+                    batch_size=settings.batch_size, limit=settings.limit, progress=settings.progress,
+                )  # fmt: skip
+        elif task.kind == "perplexity":
+            for entry in everyone:
+                results[entry.name][task.name] = file_perplexity(
+                    entry.model, entry.tokenizer, task.path, batch_size=max(1, settings.batch_size // 4),
+                    max_tokens=settings.ppl_max_tokens, progress=settings.progress and task.name,
+                )  # fmt: skip
+        elif task.kind == "retention_generation":
+            prompts = [record["prompt"] for record in _read_jsonl(retention_file("prompts.jsonl"))]
+            prompts = prompts[: settings.limit] if settings.limit else prompts
+            seed_everything()
+            sequences = reference_sequences(base.model, base.tokenizer, prompts, settings.max_new_tokens)
+            for entry in everyone:
+                _check_same_tokenization(entry, base, prompts)
+                results[entry.name][task.name] = continuation_divergence(
+                    entry.model, base.model, sequences, batch_size=settings.batch_size, progress=settings.progress
+                )
+        else:  # a registered kind without a scorer is a programming error, not a user one
+            raise NotImplementedError(f"task kind {task.kind!r}")
+    return {
+        "base": base.name,
+        "models": results,
+        "tasks": {t.name: {"kind": t.kind, "metrics": list(t.metrics), "text_only": t.text_only,
+                           "split": settings.split or t.split} for t in tasks},  # fmt: skip
+        "settings": {"num_fewshot": settings.num_fewshot, "batch_size": settings.batch_size, "limit": settings.limit,
+                     "data_dir": str(settings.data_dir) if settings.data_dir else None, "seed": SEED,
+                     "max_new_tokens": settings.max_new_tokens, "ppl_max_tokens": settings.ppl_max_tokens},  # fmt: skip
+        "base_of": {m.name: m.base_llm for m in models},
+    }
+
+
+def _check_same_tokenization(entry: EvalModel, base: EvalModel, prompts: list[str]) -> None:
+    """KL compares distributions token by token: the two tokenizers must agree on the text."""
+    if entry is base:
+        return
+    for prompt in prompts[:5]:
+        if entry.tokenizer.encode(prompt) != base.tokenizer.encode(prompt):
+            raise ValueError(
+                f"model {entry.name} and base {base.name} tokenize {prompt!r} differently; "
+                "KL against the base needs the base LLM's tokenizer (pass the right --base)"
+            )
