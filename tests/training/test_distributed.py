@@ -28,13 +28,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_two_processes(tmp_path: Path, raw: dict) -> dict:
+def run_two_processes(tmp_path: Path, raw: dict, launcher: list[str] | None = None) -> dict:
     raw["data"]["group_by_length"] = False  # sequential order: rank 0 reads images, rank 1 text-only records
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "wings.cli", "train", "--config", str(config)]
+    launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    port = "--main_process_port" if "accelerate" in " ".join(launcher) else "--master_port"
+    command = [*launcher, port, str(free_port()), "-m", "wings.cli", "train", "--config", str(config)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((Path(raw["training"]["output_dir"]) / "provenance.json").read_text())
@@ -45,7 +46,7 @@ def run_two_processes(tmp_path: Path, raw: dict) -> dict:
 def test_ddp_two_processes_with_mixed_image_and_text_batches(tiny_llm_dir, tiny_data, tmp_path):
     raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "out", "instruct", per_device_train_batch_size=1,
                       train_sampling_strategy="sequential", ddp_find_unused_parameters=False, ddp_backend="gloo")
-    run_two_processes(tmp_path, raw)
+    assert run_two_processes(tmp_path, raw)["distributed"] == "MULTI_CPU"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
@@ -54,6 +55,7 @@ def test_deepspeed_zero_on_cpu_with_mixed_batches(tiny_llm_dir, tiny_data, tmp_p
     raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "out", "instruct", per_device_train_batch_size=1,
                       train_sampling_strategy="sequential", ddp_backend="gloo",
                       deepspeed=str(REPO / "configs" / "deepspeed" / f"zero{zero}.json"))
-    run_two_processes(tmp_path, raw)
+    assert run_two_processes(tmp_path, raw)["distributed"] == "DEEPSPEED"
     model = WingsForConditionalGeneration.from_pretrained(tmp_path / "out")  # gathered weights, loadable
     assert all(parameter.numel() for parameter in model.parameters())
+

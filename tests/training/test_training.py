@@ -188,3 +188,13 @@ def test_train_command_end_to_end(tiny_llm_dir, tiny_data, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "provenance.json").read_text())["global_step"] == 1
     missing = wings_main(["train", "--config", str(tmp_path / "nope.yaml")])
     assert missing == 1 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_ready_configs_are_valid(path):
+    config = load_config(str(path), [])
+    assert config.stage in STAGES and config.training["output_dir"]
+    deepspeed = config.training.get("deepspeed")
+    if deepspeed:
+        assert (Path(__file__).resolve().parents[2] / deepspeed).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def run_train(args: argparse.Namespace) -> int:
         overrides += ["--data.skip_invalid_samples", "true"]
     config = load_config(args.config, overrides)
     output = run_stage(config, command=command_line(["wings", *sys.argv[1:]]), force=args.force)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary per run, not one per process
+        return 0
     print(f"\n{config.stage} done: {output}")
     if config.stage in ("align", "llava-align"):
         following = "instruct" if config.stage == "align" else "llava-instruct"

@@ -151,6 +151,7 @@ def run_stage(
         llm_reference=llm_reference, provenance=record, group_by_length=config.data.group_by_length,
         callbacks=callbacks,
     )
+    record["distributed"] = trainer.accelerator.distributed_type.value  # e.g. MULTI_GPU, DEEPSPEED, FSDP
     resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if resume:
         print(f"resuming from {resume}")
