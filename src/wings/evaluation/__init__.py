@@ -1,1 +1,1 @@
-"""Text-only evaluation: multiple-choice accuracy (as lm-evaluation-harness), perplexity, KL to the base LLM."""
+"""Evaluation: text multiple choice (as lm-evaluation-harness), perplexity, KL to the base LLM; VQA and IIT."""

@@ -1,6 +1,7 @@
-"""`wings eval`: score models and their base LLM on the same text tasks and write the forgetting report.
+"""`wings eval`: score models and their base LLM on the same tasks and write the forgetting report.
 
     wings eval --model runs/wings-smollm2 --tasks arc_easy,retention --data-dir ../shared/data --split validation
+    wings eval --model runs/wings-easyvqa --tasks easyvqa:data/easy_vqa,iit:runs/iit.jsonl
     wings eval --model A --model B --base smollm2-135m-instruct --tasks mmlu --num-fewshot 5
 
 Without `--base`, a WINGS model's base LLM is the one it was built from (its config's `base_llm`);
@@ -26,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--base", help="the base LLM to compare against (default: the WINGS model's own base LLM)")
     parser.add_argument("--tasks", nargs="+", default=["retention"],
                         help=f"task names or comma lists: {', '.join(sorted(n for n in TASKS if not n.startswith('mmlu_')))}, "
-                             "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE (default: retention)")  # fmt: skip
+                             "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE, easy_vqa (with --data-dir), easyvqa:DIR, "
+                             "vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE (default: retention)")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, help="local copies of the benchmarks, in their published layouts")
     parser.add_argument("--split", help="evaluate this split instead of each task's default (e.g. validation)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars before each question (default 0)")
@@ -34,6 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--limit", type=int, help="only the first N documents of each task (quick checks)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="length of the base LLM's reference continuations")
     parser.add_argument("--max-tokens", type=int, help="ppl: tasks score only the first N tokens of the file")
+    parser.add_argument("--vqa-max-new-tokens", type=int, default=8, help="length of generated VQA answers (default 8)")
+    parser.add_argument("--vqa-prompt-suffix", help='appended to vqa:FILE questions, e.g. "Answer with one word."')
+    parser.add_argument("--mc-mode", choices=["likelihood", "letter"],
+                        help="visual multiple choice: log-likelihood of each choice, or of its letter after the listed "
+                             "options (default: letter for mmbench:, likelihood for vqa:)")  # fmt: skip
     parser.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="where results.json and results.md go")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -61,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     base = next((m for m in models if m.name == base_name), None) or load_eval_model(base_name, dtype, args.device)
     settings = EvalSettings(tasks=args.tasks, data_dir=args.data_dir, split=args.split, num_fewshot=args.num_fewshot,
                             batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                            ppl_max_tokens=args.max_tokens, progress=not args.no_progress)  # fmt: skip
+                            ppl_max_tokens=args.max_tokens, progress=not args.no_progress,
+                            vqa_max_new_tokens=args.vqa_max_new_tokens, vqa_prompt_suffix=args.vqa_prompt_suffix,
+                            mc_mode=args.mc_mode)  # fmt: skip
     results = evaluate_models([m for m in models if m is not base], base, settings)
     json_path, md_path = write_report(results, args.output_dir)
     print(markdown_table(results))

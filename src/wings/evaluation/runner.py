@@ -1,7 +1,8 @@
 """Evaluate several models and their base LLM on the same tasks with the same prompts.
 
 `load_eval_model` accepts a registry name, a Hugging Face causal-LM directory or id, or a WINGS
-checkpoint directory (its tokenizer is saved beside it; its base LLM is read from the config).
+checkpoint directory (its tokenizer is saved beside it, and its processor when it has one, so visual
+tasks show it images; its base LLM is read from the config). Text tasks use the tokenizer only.
 `evaluate_models` runs every task on every model, the base LLM first, in a fixed order with fixed
 seeds, and returns the results that `report.py` writes.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from wings.evaluation.divergence import continuation_divergence, reference_sequences
 from wings.evaluation.multiple_choice import evaluate_multiple_choice
+from wings.evaluation import tasks as tasks_module
 from wings.evaluation.perplexity import file_perplexity
 from wings.evaluation.tasks import Doc, Task, _read_jsonl, expand_task_names, get_task, retention_file
 from wings.model.registry import resolve_llm
@@ -28,13 +31,22 @@ SEED = 1234
 
 @dataclass
 class EvalModel:
-    """A model ready to score: its name in the report, the module, its tokenizer and its base LLM if known."""
+    """A model ready to score: its name in the report, the module, its tokenizer and its base LLM if known.
+
+    `processor` (a `WingsProcessor`, WINGS checkpoints saved with one) lets visual tasks show images.
+    """
 
     name: str
     model: Any
     tokenizer: Any
     base_llm: str | None = None
     is_wings: bool = False
+    processor: Any = None
+
+    @property
+    def encoder(self) -> Any:
+        """What visual tasks encode with: the processor when there is one, else the tokenizer (text alone)."""
+        return self.processor if self.processor is not None else self.tokenizer
 
 
 def _is_wings_checkpoint(path: Path) -> bool:
@@ -61,10 +73,12 @@ def load_eval_model(name_or_path: str, dtype: torch.dtype = torch.float32, devic
         if not any(path.glob("tokenizer*")):
             raise FileNotFoundError(f"WINGS checkpoint {path} has no tokenizer saved beside it (tokenizer.json)")
         tokenizer = AutoTokenizer.from_pretrained(path)
+        processor = _load_processor(path) if getattr(model, "vision_tower", None) is not None else None
         config = model.config
         text_config = getattr(config, "text_config", None)
         base = getattr(config, "base_llm", None) or getattr(text_config, "_name_or_path", None) or None
-        return EvalModel(str(name_or_path), model.to(device).eval(), tokenizer, base_llm=base, is_wings=True)
+        return EvalModel(str(name_or_path), model.to(device).eval(), tokenizer, base_llm=base, is_wings=True,
+                         processor=processor)  # fmt: skip
     text = str(name_or_path)
     looks_local = text.startswith((".", "/", "~")) or "/" not in text
     if not path.exists() and looks_local and text.lower() not in _registry_names():
@@ -79,6 +93,15 @@ def load_eval_model(name_or_path: str, dtype: torch.dtype = torch.float32, devic
     except OSError as error:  # hub id unreachable offline, or a directory without weights
         raise FileNotFoundError(f"model '{name_or_path}' could not be loaded from {resolved}: {error}") from error
     return EvalModel(str(name_or_path), model.to(device).eval(), tokenizer)
+
+
+def _load_processor(path: Path) -> Any:
+    """The WINGS processor saved beside a checkpoint, or None (visual tasks then see the text alone)."""
+    if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        return None
+    from wings.model.processing_wings import WingsProcessor
+
+    return WingsProcessor.from_pretrained(path)
 
 
 def _registry_names() -> list[str]:
@@ -99,6 +122,9 @@ class EvalSettings:
     limit: int | None = None  # first N documents per task, for quick checks
     max_new_tokens: int = 32  # length of the base LLM's reference continuations (retention_lm)
     ppl_max_tokens: int | None = None  # `ppl:` tasks score only the first N tokens of the file
+    vqa_max_new_tokens: int = 8  # open VQA answers are a word or two
+    vqa_prompt_suffix: str | None = None  # appended to `vqa:` questions, e.g. "Answer with one word."
+    mc_mode: str | None = None  # visual multiple choice: "likelihood" or "letter" (default: letter for MMBench)
     progress: bool = True
 
 
@@ -125,6 +151,7 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
     tasks = [get_task(name) for name in task_names]  # unknown names fail before any model runs
     everyone = [base] + [m for m in models if m is not base]
     results: dict[str, dict[str, Any]] = {m.name: {} for m in everyone}
+    baselines: dict[str, dict[str, Any]] = {}
     for task in tasks:
         if task.kind == "multiple_choice":
             docs, pool = _load_docs(task, settings)
@@ -150,18 +177,57 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
                 results[entry.name][task.name] = continuation_divergence(
                     entry.model, base.model, sequences, batch_size=settings.batch_size, progress=settings.progress
                 )
+        elif task.kind == "vqa":
+            prior = _run_vqa(task, everyone, settings, results)
+            if prior is not None:
+                baselines[task.name] = {"answer_prior": prior}
+        elif task.kind == "iit":
+            from wings.analysis.iit import evaluate_iit
+
+            for entry in everyone:
+                seed_everything()
+                results[entry.name][task.name] = evaluate_iit(entry.model, entry.encoder, task.path,
+                                                              limit=settings.limit, progress=settings.progress)  # fmt: skip
         else:  # a registered kind without a scorer is a programming error, not a user one
             raise NotImplementedError(f"task kind {task.kind!r}")
     return {
         "base": base.name,
         "models": results,
         "tasks": {t.name: {"kind": t.kind, "metrics": list(t.metrics), "text_only": t.text_only,
-                           "split": settings.split or t.split} for t in tasks},  # fmt: skip
+                           "split": settings.split or t.split} | baselines.get(t.name, {}) for t in tasks},  # fmt: skip
         "settings": {"num_fewshot": settings.num_fewshot, "batch_size": settings.batch_size, "limit": settings.limit,
                      "data_dir": str(settings.data_dir) if settings.data_dir else None, "seed": SEED,
-                     "max_new_tokens": settings.max_new_tokens, "ppl_max_tokens": settings.ppl_max_tokens},  # fmt: skip
+                     "max_new_tokens": settings.max_new_tokens, "ppl_max_tokens": settings.ppl_max_tokens,
+                     "vqa_max_new_tokens": settings.vqa_max_new_tokens, "vqa_prompt_suffix": settings.vqa_prompt_suffix,
+                     "mc_mode": settings.mc_mode},  # fmt: skip
         "base_of": {m.name: m.base_llm for m in models},
     }
+
+
+def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, results: dict[str, Any]) -> dict | None:
+    """A VQA task on every model; for easy-vqa also its answer-prior baseline (returned, and `prior_acc`)."""
+    from wings.evaluation import vqa
+
+    questions = task.load(settings.data_dir, settings.split or task.split)
+    questions = questions[: settings.limit] if settings.limit else questions
+    mc_mode = settings.mc_mode or ("letter" if task.name.startswith("mmbench:") else "likelihood")
+    suffix = settings.vqa_prompt_suffix if task.name.startswith("vqa:") else None  # easy-vqa: the trained format
+    prior = None
+    if task.metrics == tasks_module.EASY_VQA_METRICS:
+        folder = task.path if task.path is not None else settings.data_dir
+        try:
+            prior = vqa.prior_accuracy(questions, vqa.answer_prior(vqa.easy_vqa_train_answers(folder)))
+        except FileNotFoundError as error:  # the model scores stand without it
+            print(f"{task.name}: no answer-prior baseline ({error})", file=sys.stderr)
+    for entry in everyone:
+        seed_everything()
+        scores = vqa.evaluate_vqa(entry.model, entry.encoder, questions, mc_mode=mc_mode, suffix=suffix,
+                                  batch_size=settings.batch_size, max_new_tokens=settings.vqa_max_new_tokens,
+                                  progress=settings.progress)  # fmt: skip
+        if prior is not None:
+            scores["prior_acc"] = prior["acc"]
+        results[entry.name][task.name] = scores
+    return prior
 
 
 def _check_same_tokenization(entry: EvalModel, base: EvalModel, prompts: list[str]) -> None:

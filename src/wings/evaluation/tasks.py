@@ -5,8 +5,10 @@ format of lm-evaluation-harness, so scores are comparable with published numbers
 files (`data_dir`, in each benchmark's published layout) or, when online with `datasets` installed,
 from the Hugging Face hub. Besides the names in `TASKS`, two prefixes take a user file:
 `mc:FILE.jsonl` (the generic multiple-choice schema, see `load_generic_jsonl`) and `ppl:FILE.txt`
-(perplexity of a text file). `kind` says which scorer runs a task; `text_only` which tasks enter the
-forgetting average (multimodal tasks will be registered here with `text_only=False`).
+(perplexity of a text file). Multimodal tasks (`text_only=False`, see `evaluation/vqa.py`): `easy_vqa`
+(with --data-dir), `easyvqa:DIR`, `vqa:FILE.jsonl`, `mmbench:FILE.tsv`, and `iit:FILE` (the IIT benchmark
+of `wings.analysis.iit`). `kind` says which scorer runs a task; `text_only` which tasks enter the
+forgetting average.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class Task:
     """A registered evaluation. `load(data_dir, split)` returns its docs in a fixed order."""
 
     name: str
-    kind: str  # "multiple_choice", "perplexity" or "retention_generation"
-    load: Callable[[Path | None, str], list[Doc]] | None = None
+    kind: str  # "multiple_choice", "perplexity", "retention_generation", "vqa" or "iit"
+    load: Callable[[Path | None, str], list[Any]] | None = None  # Docs; `VisualQuestion`s for "vqa"
     split: str = "validation"
     fewshot_split: str | None = "train"
     fewshot_sampler: str = "random"  # "random" (seed 1234, as lm-eval) or "first_n" (MMLU)
@@ -333,12 +335,51 @@ for _subject in MMLU_SUBJECTS:
                                      fewshot_split="dev", fewshot_sampler="first_n", description=_mmlu_description,
                                      metrics=("acc",))  # fmt: skip
 
+
+
+def _load_easy_vqa(data_dir: Path | None, split: str) -> list[Any]:
+    from wings.evaluation.vqa import load_easy_vqa
+
+    if data_dir is None:
+        raise FileNotFoundError("task easy_vqa: pass --data-dir with the folder of `wings data easy-vqa --out DIR`, "
+                                "or name the folder directly: easyvqa:DIR")  # fmt: skip
+    return load_easy_vqa(data_dir)
+
+
+EASY_VQA_METRICS = ("acc", "acc_yes_no", "acc_open")
+TASKS["easy_vqa"] = Task("easy_vqa", "vqa", _load_easy_vqa, split="test", fewshot_split=None,
+                         metrics=EASY_VQA_METRICS, text_only=False)  # fmt: skip
+
 # Shorthands expanding to several tasks.
 TASK_GROUPS: dict[str, list[str]] = {"retention": ["retention_mc", "retention_lm"]}
 
 
+VISUAL_PREFIXES = ("easyvqa:", "vqa:", "mmbench:", "iit:")
+
+
+def _visual_task(name: str) -> Task:
+    """`easyvqa:DIR`, `vqa:FILE.jsonl`, `mmbench:FILE.tsv` (VQA scorers) and `iit:FILE` (the IIT benchmark)."""
+    from wings.evaluation import vqa
+
+    prefix, _, file_name = name.partition(":")
+    path = Path(file_name).expanduser()
+    if prefix == "easyvqa":
+        vqa.easy_vqa_questions_file(path)  # fails now, naming the folder, if the test file is missing
+        return Task(name, "vqa", lambda _d, _s: vqa.load_easy_vqa(path), split="test", fewshot_split=None,
+                    metrics=EASY_VQA_METRICS, text_only=False, path=path)  # fmt: skip
+    if not path.is_file():
+        raise FileNotFoundError(f"task {name}: file {path} does not exist")
+    if prefix == "iit":
+        return Task(name, "iit", split="file", fewshot_split=None, metrics=("acc", "acc_macro"), text_only=False, path=path)
+    loader = vqa.load_vqa_jsonl if prefix == "vqa" else vqa.load_mmbench_tsv
+    return Task(name, "vqa", lambda _d, _s: loader(path), split="file", fewshot_split=None, metrics=("acc",),
+                text_only=False, path=path)  # fmt: skip
+
+
 def get_task(name: str) -> Task:
-    """The task for a registered name, `mc:FILE.jsonl` or `ppl:FILE`; a clear error for anything else."""
+    """The task for a registered name, `mc:FILE.jsonl`, `ppl:FILE` or a visual prefix (`VISUAL_PREFIXES`)."""
+    if name.startswith(VISUAL_PREFIXES):
+        return _visual_task(name)
     if name.startswith(("mc:", "ppl:")):
         prefix, _, file_name = name.partition(":")
         path = Path(file_name).expanduser()
@@ -350,7 +391,8 @@ def get_task(name: str) -> Task:
                     fewshot_split=None, path=path)  # fmt: skip
     if name not in TASKS:
         known = ", ".join(sorted(set(TASKS) - {f"mmlu_{s}" for s in MMLU_SUBJECTS}) + sorted(TASK_GROUPS))
-        raise ValueError(f"unknown task '{name}'; known tasks: {known}, mmlu_<subject>, mc:FILE.jsonl, ppl:FILE")
+        raise ValueError(f"unknown task '{name}'; known tasks: {known}, mmlu_<subject>, mc:FILE.jsonl, ppl:FILE, "
+                         "easyvqa:DIR, vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE")
     return TASKS[name]
 
 
