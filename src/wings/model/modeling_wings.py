@@ -30,6 +30,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging as hf_logging
 
 from .attention import register_wings_attention, wings_attention_name
 from .configuration_wings import WingsConfig
@@ -171,11 +172,15 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             config = WingsConfig.from_pretrained(pretrained_model_name_or_path)
         if not config.llm_checkpoint:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        cls._keys_to_ignore_on_load_missing = [r"^language_model\."]  # they come from llm_checkpoint below
+        # The LLM's weights (and its tied head) come from llm_checkpoint below: not "missing" or "corrupted".
+        cls._keys_to_ignore_on_load_missing = [r"^language_model\."]
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         finally:
             cls._keys_to_ignore_on_load_missing = None
+            hf_logging.set_verbosity(verbosity)
         model.load_llm_weights(model.config.llm_checkpoint)
         return model
 
