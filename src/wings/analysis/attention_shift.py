@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from wings.model.attention import EXTRA_CHANNELS, base_attention_function
+from wings.model.attention import attend_with_indicators, base_attention_function
 
 SEGMENTS: tuple[str, ...] = ("V_before", "V_itself", "V_after")
 BEFORE, ITSELF, AFTER = range(3)
@@ -145,26 +144,19 @@ def make_segment_mass_attention(inner: str) -> Callable:
         recorder = _ACTIVE[-1] if _ACTIVE else None
         if recorder is None:
             return base(module, query, key, value, attention_mask, **kwargs)
-        head_dim = value.shape[-1]
-        kwargs.setdefault("scaling", module.scaling)  # zero padding must not change the 1/sqrt(d) scale
-        batch, kv_heads, keys, _ = value.shape
+        batch, keys = value.shape[0], value.shape[2]
         if recorder.key_segments.shape != (batch, keys):
             raise ValueError(
                 f"segments cover {tuple(recorder.key_segments.shape)} tokens but the layer sees {batch} x {keys} keys "
                 "(run the analysis without a KV cache, on exactly the tokens the segments describe)"
             )
-        one_hot = torch.stack([recorder.key_segments == s for s in range(len(SEGMENTS))], -1).to(value.dtype)
-        indicators = one_hot[:, None].expand(batch, kv_heads, keys, len(SEGMENTS))
-        padding = value.new_zeros(batch, kv_heads, keys, EXTRA_CHANNELS - len(SEGMENTS))
-        padded_value = torch.cat([value, indicators, padding], -1)
-        output, weights = base(
-            module, F.pad(query, (0, EXTRA_CHANNELS)), F.pad(key, (0, EXTRA_CHANNELS)), padded_value, attention_mask,
-            **kwargs,
-        )  # fmt: skip
-        mass = output[..., head_dim : head_dim + len(SEGMENTS)].float()  # (B, L, H, 3): per query and head
+        one_hot = torch.stack([recorder.key_segments == s for s in range(len(SEGMENTS))], -1)
+        output, weights, mass = attend_with_indicators(
+            base, module, query, key, value, attention_mask, one_hot, **kwargs
+        )  # mass: (B, L, H, 3) per query and head
         chosen = recorder.queries.to(mass.device, mass.dtype)[:, -mass.shape[1] :, None, None]
         recorder.sums[module.layer_idx] = (mass * chosen).sum(1).mean(1)  # sum over queries, mean over heads
-        return output[..., :head_dim], weights
+        return output, weights
 
     return attention_with_segment_mass
 

@@ -55,6 +55,32 @@ def base_attention_function(backend: str) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[backend]
 
 
+def attend_with_indicators(
+    base: Callable,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    indicators: torch.Tensor,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Run `base` with up to EXTRA_CHANNELS indicator value channels appended to every key.
+
+    `indicators` (B, T, C) marks key sets; the third result (B, L, H, C) is, per query and head, the attention
+    mass on each set: exactly what the kernel computes, with no L x T matrix kept.
+    """
+    head_dim, channels = value.shape[-1], indicators.shape[-1]
+    kwargs.setdefault("scaling", module.scaling)  # zero padding must not change the 1/sqrt(d) scale
+    batch, kv_heads, keys, _ = value.shape
+    marks = indicators[:, None].to(value.dtype).expand(batch, kv_heads, keys, channels)
+    padding = value.new_zeros(batch, kv_heads, keys, EXTRA_CHANNELS - channels)
+    padded_value = torch.cat([value, marks, padding], -1)
+    padded_query, padded_key = F.pad(query, (0, EXTRA_CHANNELS)), F.pad(key, (0, EXTRA_CHANNELS))
+    output, weights = base(module, padded_query, padded_key, padded_value, attention_mask, **kwargs)
+    return output[..., :head_dim], weights, output[..., head_dim : head_dim + channels].float()
+
+
 def make_visual_mass_attention(backend: str) -> Callable:
     """Wrap `backend` so that WINGS layers also get the per-head attention mass on visual keys."""
     base = base_attention_function(backend)
@@ -71,16 +97,11 @@ def make_visual_mass_attention(backend: str) -> Callable:
         context = runtime.context if runtime is not None else None
         if context is None or not context.wants_visual_mass(module.layer_idx):
             return base(module, query, key, value, attention_mask, **kwargs)
-        head_dim = value.shape[-1]
-        kwargs.setdefault("scaling", module.scaling)  # padding must not change the 1/sqrt(d) scale
-        indicator = context.key_is_visual[:, None, :, None].to(value.dtype)  # (B, 1, T, 1)
-        indicator = indicator.expand(value.shape[0], value.shape[1], -1, 1)
-        padded_value = torch.cat([value, indicator, value.new_zeros(*indicator.shape[:-1], EXTRA_CHANNELS - 1)], -1)
-        padded_query = F.pad(query, (0, EXTRA_CHANNELS))
-        padded_key = F.pad(key, (0, EXTRA_CHANNELS))
-        output, weights = base(module, padded_query, padded_key, padded_value, attention_mask, **kwargs)
-        context.visual_mass[module.layer_idx] = output[..., head_dim].float()  # (B, L, H)
-        return output[..., :head_dim], weights
+        output, weights, mass = attend_with_indicators(
+            base, module, query, key, value, attention_mask, context.key_is_visual[..., None], **kwargs
+        )
+        context.visual_mass[module.layer_idx] = mass[..., 0]  # (B, L, H)
+        return output, weights
 
     return attention_with_visual_mass
 
