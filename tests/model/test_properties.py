@@ -249,3 +249,34 @@ def test_from_llm_and_vision_uses_the_given_modules():
     eager = WingsForConditionalGeneration.from_llm_and_vision(
         tiny_wings("qwen2").language_model, tiny_wings("qwen2").vision_tower, attn_implementation="eager")
     assert eager.language_model.config._attn_implementation == "wings_eager"
+
+
+def test_beam_search_with_the_cache_equals_recomputation():
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    ids, pixels = sample(model, images=2)
+    options = dict(input_ids=ids, pixel_values=pixels, max_new_tokens=6, min_new_tokens=6, num_beams=3,
+                   do_sample=False)
+    with torch.no_grad():
+        assert torch.equal(model.generate(**options, use_cache=True), model.generate(**options, use_cache=False))
+
+
+def test_visual_learner_caches_only_visual_tokens():
+    """The visual learner attends to (and caches) the image tokens only, not every position."""
+    model = tiny_wings("qwen2")
+    ids, pixels = sample(model, images=2)
+    with torch.no_grad():
+        cache = model(input_ids=ids, pixel_values=pixels, use_cache=True).cache
+    first_visual = model._cache_index("visual", 0)
+    assert cache.layers[first_visual].keys.shape[2] == 2 * model.config.image_seq_length
+    assert cache.layers[model._cache_index("text", 0)].keys.shape[2] == ids.shape[1]
+
+
+def test_expanding_for_beams_keeps_each_samples_images_together():
+    model = tiny_wings("qwen2")
+    ids_a, pixels_a = sample(model, images=2, seed=1)
+    ids_b, pixels_b = sample(model, images=1, text_after=tuple(range(8, 18)), seed=2)  # same length as a
+    ids = torch.cat([ids_a, ids_b])
+    _, expanded = model._expand_inputs_for_generation(2, input_ids=ids, pixel_values=torch.cat([pixels_a, pixels_b]))
+    expected = torch.cat([pixels_a, pixels_a, pixels_b, pixels_b])
+    assert torch.equal(expanded["pixel_values"], expected)

@@ -24,6 +24,7 @@ from .conftest import tiny_config
 GROUPS_TRAINED = {
     "align": {"projector", "visual_learners", "vision_tower"},  # the from-scratch tower trains in stage 1
     "instruct": {"projector", "visual_learners", "textual_learners", "routers", "llm"},
+    "instruct-visual": {"projector", "visual_learners", "llm"},
     "llava-align": {"projector", "vision_tower"},
     "llava-instruct": {"projector", "llm"},
 }

@@ -82,17 +82,22 @@ class LowRankResidualAttention(nn.Module):
         sin: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        key_mask: torch.Tensor,
+        key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Attend from `query_input` (B, L, d) to `keys`/`values` (B, H, T, D) where `key_mask` (B, L, T) allows.
 
+        `key_mask=None` means plainly causal over the same L tokens (the kernel then skips the upper half).
         A query with no admissible key outputs exactly 0.
         """
         queries = apply_rotary(self.split_heads(self.query(query_input)), cos, sin)
+        keys, values = keys.to(queries.dtype), values.to(queries.dtype)
+        if key_mask is None:
+            attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True)
+            return self.output(attended.transpose(1, 2).reshape(query_input.shape))
         has_key = key_mask.any(dim=-1)  # (B, L)
         # Rows without any key attend to everything (no NaN) and are zeroed below.
         safe_mask = (key_mask | ~has_key.unsqueeze(-1)).unsqueeze(1)
-        attended = F.scaled_dot_product_attention(queries, keys.to(queries.dtype), values.to(queries.dtype), safe_mask)
+        attended = F.scaled_dot_product_attention(queries, keys, values, safe_mask)
         attended = attended.transpose(1, 2).reshape(query_input.shape) * has_key.unsqueeze(-1).to(queries.dtype)
         return self.output(attended)
 
@@ -123,26 +128,32 @@ class Router(nn.Module):
 class LearnerInputs:
     """What every WINGS layer of one forward pass shares (built once per forward by the model).
 
-    key_is_visual / key_mask cover all keys seen so far (cache + this step); the learners' masks are
-    (B, L, T) for the L new queries against the T keys.
+    The textual learner sees every key of the sequence (text keys admissible); the visual learner only the
+    visual keys, gathered per sample. Masks are (B, L, keys) for the L new queries; keys cover the cache too.
     """
 
-    key_input: torch.Tensor  # (B, L, d): X_v at visual positions, X_t at text positions of this step
-    key_is_visual: torch.Tensor  # (B, T) bool
-    visual_key_mask: torch.Tensor  # (B, L, T) bool: visual, valid, causal
-    text_key_mask: torch.Tensor  # (B, L, T) bool: text, valid, causal
-    has_visual_key: torch.Tensor  # (B, L) bool: some visual token at or before the query
+    key_input: torch.Tensor  # (B, L, d): the LLM's input embeddings of this step (X_t at text positions)
+    key_is_visual: torch.Tensor  # (B, T) bool, every key so far (the router's indicator channel)
+    text_key_mask: torch.Tensor | None  # (B, L, T) bool: text, valid, causal; None: plainly causal
+    visual_key_input: torch.Tensor | None  # (B, N, d): this step's visual features X_v (N slots, padded)
+    visual_cos: torch.Tensor | None  # rotary tables at those slots' positions
+    visual_sin: torch.Tensor | None
+    visual_key_mask: torch.Tensor | None  # (B, L, V) bool over every visual key so far: valid and causal
+    has_visual_key: torch.Tensor | None  # (B, L) bool: some visual token at or before the query
     any_visual: bool  # False: the visual learner and the router are skipped (they would add exactly 0)
     run_visual: bool = False  # run them anyway (text-only training batch: every rank runs the same modules)
     cos: torch.Tensor | None = None  # rotary tables at this step's positions, learner head size
     sin: torch.Tensor | None = None
-    past_length: int = 0  # tokens already in the cache before this step
     learner_layers: frozenset[int] = frozenset()
     routed: bool = True
     visual_mass: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def wants_visual_mass(self, layer_idx: int) -> bool:
         return self.routed and self.any_visual and layer_idx in self.learner_layers
+
+    @property
+    def uses_visual_learner(self) -> bool:
+        return self.any_visual or self.run_visual
 
 
 class WingsLayer(nn.Module):
@@ -156,15 +167,15 @@ class WingsLayer(nn.Module):
         )
         self.router = Router(num_heads) if mode == "wings" else None
 
-    def learner_keys(
-        self, key_input: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_visual: bool
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Keys/values of this step's tokens for each active learner."""
+    def learner_keys(self, inputs: LearnerInputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Keys/values of this step's tokens for each active learner (the visual one: visual slots only)."""
         keys = {}
-        if use_visual:
-            keys["visual"] = self.visual_learner.keys_and_values(key_input, cos, sin)
+        if inputs.visual_key_input is not None:
+            keys["visual"] = self.visual_learner.keys_and_values(
+                inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin
+            )
         if self.textual_learner is not None:
-            keys["text"] = self.textual_learner.keys_and_values(key_input, cos, sin)
+            keys["text"] = self.textual_learner.keys_and_values(inputs.key_input, inputs.cos, inputs.sin)
         return keys
 
     def forward(

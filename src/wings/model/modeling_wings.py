@@ -53,6 +53,16 @@ class WingsProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
+class SlotLayer(DynamicLayer):
+    """Cache layer of the visual learner (and of its key positions): one entry per visual token, not per token.
+
+    Cropping the cache (assisted decoding) removes generated tokens, never visual ones: nothing to crop here.
+    """
+
+    def crop(self, tokens_to_remove: int) -> None:
+        return None
+
+
 class LearnerRuntime:
     """Per-forward state shared by the hooks (a plain object, so it is never a parameter or buffer)."""
 
@@ -358,7 +368,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         cache: Cache | None,
         past_length: int,
     ) -> LearnerInputs:
-        """Masks and rotary tables shared by every WINGS layer of this forward."""
+        """Masks, gathered visual keys and rotary tables shared by every WINGS layer of this forward."""
+        device, length = is_visual.device, is_visual.shape[1]
         key_is_visual = is_visual
         if cache is not None:
             indicator = is_visual[:, None, :, None].to(torch.float32)
@@ -366,44 +377,70 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             key_is_visual = stored[:, 0, :, 0].bool()
         total = key_is_visual.shape[1]
         key_valid = attention_mask[:, -total:].bool()
-        query_index = torch.arange(past_length, past_length + is_visual.shape[1], device=is_visual.device)
-        causal = torch.arange(total, device=is_visual.device)[None, :] <= query_index[:, None]  # (L, T)
-        admissible = causal[None] & key_valid[:, None, :]
-        visual_key_mask = admissible & key_is_visual[:, None, :]
+        query_index = torch.arange(past_length, past_length + length, device=device)
         rotary = self.learner_rotary or self.language_model.model.rotary_emb
         cos, sin = rotary(inputs_embeds, position_ids)
+        any_visual, run_visual = bool(key_is_visual.any()), self._needs_same_modules_on_every_rank()
+
+        # Textual learner: every key, text ones admissible; plainly causal when nothing else is masked.
+        text_key_mask = None
+        if any_visual or past_length or not bool(key_valid.all()):
+            causal = torch.arange(total, device=device)[None, :] <= query_index[:, None]  # (L, T)
+            text_key_mask = causal[None] & key_valid[:, None, :] & ~key_is_visual[:, None, :]
+
+        # Visual learner: this step's visual tokens gathered into slots (one empty slot when it must run anyway).
+        counts = is_visual.sum(dim=1)
+        slots = max(int(counts.max()) if length else 0, 1 if run_visual else 0)
+        visual = dict(visual_key_input=None, visual_cos=None, visual_sin=None, visual_key_mask=None,
+                      has_visual_key=None)
+        if any_visual or run_visual:
+            order = torch.argsort((~is_visual).to(torch.int8), dim=1, stable=True)[:, :slots]  # visual first
+            slot_valid = torch.arange(slots, device=device)[None, :] < counts[:, None]
+            slot_position = torch.where(slot_valid, order + past_length, -1)  # absolute index, -1: empty
+            if cache is not None:
+                stored = slot_position[:, None, :, None].to(torch.float32)
+                if slots:
+                    cache.update(stored, stored, self._cache_index("visual_positions"))
+                layer = cache.layers[self._cache_index("visual_positions")]
+                slot_position = layer.keys[:, 0, :, 0].long() if layer.is_initialized else slot_position
+            visual_key_mask = (slot_position[:, None, :] >= 0) & (slot_position[:, None, :] <= query_index[None, :, None])
+            gather = order[..., None]
+            visual.update(
+                visual_key_input=inputs_embeds.gather(1, gather.expand(-1, -1, inputs_embeds.shape[-1])) if slots else None,
+                visual_cos=cos.gather(1, gather.expand(-1, -1, cos.shape[-1])) if slots else None,
+                visual_sin=sin.gather(1, gather.expand(-1, -1, sin.shape[-1])) if slots else None,
+                visual_key_mask=visual_key_mask,
+                has_visual_key=visual_key_mask.any(dim=-1),
+            )
         return LearnerInputs(
             key_input=inputs_embeds,
             key_is_visual=key_is_visual,
-            visual_key_mask=visual_key_mask,
-            text_key_mask=admissible & ~key_is_visual[:, None, :],
-            has_visual_key=visual_key_mask.any(dim=-1),
-            any_visual=bool(key_is_visual.any()),
-            run_visual=self._needs_same_modules_on_every_rank(),
+            text_key_mask=text_key_mask,
+            any_visual=any_visual,
+            run_visual=run_visual,
             learner_layers=frozenset(self.config.learner_layers),
             routed=self.config.learners == "wings",
             cos=cos,
             sin=sin,
-            past_length=past_length,
+            **visual,
         )
+
+    def _new_cache_layer(self, index: int) -> DynamicLayer:
+        first = self.config.text_config.num_hidden_layers
+        per_visual_token = index == self._cache_index("visual_positions") or (
+            first <= index < self._cache_index("meta") and (index - first) % 2 == 0
+        )
+        return SlotLayer() if per_visual_token else DynamicLayer()
 
     def _cache_index(self, kind: str, layer_index: int | None = None) -> int:
         """Where learner state lives in the HF cache: after the LLM's own layers."""
         first = self.config.text_config.num_hidden_layers
         order = self.config.learner_layers
-        if kind == "meta":
+        if kind == "meta":  # every key: visual or not
             return first + 2 * len(order)
+        if kind == "visual_positions":  # absolute index of every cached visual key (-1: an empty slot)
+            return first + 2 * len(order) + 1
         return first + 2 * order.index(layer_index) + (0 if kind == "visual" else 1)
-
-    def _cached_keys(
-        self, cache: Cache, layer_index: int, kind: str, keys: torch.Tensor, values: torch.Tensor, past_length: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self._cache_index(kind, layer_index)
-        missing = past_length - cache.get_seq_length(index)
-        if missing > 0:  # the visual learner skipped earlier text-only steps: their keys are never admissible
-            keys = torch.cat([keys.new_zeros(*keys.shape[:2], missing, keys.shape[-1]), keys], dim=2)
-            values = torch.cat([values.new_zeros(*values.shape[:2], missing, values.shape[-1]), values], dim=2)
-        return cache.update(keys, values, index)
 
     def _add_learner_outputs(
         self, layer_index: int, module: nn.Module, args: tuple, kwargs: dict, output: tuple
@@ -414,17 +451,37 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             return None
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         layer = self.wings_layers[str(layer_index)]
-        use_visual = inputs.any_visual or inputs.run_visual
-        keys = layer.learner_keys(inputs.key_input, inputs.cos, inputs.sin, use_visual=use_visual)
+        keys = layer.learner_keys(inputs)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
-            past_length = inputs.past_length
-            keys = {kind: self._cached_keys(cache, layer_index, kind, *kv, past_length) for kind, kv in keys.items()}
+            keys = {kind: cache.update(*kv, self._cache_index(kind, layer_index)) for kind, kv in keys.items()}
+            visual_cache = cache.layers[self._cache_index("visual", layer_index)]
+            if "visual" not in keys and inputs.any_visual and visual_cache.is_initialized:  # no new visual token
+                keys["visual"] = (visual_cache.keys, visual_cache.values)
         added = layer(x, inputs.cos, inputs.sin, keys, inputs, inputs.visual_mass.get(layer_index))
         if added is None:
             return None
         attention_output, weights = output[0], output[1]
         return (attention_output + added.to(attention_output.dtype), weights, *output[2:])
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
+        **model_kwargs: Any,
+    ) -> tuple[torch.LongTensor, dict[str, Any]]:
+        """Beams / several sequences per prompt: repeat each sample's images with the sample, in order (the
+        generic row-wise repeat would mix the images of a multi-image sample)."""
+        pixel_values = model_kwargs.pop("pixel_values", None)
+        if expand_size > 1 and pixel_values is not None and input_ids is not None and pixel_values.shape[0]:
+            per_image = self.config.image_seq_length
+            counts = ((input_ids == self.config.image_token_id).sum(dim=1) // per_image).tolist()
+            chunks = torch.split(pixel_values, counts)
+            pixel_values = torch.cat([chunk for chunk in chunks for _ in range(expand_size)])
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        return input_ids, model_kwargs
 
     # ----- forward ----------------------------------------------------------------------------------------
     def forward(
@@ -472,8 +529,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if not use_cache:
             cache = None
         if cache is not None and self.wings_layers:
-            while len(cache.layers) <= self._cache_index("meta"):  # learner slots after the LLM's layers
-                cache.layers.append(DynamicLayer())
+            while len(cache.layers) <= self._cache_index("visual_positions"):  # learner slots after the LLM's
+                cache.layers.append(self._new_cache_layer(len(cache.layers)))
         past_length = cache.get_seq_length() if cache is not None else 0
         batch, length = is_visual.shape
         if attention_mask is None:
