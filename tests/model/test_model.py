@@ -202,3 +202,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_llm_or_vision_tower_names_are_clear_errors(tmp_path):
+    from wings.model.builder import load_vision_tower
+    from wings.model.registry import load_llm
+
+    with pytest.raises(FileNotFoundError, match="cannot load the LLM .*not a registry name"):
+        load_llm(str(tmp_path / "no-such-llm"))
+    with pytest.raises(FileNotFoundError, match="vision tower 'org/no-such-tower' is not a local directory"):
+        load_vision_tower("org/no-such-tower")

@@ -42,7 +42,13 @@ def load_vision_tower(name_or_path: str, dtype: torch.dtype = torch.float32, see
             f"vision tower {name_or_path!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1): "
             f"give a downloaded SigLIP/CLIP directory or a from-scratch preset ({config_hint})."
         )
-    config = AutoConfig.from_pretrained(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except OSError as error:  # not a local model, and the hub could not provide it
+        raise FileNotFoundError(
+            f"cannot load the vision tower {name_or_path!r}: not a local SigLIP/CLIP directory, not a preset "
+            f"({', '.join(VISION_PRESETS)}), and the hub could not provide it ({str(error).splitlines()[0]})"
+        ) from error
     if getattr(config, "model_type", "") not in {"siglip", "siglip_vision_model", "clip", "clip_vision_model"}:
         raise ValueError(f"{name_or_path} is a {config.model_type!r} model; WINGS needs a SigLIP or CLIP vision tower.")
     return AutoModel.from_pretrained(name_or_path, dtype=dtype)

@@ -100,8 +100,14 @@ def load_llm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `(model, tokenizer)` for a registry name, a local Hugging Face directory or a hub id, in eval mode."""
     path = resolve_llm(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as error:  # not a local model, and the hub could not provide it
+        raise FileNotFoundError(
+            f"cannot load the LLM {str(name_or_path)!r}: it is not a registry name ({', '.join(list_llms())}), "
+            f"not a local model directory, and the hub could not provide it ({str(error).splitlines()[0]})"
+        ) from error
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
