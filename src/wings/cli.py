@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "wings.serving.serve", "serve a WINGS model over an OpenAI-compatible HTTP API"),
     ("analyze", "wings.analysis.cli", "attention-shift analysis: LAWS curves per layer and the shift/score plot"),
     ("iit", "wings.analysis.iit_cli", "build the Interleaved Image-Text (IIT) benchmark"),
+    ("demo", "wings.demo.cli", "train WINGS and the LLaVA-style baseline on easy-vqa, evaluate, write a report"),
 ]
 
 

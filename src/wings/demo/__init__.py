@@ -1,0 +1,5 @@
+"""`wings demo`: WINGS against the LLaVA-style baseline on easy-vqa, trained, evaluated and reported end to end."""
+
+from wings.demo.pipeline import DemoPipeline, DemoSettings
+
+__all__ = ["DemoPipeline", "DemoSettings"]

@@ -1,0 +1,40 @@
+"""`wings demo`: train WINGS and the LLaVA-style baseline on easy-vqa, evaluate them side by side, write a report.
+
+    wings demo                  # the default run (runs/demo)
+    wings demo --quick          # a minutes-long check of the whole pipeline (runs/demo-quick)
+    wings demo --ablations      # also the visual learner alone (no textual learner, no router)
+
+Every step is skipped when its output exists: run it again to resume or to re-read the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="the small preset (a few minutes)")
+    parser.add_argument("--ablations", action="store_true", help="add the visual-learner-only model")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/demo, runs/demo-quick with --quick)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from wings.demo.pipeline import DemoPipeline, DemoSettings
+
+    overrides: dict = {"ablations": args.ablations, "progress": not args.no_progress}
+    if args.out is not None:
+        overrides["out"] = args.out
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings.default(**overrides)
+    DemoPipeline(settings).run()
+    return 0

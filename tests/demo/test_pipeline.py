@@ -1,0 +1,91 @@
+"""`wings demo` end to end on a tiny LLM and a tiny easy-vqa look-alike: report, plots, resume, identity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
+from wings.demo.pipeline import DemoPipeline, DemoSettings, model_runs
+
+COLOURS = ["red", "green", "blue"]
+
+
+def fake_easy_vqa(root: Path) -> Path:
+    """easy-vqa 1.0's raw layout: answers.txt, {train,test}/questions.json and images/<id>.png."""
+    (root / "answers.txt").write_text("\n".join(["yes", "no", *COLOURS, "circle"]) + "\n")
+    for split, count in (("train", 6), ("test", 3)):
+        (root / split / "images").mkdir(parents=True)
+        questions = []
+        for image_id in range(count):
+            colour = COLOURS[image_id % 3]
+            Image.new("RGB", (64, 64), colour).save(root / split / "images" / f"{image_id}.png")
+            questions += [["what color is the shape?", colour, image_id], ["is there a circle?", "yes", image_id]]
+        (root / split / "questions.json").write_text(json.dumps(questions))
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_llm_dir):  # noqa: F811
+    """One finished demo run (with the ablation) and its printed output."""
+    raw = fake_easy_vqa(tmp_path_factory.mktemp("easy-vqa-raw"))
+    settings = DemoSettings(
+        out=tmp_path_factory.mktemp("demo"), llm=str(tiny_llm_dir), easy_vqa_source=raw, max_turns=2,
+        lorra_rank=4, max_length=64, batch_size=2, align_steps=2, instruct_steps=1, save_steps=1000,
+        vqa_limit=4, retention_limit=3, attention_samples=2, eval_batch_size=4, threads=None, ablations=True,
+        progress=False,
+    )  # fmt: skip
+    report = DemoPipeline(settings).run()
+    return settings, report
+
+
+def test_writes_report_results_and_plots(finished):
+    settings, report = finished
+    out = Path(settings.out)
+    for name in ("report.md", "results.json", "training_curves.png", "forgetting.png", "laws.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["summary"]) == ["base LLM", "WINGS", "LLaVA", "LLaVA (WINGS LR)", "visual learner only"]
+    for row in results["summary"].values():
+        assert set(row) >= {"easy-vqa acc", "yes/no", "open", "retention MC acc", "KL from base", "perplexity",
+                            "attention shift"}  # fmt: skip
+    assert results["summary"]["base LLM"]["KL from base"] == pytest.approx(0.0, abs=1e-6)
+    assert results["answer_prior"]["acc"] >= 0
+    assert "wings chat --model" in results["chat"]
+    assert set(results["retention_wings_better_than"]) == {"LLaVA", "LLaVA (WINGS LR)", "visual learner only"}
+    for verdict in results["retention_wings_better_than"].values():
+        assert set(verdict) == {"retention MC acc", "KL from base", "perplexity"}
+        assert set(verdict.values()) <= {"better", "worse", "tie"}
+    report_md = (out / "report.md").read_text()
+    assert "| WINGS |" in report_md and "answer-prior" in report_md.lower()
+
+
+def test_after_align_text_outputs_equal_the_base_llm(finished):
+    _, report = finished
+    assert report["align_text_identity"]["identical"] is True
+    assert report["align_text_identity"]["max_abs_logit_diff"] == 0.0
+
+
+def test_stages_share_folders_and_the_matched_baseline_uses_wings_rates(finished):
+    settings, _ = finished
+    runs = {run.name: run for run in model_runs(settings)}
+    assert runs["visual learner only"].align[1] == runs["WINGS"].align[1]  # the ablation starts from WINGS' align
+    matched = runs["LLaVA (WINGS LR)"].instruct[2]
+    assert matched == {g: settings.wings_rates["instruct"][g] for g in ("projector", "llm")}
+    provenance = json.loads((Path(settings.out) / "visual-instruct" / "provenance.json").read_text())
+    assert provenance["status"] == "complete"
+
+
+def test_second_run_skips_every_finished_step(finished, capsys):
+    settings, first = finished
+    before = (Path(settings.out) / "eval" / "results.json").stat().st_mtime
+    second = DemoPipeline(settings).run()
+    printed = capsys.readouterr().out
+    steps = DemoPipeline(settings).steps()
+    assert second["skipped_steps"] == [step.name for step in steps]
+    assert printed.count("skipped") == len(steps)
+    assert (Path(settings.out) / "eval" / "results.json").stat().st_mtime == before
+    assert second["summary"] == first["summary"]
