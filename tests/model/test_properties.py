@@ -143,13 +143,14 @@ def test_left_padded_batch_generation_equals_single_generation():
 def test_text_only_input_skips_visual_learner_and_gives_textual_weight_one():
     model = tiny_wings("qwen2")
     randomize_learners(model)
-    calls = {"visual": 0, "router": 0}
+    calls = {"router": 0}
     for layer in model.wings_layers.values():
-        layer.visual_learner.register_forward_hook(lambda *a: calls.__setitem__("visual", calls["visual"] + 1))
         layer.router.register_forward_hook(lambda *a: calls.__setitem__("router", calls["router"] + 1))
+        for parameter in layer.visual_learner.parameters():  # NaN would reach the output if anything read them
+            parameter.data.fill_(float("nan"))
     ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
     out = logits(model, ids)
-    assert calls == {"visual": 0, "router": 0}
+    assert calls == {"router": 0} and torch.isfinite(out).all()
     # w_t = 1: the same as running the textual learner alone with weight 1 (visual learner removed)
     textual_only = copy.deepcopy(model)
     for layer in textual_only.wings_layers.values():
@@ -267,9 +268,11 @@ def test_visual_learner_caches_only_visual_tokens():
     ids, pixels = sample(model, images=2)
     with torch.no_grad():
         cache = model(input_ids=ids, pixel_values=pixels, use_cache=True).cache
-    first_visual = model._cache_index("visual", 0)
-    assert cache.layers[first_visual].keys.shape[2] == 2 * model.config.image_seq_length
-    assert cache.layers[model._cache_index("text", 0)].keys.shape[2] == ids.shape[1]
+    layers = len(model.config.learner_layers)
+    visual = cache.layers[model._cache_index("visual")].keys  # (B, layers, H, visual keys, D)
+    assert visual.shape[1] == layers and visual.shape[-2] == 2 * model.config.image_seq_length
+    text = cache.layers[model._cache_index("text")].keys
+    assert text.shape[1] == layers and text.shape[-2] == ids.shape[1]
 
 
 def test_expanding_for_beams_keeps_each_samples_images_together():

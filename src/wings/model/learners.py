@@ -6,6 +6,12 @@ In a WINGS layer the attention block's output becomes
 where x is the attention's own normalised input, X_v the projector's visual features and X_t the LLM's input
 token embeddings at text positions. Both learners see every key of the sequence through a mask: visual keys
 for L_v, text keys for L_t, causal by true position, padding removed. One mask per forward serves all layers.
+
+Keys and values come from X_v and X_t, which are the same for every layer: the model computes them for all
+layers at once (`stacked_keys_and_values`, two matmuls instead of four per layer and learner). Per layer, the two
+learners' queries share x and are computed together; their outputs meet the router's weights in rank space:
+    w_v * (O_v A_ov) B_ov + w_t * (O_t A_ot) B_ot = [w_v * O_v A_ov, w_t * O_t A_ot] [B_ov; B_ot]
+so one up-projection serves both. The maths is the paper's; only the order of the operations changes.
 """
 
 from __future__ import annotations
@@ -40,18 +46,64 @@ class LowRankResidual(nn.Module):
         return x + low_rank if self.residual else low_rank
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def stacked_low_rank_residual(residuals: list[LowRankResidual], x: torch.Tensor) -> torch.Tensor:
+    """`x + x A_i B_i` for several residuals that read the same x: (n, *x.shape), in two matmuls."""
+    if len(residuals) == 1:
+        return (x + F.linear(F.linear(x, residuals[0].down.weight), residuals[0].up.weight))[None]
+    rank = residuals[0].down.out_features
+    down, up = stacked_weights(residuals)
+    low = (x.reshape(-1, x.shape[-1]) @ down.t()).view(-1, len(residuals), rank).transpose(0, 1)  # (n, B L, r)
+    return torch.bmm(low, up).view(len(residuals), *x.shape) + x
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in the Llama convention; x (B, H, L, D), cos/sin (B, L, D)."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+def stacked_weights(residuals: list[LowRankResidual]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All A as one (n r, d) matrix and all B as one (n, r, d) batch. Without autograd (generation) the stack is
+    kept until a weight changes, so that a decoding step does not copy every layer's weights again."""
+    weights = [w for residual in residuals for w in (residual.down.weight, residual.up.weight)]
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        return torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
+    key = tuple((id(w), w._version, w.device, w.dtype) for w in weights)
+    kept = getattr(residuals[0], "_stacked_weights", None)
+    if kept is None or kept[0] != key:
+        stacked = torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
+        kept = (key, *stacked)
+        object.__setattr__(residuals[0], "_stacked_weights", kept)  # a plain attribute, not a buffer
+    return kept[1], kept[2]
+
+
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLM's rotary cos/sin (B, L, D) as `apply_rotary` wants them: (B, L, 1, D), broadcast over heads, and
+    sin with its first half negated, so that rotate_half(x) * sin = roll(x, D/2) * signed sin."""
+    first, second = sin.chunk(2, dim=-1)
+    return cos.unsqueeze(-2), torch.cat((-first, second), dim=-1).unsqueeze(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the Llama convention on (..., B, L, H, D), tables from `rotary_tables`.
+
+    The same numbers as `x * cos + rotate_half(x) * sin`, in three passes instead of six; and rotating before the
+    heads move to dim -3 keeps the broadcast over heads contiguous (several times faster on a CPU).
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+def stacked_keys_and_values(
+    learners: list[LowRankResidualAttention], key_input: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated keys and values of `key_input` (B, T, d) for every learner: each (n, B, T, H, D); cos/sin from
+    `rotary_tables`. All layers' learners of one kind read the same input, so their projections run as one batch.
+    """
+    shape = (len(learners), *key_input.shape[:2], learners[0].num_heads, -1)
+    keys = stacked_low_rank_residual([learner.key for learner in learners], key_input).view(shape)
+    values = stacked_low_rank_residual([learner.value for learner in learners], key_input).view(shape)
+    return apply_rotary(keys, cos, sin), values
 
 
 class LowRankResidualAttention(nn.Module):
-    """LoRRA: multi-head attention whose q/k/v are the inputs plus low-rank residuals; output `O A_o B_o`."""
+    """LoRRA: multi-head attention whose q/k/v are the inputs plus low-rank residuals; output `O A_o B_o`.
+
+    The projections are applied by `stacked_keys_and_values` (keys, values) and `WingsLayer` (queries, output).
+    """
 
     def __init__(self, hidden_size: int, num_heads: int, rank: int, init_std: float = 0.02):
         super().__init__()
@@ -64,42 +116,22 @@ class LowRankResidualAttention(nn.Module):
         self.value = LowRankResidual(hidden_size, rank, True, init_std)
         self.output = LowRankResidual(hidden_size, rank, False, init_std)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def keys_and_values(
-        self, key_input: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated keys and values (B, H, L, D) of new tokens; cached across generation steps."""
-        keys = apply_rotary(self.split_heads(self.key(key_input)), cos, sin)
-        return keys, self.split_heads(self.value(key_input))
-
-    def forward(
-        self,
-        query_input: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        key_mask: torch.Tensor | None,
+    def attend(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Attend from `query_input` (B, L, d) to `keys`/`values` (B, H, T, D) where `key_mask` (B, L, T) allows.
+        """Rotated queries (B, L, H, D) attend to keys/values (B, H, T, D); result (B, L, H D) before `A_o`.
 
-        `key_mask=None` means plainly causal over the same L tokens (the kernel then skips the upper half).
-        A query with no admissible key outputs exactly 0.
+        `mask` (B, 1, L, T) additive (0 / -inf); None means plainly causal over the same L tokens. A query without
+        any admissible key gets a mask that admits everything (no NaN): `WingsLayer` zeroes its output.
         """
-        queries = apply_rotary(self.split_heads(self.query(query_input)), cos, sin)
-        keys, values = keys.to(queries.dtype), values.to(queries.dtype)
-        if key_mask is None:
-            attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True)
-            return self.output(attended.transpose(1, 2).reshape(query_input.shape))
-        has_key = key_mask.any(dim=-1)  # (B, L)
-        # Rows without any key attend to everything (no NaN) and are zeroed below.
-        safe_mask = (key_mask | ~has_key.unsqueeze(-1)).unsqueeze(1)
-        attended = F.scaled_dot_product_attention(queries, keys, values, safe_mask)
-        attended = attended.transpose(1, 2).reshape(query_input.shape) * has_key.unsqueeze(-1).to(queries.dtype)
-        return self.output(attended)
+        queries = queries.transpose(1, 2)
+        if keys.dtype != queries.dtype:  # a cache kept in another dtype
+            keys, values = keys.to(queries.dtype), values.to(queries.dtype)
+        if mask is None:
+            attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=queries.shape[2] > 1)
+        else:
+            attended = F.scaled_dot_product_attention(queries, keys, values, mask)
+        return attended.transpose(1, 2).flatten(2)
 
 
 class Router(nn.Module):
@@ -129,24 +161,28 @@ class LearnerInputs:
     """What every WINGS layer of one forward pass shares (built once per forward by the model).
 
     The textual learner sees every key of the sequence (text keys admissible); the visual learner only the
-    visual keys, gathered per sample. Masks are (B, L, keys) for the L new queries; keys cover the cache too.
+    visual keys, gathered per sample. Masks are additive (B, 1, L, keys) for the L new queries; keys cover the
+    cache too, and rows without an admissible key admit every key (their output is zeroed through `*_has_key`).
     """
 
     key_input: torch.Tensor  # (B, L, d): the LLM's input embeddings of this step (X_t at text positions)
     key_is_visual: torch.Tensor  # (B, T) bool, every key so far (the router's indicator channel)
-    text_key_mask: torch.Tensor | None  # (B, L, T) bool: text, valid, causal; None: plainly causal
+    text_key_mask: torch.Tensor | None  # (B, 1, L, T) additive: text, valid, causal; None: plainly causal
+    text_has_key: torch.Tensor | None  # (B, L) bool: some text key admissible; None: every query has one
     visual_key_input: torch.Tensor | None  # (B, N, d): this step's visual features X_v (N slots, padded)
-    visual_cos: torch.Tensor | None  # rotary tables at those slots' positions
+    visual_cos: torch.Tensor | None  # rotary tables at those slots' positions (rotary_tables)
     visual_sin: torch.Tensor | None
-    visual_key_mask: torch.Tensor | None  # (B, L, V) bool over every visual key so far: valid and causal
+    visual_key_mask: torch.Tensor | None  # (B, 1, L, V) additive, every visual key so far: valid and causal
     has_visual_key: torch.Tensor | None  # (B, L) bool: some visual token at or before the query
     any_visual: bool  # False: the visual learner and the router are skipped (they would add exactly 0)
     run_visual: bool = False  # run them anyway (text-only training batch: every rank runs the same modules)
-    cos: torch.Tensor | None = None  # rotary tables at this step's positions, learner head size
+    cos: torch.Tensor | None = None  # rotary tables at this step's positions, learner head size (rotary_tables)
     sin: torch.Tensor | None = None
     learner_layers: frozenset[int] = frozenset()
     routed: bool = True
     visual_mass: dict[int, torch.Tensor] = field(default_factory=dict)
+    # Per kind ("visual", "text"): keys and values of every learner layer, each (B, H, T, D), the cache's included.
+    learner_keys: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = field(default_factory=dict)
 
     def wants_visual_mass(self, layer_idx: int) -> bool:
         return self.routed and self.any_visual and layer_idx in self.learner_layers
@@ -167,36 +203,42 @@ class WingsLayer(nn.Module):
         )
         self.router = Router(num_heads) if mode == "wings" else None
 
-    def learner_keys(self, inputs: LearnerInputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Keys/values of this step's tokens for each active learner (the visual one: visual slots only)."""
-        keys = {}
-        if inputs.visual_key_input is not None:
-            keys["visual"] = self.visual_learner.keys_and_values(
-                inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin
-            )
-        if self.textual_learner is not None:
-            keys["text"] = self.textual_learner.keys_and_values(inputs.key_input, inputs.cos, inputs.sin)
-        return keys
-
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
         keys: dict[str, tuple[torch.Tensor, torch.Tensor]],
         inputs: LearnerInputs,
         visual_mass: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """The sum the layer adds to the attention output (None when it is exactly zero)."""
-        visual_out = None
+        """The sum the layer adds to the attention output (None when it is exactly zero).
+
+        `keys` holds this layer's (keys, values) per active learner ("visual", "text"), each (B, H, T, D).
+        """
+        learners = []  # (learner, its keys, mask, per-token scale: router weight x "has an admissible key")
         if "visual" in keys:
-            visual_out = self.visual_learner(x, cos, sin, *keys["visual"], inputs.visual_key_mask)
-        if self.router is None:  # "visual" mode: h' = h + a + L_v
-            return visual_out
-        text_out = self.textual_learner(x, cos, sin, *keys["text"], inputs.text_key_mask)
-        if visual_out is None:  # no visual token anywhere: w_t = 1 for every token
-            return text_out
-        if visual_mass is None:  # no visual key anywhere: the mass is 0 (and w_v = 0 below)
-            visual_mass = x.new_zeros(*x.shape[:2], self.router.proj.in_features, dtype=torch.float32)
-        visual_weight, textual_weight = self.router(visual_mass, inputs.has_visual_key)
-        return (visual_weight * visual_out + textual_weight * text_out).to(x.dtype)
+            learners.append([self.visual_learner, keys["visual"], inputs.visual_key_mask, inputs.has_visual_key])
+        if self.router is not None:
+            learners.append([self.textual_learner, keys["text"], inputs.text_key_mask, inputs.text_has_key])
+        if not learners:
+            return None
+        for entry in learners:
+            entry[3] = None if entry[3] is None else entry[3].unsqueeze(-1)
+        if len(learners) == 2:  # both learners: the router mixes them
+            if visual_mass is None:  # no visual key anywhere: the mass is 0 (and w_v = 0 below)
+                visual_mass = x.new_zeros(*x.shape[:2], self.router.proj.in_features, dtype=torch.float32)
+            visual_weight, textual_weight = self.router(visual_mass, inputs.has_visual_key)
+            learners[0][3] = visual_weight * learners[0][3]
+            learners[1][3] = textual_weight if learners[1][3] is None else textual_weight * learners[1][3]
+
+        # Queries of the learners from x (one batch), rotated; each learner attends to its own keys.
+        heads = learners[0][0].num_heads
+        queries = stacked_low_rank_residual([entry[0].query for entry in learners], x)
+        queries = apply_rotary(queries.view(*queries.shape[:3], heads, -1), inputs.cos, inputs.sin)
+        low_rank, up = [], []
+        for (learner, (learner_keys, values), mask, scale), query in zip(learners, queries.unbind()):
+            low = F.linear(learner.attend(query, learner_keys, values, mask), learner.output.down.weight)  # O A_o
+            low_rank.append(low if scale is None else low * scale.to(low.dtype))
+            up.append(learner.output.up.weight)
+        if len(low_rank) == 1:
+            return F.linear(low_rank[0], up[0]).to(x.dtype)
+        return F.linear(torch.cat(low_rank, dim=-1), torch.cat(up, dim=1)).to(x.dtype)

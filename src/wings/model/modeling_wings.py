@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from .attention import register_wings_attention, wings_attention_name
 from .configuration_wings import WingsConfig
-from .learners import LearnerInputs, WingsLayer
+from .learners import LearnerInputs, WingsLayer, rotary_tables, stacked_keys_and_values
 
 IGNORE_INDEX = -100
 PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
@@ -61,6 +61,49 @@ class SlotLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         return None
+
+
+def additive_mask(key_mask: torch.Tensor, has_key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L, T) bool -> (B, 1, L, T) additive mask (0 or -inf) for attention, made once per forward: a boolean
+    mask would be converted, and kept for the backward, by every layer's attention call. A query without any
+    admissible key admits every key instead (no NaN); the WINGS layer zeroes its output."""
+    allowed = (key_mask | ~has_key.unsqueeze(-1)).unsqueeze(1)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+class AppendLayer(DynamicLayer):
+    """Cache layer that appends in place into spare room (amortised: it copies the cache only when it grows).
+
+    `DynamicLayer` concatenates, i.e. copies the whole layer at every generated token; the learners' layer holds
+    every learner layer's keys with all H heads, several times the LLM's grouped keys, so that copy would cost
+    more than the learners' arithmetic. `keys` / `values` stay views of the first `length` entries, so beam
+    reordering, selection and cropping work unchanged (a reordered copy becomes the next buffer).
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized or key_states.requires_grad or value_states.requires_grad:
+            return super().update(key_states, value_states, *args, **kwargs)  # autograd forbids in-place writes
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        self.keys = self._append(self.keys, key_states, length, new)
+        self.values = self._append(self.values, value_states, length, new)
+        return self.keys, self.values
+
+    @staticmethod
+    def _append(stored: torch.Tensor, new_states: torch.Tensor, length: int, new: int) -> torch.Tensor:
+        room = getattr(stored, "_wings_buffer", None)
+        fits = (
+            room is not None and room.shape[-2] >= length + new and room.data_ptr() == stored.data_ptr()
+            and room.shape[:-2] == new_states.shape[:-2] and stored.numel() > 0
+        )
+        if not fits:
+            capacity = max(2 * (length + new), 64)
+            room = new_states.new_empty(*new_states.shape[:-2], capacity, new_states.shape[-1])
+            if length:
+                room[..., :length, :].copy_(stored)
+        room[..., length : length + new, :].copy_(new_states)
+        view = room[..., : length + new, :]
+        view._wings_buffer = room
+        return view
 
 
 class LearnerRuntime:
@@ -168,6 +211,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             }
         )
         self.learner_rotary = self._build_learner_rotary()
+        self._learner_position = {index: n for n, index in enumerate(config.learner_layers)}
         self._runtime = LearnerRuntime()
         self._attach_learners()
         self.post_init()
@@ -379,14 +423,17 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         key_valid = attention_mask[:, -total:].bool()
         query_index = torch.arange(past_length, past_length + length, device=device)
         rotary = self.learner_rotary or self.language_model.model.rotary_emb
-        cos, sin = rotary(inputs_embeds, position_ids)
+        cos, sin = rotary_tables(*rotary(inputs_embeds, position_ids))  # (B, L, 1, D)
         any_visual, run_visual = bool(key_is_visual.any()), self._needs_same_modules_on_every_rank()
 
-        # Textual learner: every key, text ones admissible; plainly causal when nothing else is masked.
-        text_key_mask = None
-        if any_visual or past_length or not bool(key_valid.all()):
+        # Textual learner: every key, text ones admissible. No mask at all when that is plainly causal.
+        text_key_mask = text_has_key = None
+        plainly_causal = past_length == 0 or length == 1
+        if any_visual or not plainly_causal or not bool(key_valid.all()):
             causal = torch.arange(total, device=device)[None, :] <= query_index[:, None]  # (L, T)
             text_key_mask = causal[None] & key_valid[:, None, :] & ~key_is_visual[:, None, :]
+            text_has_key = text_key_mask.any(dim=-1)
+            text_key_mask = additive_mask(text_key_mask, text_has_key, inputs_embeds.dtype)
 
         # Visual learner: this step's visual tokens gathered into slots (one empty slot when it must run anyway).
         counts = is_visual.sum(dim=1)
@@ -404,18 +451,20 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 layer = cache.layers[self._cache_index("visual_positions")]
                 slot_position = layer.keys[:, 0, :, 0].long() if layer.is_initialized else slot_position
             visual_key_mask = (slot_position[:, None, :] >= 0) & (slot_position[:, None, :] <= query_index[None, :, None])
+            has_visual_key = visual_key_mask.any(dim=-1)
             gather = order[..., None]
             visual.update(
                 visual_key_input=inputs_embeds.gather(1, gather.expand(-1, -1, inputs_embeds.shape[-1])) if slots else None,
-                visual_cos=cos.gather(1, gather.expand(-1, -1, cos.shape[-1])) if slots else None,
-                visual_sin=sin.gather(1, gather.expand(-1, -1, sin.shape[-1])) if slots else None,
-                visual_key_mask=visual_key_mask,
-                has_visual_key=visual_key_mask.any(dim=-1),
+                visual_cos=cos.gather(1, gather[..., None].expand(-1, -1, *cos.shape[2:])) if slots else None,
+                visual_sin=sin.gather(1, gather[..., None].expand(-1, -1, *sin.shape[2:])) if slots else None,
+                visual_key_mask=additive_mask(visual_key_mask, has_visual_key, inputs_embeds.dtype),
+                has_visual_key=has_visual_key,
             )
-        return LearnerInputs(
+        inputs = LearnerInputs(
             key_input=inputs_embeds,
             key_is_visual=key_is_visual,
             text_key_mask=text_key_mask,
+            text_has_key=text_has_key,
             any_visual=any_visual,
             run_visual=run_visual,
             learner_layers=frozenset(self.config.learner_layers),
@@ -424,23 +473,62 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             sin=sin,
             **visual,
         )
+        inputs.learner_keys = self._learner_keys(inputs, cache)
+        return inputs
+
+    def _learner_keys(self, inputs: LearnerInputs, cache: Cache | None) -> dict[str, tuple[tuple[torch.Tensor, ...], ...]]:
+        """Keys and values of every layer's learners (computed for all layers at once; cached as one (B, n_layers,
+        H, T, D) cache layer per kind), handed out per layer: each (B, H, T, D)."""
+        layers = [self.wings_layers[str(index)] for index in self.config.learner_layers]
+        keys = {}
+        if inputs.visual_key_input is not None:
+            keys["visual"] = stacked_keys_and_values(
+                [layer.visual_learner for layer in layers], inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin
+            )
+        if self.config.learners == "wings":
+            keys["text"] = stacked_keys_and_values(
+                [layer.textual_learner for layer in layers], inputs.key_input, inputs.cos, inputs.sin
+            )
+        if cache is None:  # per layer (B, H, T, D); unbinding dim 0 keeps the backward's gradient stack contiguous
+            return {kind: tuple([t.transpose(1, 2) for t in x.unbind()] for x in kv) for kind, kv in keys.items()}
+        # The cache keeps (B, n_layers, H, T, D) per kind, batch first, so beam search can reorder it.
+        keys = {kind: cache.update(*(x.permute(1, 0, 3, 2, 4) for x in kv), self._cache_index(kind)) for kind, kv in keys.items()}
+        visual_cache = cache.layers[self._cache_index("visual")]
+        if "visual" not in keys and inputs.any_visual and visual_cache.is_initialized:  # no new visual token
+            keys["visual"] = (visual_cache.keys, visual_cache.values)
+        return {kind: (k.unbind(1), v.unbind(1)) for kind, (k, v) in keys.items()}
 
     def _new_cache_layer(self, index: int) -> DynamicLayer:
-        first = self.config.text_config.num_hidden_layers
-        per_visual_token = index == self._cache_index("visual_positions") or (
-            first <= index < self._cache_index("meta") and (index - first) % 2 == 0
-        )
-        return SlotLayer() if per_visual_token else DynamicLayer()
+        per_visual_token = index in (self._cache_index("visual"), self._cache_index("visual_positions"))
+        return SlotLayer() if per_visual_token else AppendLayer()
 
-    def _cache_index(self, kind: str, layer_index: int | None = None) -> int:
-        """Where learner state lives in the HF cache: after the LLM's own layers."""
-        first = self.config.text_config.num_hidden_layers
-        order = self.config.learner_layers
-        if kind == "meta":  # every key: visual or not
-            return first + 2 * len(order)
-        if kind == "visual_positions":  # absolute index of every cached visual key (-1: an empty slot)
-            return first + 2 * len(order) + 1
-        return first + 2 * order.index(layer_index) + (0 if kind == "visual" else 1)
+    def _cache_index(self, kind: str) -> int:
+        """Where learner state lives in the HF cache: after the LLM's own layers, one cache layer per kind."""
+        kinds = ("text", "visual", "meta", "visual_positions")
+        # text / visual: every learner layer's keys and values, (B, n_layers, H, T, D); meta: which keys are
+        # visual; visual_positions: the absolute index of every cached visual key (-1: an empty slot).
+        return self.config.text_config.num_hidden_layers + kinds.index(kind)
+
+    def _register_zero3_external_parameters(self) -> None:
+        """Under DeepSpeed ZeRO-3, tell DeepSpeed which learner weights are read outside their own module's forward
+        (the learners' projections run as batched matmuls, not as module calls), so it gathers them in time:
+        keys/values in this model's forward, queries/outputs in their WingsLayer's."""
+        if getattr(self, "_zero3_registered", False):
+            return
+        first = next(iter(self.wings_layers.parameters()))
+        if not hasattr(first, "ds_id"):  # not partitioned by ZeRO-3
+            return
+        from deepspeed.runtime.zero import register_external_parameter
+
+        for layer in self.wings_layers.values():
+            for learner in (layer.visual_learner, layer.textual_learner):
+                if learner is None:
+                    continue
+                for owner, residuals in ((self, (learner.key, learner.value)), (layer, (learner.query, learner.output))):
+                    for residual in residuals:
+                        for parameter in residual.parameters():
+                            register_external_parameter(owner, parameter)
+        self._zero3_registered = True
 
     def _add_learner_outputs(
         self, layer_index: int, module: nn.Module, args: tuple, kwargs: dict, output: tuple
@@ -450,15 +538,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if inputs is None:  # the LLM called on its own behaves as the base LLM
             return None
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        layer = self.wings_layers[str(layer_index)]
-        keys = layer.learner_keys(inputs)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None:
-            keys = {kind: cache.update(*kv, self._cache_index(kind, layer_index)) for kind, kv in keys.items()}
-            visual_cache = cache.layers[self._cache_index("visual", layer_index)]
-            if "visual" not in keys and inputs.any_visual and visual_cache.is_initialized:  # no new visual token
-                keys["visual"] = (visual_cache.keys, visual_cache.values)
-        added = layer(x, inputs.cos, inputs.sin, keys, inputs, inputs.visual_mass.get(layer_index))
+        position = self._learner_position[layer_index]
+        keys = {kind: (k[position], v[position]) for kind, (k, v) in inputs.learner_keys.items()}
+        added = self.wings_layers[str(layer_index)](x, keys, inputs, inputs.visual_mass.get(layer_index))
         if added is None:
             return None
         attention_output, weights = output[0], output[1]
@@ -541,6 +623,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         self._use_wings_attention()
         self._runtime.context = None
         if self.wings_layers:
+            self._register_zero3_external_parameters()
             self._runtime.context = self._learner_inputs(
                 inputs_embeds, is_visual, attention_mask, position_ids, cache, past_length
             )
