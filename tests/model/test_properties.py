@@ -283,3 +283,87 @@ def test_expanding_for_beams_keeps_each_samples_images_together():
     _, expanded = model._expand_inputs_for_generation(2, input_ids=ids, pixel_values=torch.cat([pixels_a, pixels_b]))
     expected = torch.cat([pixels_a, pixels_a, pixels_b, pixels_b])
     assert torch.equal(expanded["pixel_values"], expected)
+
+
+# The batched learner code against the formulas of WINGS.md, written out plainly ---------------------------------
+def reference_learner(learner, x, key_input, admissible, rotary_queries, rotary_keys):
+    """L(x, X) = O A_o B_o with O = softmax(Q K^T / sqrt(d/H) + mask) V, Q/K/V = input + input A B, rotary on Q, K;
+    a query with no admissible key gives 0. x (L, d), key_input (T, d), admissible (L, T), rotary: (cos, sin)."""
+    heads = learner.num_heads
+
+    def split(t):
+        return t.view(t.shape[0], heads, -1).transpose(0, 1)  # (H, n, D)
+
+    def rotate(t, cos, sin):
+        first, second = t.chunk(2, dim=-1)
+        return t * cos + torch.cat((-second, first), dim=-1) * sin
+
+    q = rotate(split(learner.query(x)), *rotary_queries)
+    k = rotate(split(learner.key(key_input)), *rotary_keys)
+    v = split(learner.value(key_input))
+    scores = (q @ k.transpose(1, 2)) / (q.shape[-1] ** 0.5)
+    weights = torch.softmax(scores.masked_fill(~admissible, float("-inf")), dim=-1).nan_to_num(0.0)
+    return learner.output((weights @ v).transpose(0, 1).reshape(x.shape))
+
+
+def test_learner_outputs_follow_the_written_out_formulas():
+    model = tiny_wings("llama")
+    randomize_learners(model)
+    ids, pixels = sample(model, images=2)
+    records = {}
+    original = type(model.wings_layers["0"]).forward
+
+    def record(layer, x, attention_output, keys, inputs, visual_mass):
+        result = original(layer, x, attention_output, keys, inputs, visual_mass)
+        records[layer] = (x[0], result[0] - attention_output[0], visual_mass[0])
+        return result
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model.wings_layers["0"]), "forward", record)
+        model(input_ids=ids, pixel_values=pixels)
+        embeds = model.get_input_embeddings()(ids.masked_fill(ids == model.config.image_token_id, 0))
+        features = model.get_image_features(pixels).reshape(-1, embeds.shape[-1])
+    is_visual = ids[0] == model.config.image_token_id
+    embeds[0, is_visual] = features
+    positions = torch.arange(ids.shape[1])
+    cos, sin = (table[0] for table in model.language_model.model.rotary_emb(embeds, positions[None]))
+    causal = positions[None, :] <= positions[:, None]
+    seen_image = torch.cumsum(is_visual, 0)[:, None] > 0
+    assert len(records) == len(model.wings_layers)
+    for index, layer in model.wings_layers.items():
+        x, added, mass = records[layer]
+        visual = reference_learner(layer.visual_learner, x, embeds[0, is_visual], causal[:, is_visual], (cos, sin),
+                                   (cos[is_visual], sin[is_visual]))
+        text = reference_learner(layer.textual_learner, x, embeds[0], causal & ~is_visual[None, :], (cos, sin),
+                                 (cos, sin))
+        weights = torch.softmax(layer.router.proj(mass), dim=-1)
+        w_v = torch.where(seen_image, weights[:, :1], 0.0)
+        w_t = torch.where(seen_image, weights[:, 1:], 1.0)
+        torch.testing.assert_close(added, w_v * visual + w_t * text, atol=1e-5, rtol=1e-4, msg=f"layer {index}")
+
+
+def test_in_place_learner_cache_layer_behaves_like_the_concatenating_one():
+    """AppendLayer (the learners' cache) writes into spare room; reorder, crop and repeat must still hold."""
+    from transformers.cache_utils import DynamicLayer
+
+    from wings.model.modeling_wings import AppendLayer
+
+    generator = torch.Generator().manual_seed(0)
+    reference, in_place = DynamicLayer(), AppendLayer()
+
+    def step(length):
+        batch = reference.keys.shape[0] if reference.is_initialized else 2
+        new = torch.randn(batch, 3, 4, length, 8, generator=generator)
+        expected, got = reference.update(new, -new), in_place.update(new, -new)
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+    for length in (5, 1, 1, 40, 1):
+        step(length)
+    for operation in (lambda layer: layer.reorder_cache(torch.tensor([1, 0])), lambda layer: layer.crop(-3),
+                      lambda layer: layer.batch_repeat_interleave(2), lambda layer: layer.batch_select_indices(
+                          torch.tensor([0, 3]))):
+        operation(reference)
+        operation(in_place)
+        step(1)
+        step(2)
+    assert in_place.get_seq_length() == reference.get_seq_length()

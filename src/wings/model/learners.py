@@ -49,7 +49,8 @@ class LowRankResidual(nn.Module):
 def stacked_low_rank_residual(residuals: list[LowRankResidual], x: torch.Tensor) -> torch.Tensor:
     """`x + x A_i B_i` for several residuals that read the same x: (n, *x.shape), in two matmuls."""
     if len(residuals) == 1:
-        return (x + F.linear(F.linear(x, residuals[0].down.weight), residuals[0].up.weight))[None]
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.addmm(flat, flat @ residuals[0].down.weight.t(), residuals[0].up.weight.t()).view(1, *x.shape)
     rank = residuals[0].down.out_features
     down, up = stacked_weights(residuals)
     low = (x.reshape(-1, x.shape[-1]) @ down.t()).view(-1, len(residuals), rank).transpose(0, 1)  # (n, B L, r)
@@ -206,11 +207,12 @@ class WingsLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        attention_output: torch.Tensor,
         keys: dict[str, tuple[torch.Tensor, torch.Tensor]],
         inputs: LearnerInputs,
         visual_mass: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """The sum the layer adds to the attention output (None when it is exactly zero).
+    ) -> torch.Tensor:
+        """`attention_output` plus what the learners add (it is returned as it is when they add exactly zero).
 
         `keys` holds this layer's (keys, values) per active learner ("visual", "text"), each (B, H, T, D).
         """
@@ -220,7 +222,7 @@ class WingsLayer(nn.Module):
         if self.router is not None:
             learners.append([self.textual_learner, keys["text"], inputs.text_key_mask, inputs.text_has_key])
         if not learners:
-            return None
+            return attention_output
         for entry in learners:
             entry[3] = None if entry[3] is None else entry[3].unsqueeze(-1)
         if len(learners) == 2:  # both learners: the router mixes them
@@ -239,6 +241,10 @@ class WingsLayer(nn.Module):
             low = F.linear(learner.attend(query, learner_keys, values, mask), learner.output.down.weight)  # O A_o
             low_rank.append(low if scale is None else low * scale.to(low.dtype))
             up.append(learner.output.up.weight)
-        if len(low_rank) == 1:
-            return F.linear(low_rank[0], up[0]).to(x.dtype)
-        return F.linear(torch.cat(low_rank, dim=-1), torch.cat(up, dim=1)).to(x.dtype)
+        low = low_rank[0] if len(low_rank) == 1 else torch.cat(low_rank, dim=-1)
+        up = up[0] if len(up) == 1 else torch.cat(up, dim=1)
+        # a + [w_v O_v A_ov, w_t O_t A_ot] [B_ov; B_ot], the sum and the up-projection in one op
+        flat = attention_output.reshape(-1, attention_output.shape[-1])
+        return torch.addmm(flat, low.reshape(-1, low.shape[-1]).to(flat.dtype), up.t().to(flat.dtype)).view(
+            attention_output.shape
+        )

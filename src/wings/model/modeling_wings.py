@@ -540,11 +540,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         position = self._learner_position[layer_index]
         keys = {kind: (k[position], v[position]) for kind, (k, v) in inputs.learner_keys.items()}
-        added = self.wings_layers[str(layer_index)](x, keys, inputs, inputs.visual_mass.get(layer_index))
-        if added is None:
-            return None
-        attention_output, weights = output[0], output[1]
-        return (attention_output + added.to(attention_output.dtype), weights, *output[2:])
+        layer = self.wings_layers[str(layer_index)]
+        return (layer(x, output[0], keys, inputs, inputs.visual_mass.get(layer_index)), *output[1:])
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
