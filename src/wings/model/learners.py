@@ -8,7 +8,7 @@ token embeddings at text positions. Both learners see every key of the sequence 
 for L_v, text keys for L_t, causal by true position, padding removed. One mask per forward serves all layers.
 
 Keys and values come from X_v and X_t, which are the same for every layer: the model computes them for all
-layers at once (`stacked_keys_and_values`, two matmuls instead of four per layer and learner). Per layer, the two
+layers at once (`keys_and_values`: one matmul for all their A projections). Per layer, the two
 learners' queries share x and are computed together; their outputs meet the router's weights in rank space:
     w_v * (O_v A_ov) B_ov + w_t * (O_t A_ot) B_ot = [w_v * O_v A_ov, w_t * O_t A_ot] [B_ov; B_ot]
 so one up-projection serves both. The maths is the paper's; only the order of the operations changes.
@@ -47,7 +47,8 @@ class LowRankResidual(nn.Module):
 
 
 def stacked_low_rank_residual(residuals: list[LowRankResidual], x: torch.Tensor) -> torch.Tensor:
-    """`x + x A_i B_i` for several residuals that read the same x: (n, *x.shape), in two matmuls."""
+    """`x + x A_i B_i` for several residuals that read the same x: (n, *x.shape), in two matmuls (for few tokens:
+    the batched B projection writes one (n, ...) tensor, which costs memory traffic when x is long)."""
     if len(residuals) == 1:
         flat = x.reshape(-1, x.shape[-1])
         return torch.addmm(flat, flat @ residuals[0].down.weight.t(), residuals[0].up.weight.t()).view(1, *x.shape)
@@ -88,22 +89,29 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
-def stacked_keys_and_values(
+def keys_and_values(
     learners: list[LowRankResidualAttention], key_input: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotated keys and values of `key_input` (B, T, d) for every learner: each (n, B, T, H, D); cos/sin from
-    `rotary_tables`. All layers' learners of one kind read the same input, so their projections run as one batch.
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Rotated keys and values of `key_input` (B, T, d) for every learner, each (B, T, H, D); cos/sin from
+    `rotary_tables`. Every layer's learners of one kind read the same input: one matmul gives all their A
+    projections. Without autograd (generation) the B projections run as one batch too; in training they run per
+    learner, in pieces that stay in the CPU cache and whose gradients need no gathering into one tensor.
     """
-    shape = (len(learners), *key_input.shape[:2], learners[0].num_heads, -1)
-    keys = stacked_low_rank_residual([learner.key for learner in learners], key_input).view(shape)
-    values = stacked_low_rank_residual([learner.value for learner in learners], key_input).view(shape)
-    return apply_rotary(keys, cos, sin), values
+    residuals = [learner.key for learner in learners] + [learner.value for learner in learners]
+    count, shape = len(learners), (*key_input.shape[:2], learners[0].num_heads, -1)
+    if torch.is_grad_enabled():
+        flat = key_input.reshape(-1, key_input.shape[-1])
+        lows = (flat @ stacked_weights(residuals)[0].t()).split(residuals[0].down.out_features, dim=-1)
+        projected = [torch.addmm(flat, low, r.up.weight.t()).view(shape) for low, r in zip(lows, residuals)]
+        return [apply_rotary(keys, cos, sin) for keys in projected[:count]], projected[count:]
+    projected = stacked_low_rank_residual(residuals, key_input).view(2 * count, *shape)
+    return list(apply_rotary(projected[:count], cos, sin).unbind()), list(projected[count:].unbind())
 
 
 class LowRankResidualAttention(nn.Module):
     """LoRRA: multi-head attention whose q/k/v are the inputs plus low-rank residuals; output `O A_o B_o`.
 
-    The projections are applied by `stacked_keys_and_values` (keys, values) and `WingsLayer` (queries, output).
+    The projections are applied by `keys_and_values` (keys, values) and `WingsLayer` (queries, output).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, rank: int, init_std: float = 0.02):

@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from .attention import register_wings_attention, wings_attention_name
 from .configuration_wings import WingsConfig
-from .learners import LearnerInputs, WingsLayer, rotary_tables, stacked_keys_and_values
+from .learners import LearnerInputs, WingsLayer, keys_and_values, rotary_tables
 
 IGNORE_INDEX = -100
 PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
@@ -482,17 +482,20 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         layers = [self.wings_layers[str(index)] for index in self.config.learner_layers]
         keys = {}
         if inputs.visual_key_input is not None:
-            keys["visual"] = stacked_keys_and_values(
+            keys["visual"] = keys_and_values(
                 [layer.visual_learner for layer in layers], inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin
             )
         if self.config.learners == "wings":
-            keys["text"] = stacked_keys_and_values(
+            keys["text"] = keys_and_values(
                 [layer.textual_learner for layer in layers], inputs.key_input, inputs.cos, inputs.sin
             )
-        if cache is None:  # per layer (B, H, T, D); unbinding dim 0 keeps the backward's gradient stack contiguous
-            return {kind: tuple([t.transpose(1, 2) for t in x.unbind()] for x in kv) for kind, kv in keys.items()}
+        if cache is None:  # per layer (B, H, T, D)
+            return {kind: tuple([t.transpose(1, 2) for t in x] for x in kv) for kind, kv in keys.items()}
         # The cache keeps (B, n_layers, H, T, D) per kind, batch first, so beam search can reorder it.
-        keys = {kind: cache.update(*(x.permute(1, 0, 3, 2, 4) for x in kv), self._cache_index(kind)) for kind, kv in keys.items()}
+        keys = {
+            kind: cache.update(*(torch.stack(x, dim=1).transpose(2, 3) for x in kv), self._cache_index(kind))
+            for kind, kv in keys.items()
+        }
         visual_cache = cache.layers[self._cache_index("visual")]
         if "visual" not in keys and inputs.any_visual and visual_cache.is_initialized:  # no new visual token
             keys["visual"] = (visual_cache.keys, visual_cache.values)
