@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
-    from .common import machine_description, malloc_for_timing
+    from .common import configure_malloc, machine_description
 
-    malloc_for_timing()
+    configure_malloc()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -5,9 +5,8 @@ rotates each round), so a burst of load from other processes hits the compared v
 the median of each variant and the ratio of medians. Absolute seconds differ between runs on a shared machine,
 ratios measured in the same run are what to compare.
 
-Peak memory, measured in an untimed call of its own, on CPU: glibc is told to serve every allocation of 64 KiB or
-more with its own mmap and to give it back on free (`mallopt`), so the resident set follows torch's live tensors
-(timed calls run with glibc's usual heap reuse instead, `malloc_for_timing`); the kernel's peak-RSS counter is reset
+Peak memory, on CPU: glibc is told to serve every allocation of 64 KiB or more with its own mmap and to give it
+back on free (`mallopt`), so the resident set follows torch's live tensors; the kernel's peak-RSS counter is reset
 before the measured call (`/proc/self/clear_refs`) and read after it. The figure is the peak resident memory
 *above* what was resident before the call (for a training step: weights and optimizer state, gradients being
 freed after every step): the activations, gradients and temporaries of that call. On a GPU:
@@ -43,26 +42,15 @@ SMALL_LAYERS = 6
 IMAGE_POSITION = 16  # text before the image, as in a conversation
 
 
-def _mallopt(mmap_threshold: int, trim_threshold: int) -> None:
+def configure_malloc() -> None:
+    """Large allocations via mmap, returned on free, so RSS tracks live tensors (see the module docstring)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
-    libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
-
-
-def malloc_for_memory() -> None:
-    """Large allocations via mmap, returned on free, so RSS tracks live tensors (see the module docstring)."""
-    _mallopt(64 * 1024, 128 * 1024)
-
-
-def malloc_for_timing() -> None:
-    """glibc's steady state: blocks up to 32 MiB from the heap and reused (glibc raises its mmap threshold to that
-    after the first frees of a run); timing under `malloc_for_memory` would add a page fault to every fresh
-    tensor and favour the variant with fewer temporaries."""
-    _mallopt(32 * 1024 * 1024, 64 * 1024 * 1024)
+    libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
 
 
 def device() -> torch.device:
@@ -190,17 +178,17 @@ def compare(
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    if memory:  # one untimed call each, with allocations that show in the resident set
-        malloc_for_memory()
-        for name in names:
-            results[name].peak_mib = peak_memory(lambda: (variants[name](), synchronize()))
-        malloc_for_timing()
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            variants[name]()
-            synchronize()
+            timed = variants[name]
+            if memory and round_index == 0:
+                start = time.perf_counter()
+                results[name].peak_mib = peak_memory(lambda: (timed(), synchronize()))
+            else:
+                start = time.perf_counter()
+                timed()
+                synchronize()
             results[name].seconds.append(time.perf_counter() - start)
     return results
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
-from benchmarks.common import build_model, make_batch, malloc_for_memory, peak_memory
+from benchmarks.common import build_model, configure_malloc, make_batch, peak_memory
 from benchmarks.training_step import use_authors_router
 
 
@@ -37,7 +37,7 @@ def test_authors_router_emulation_gives_our_router_inputs_and_outputs():
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists() or torch.cuda.is_available(), reason="Linux CPU probe")
 def test_peak_memory_sees_a_64_mib_tensor_and_not_one_freed_before():
-    malloc_for_memory()
+    configure_malloc()
     held = torch.ones(16 * 2**20)  # allocated and freed before the call: not part of its peak
     del held
     peak = peak_memory(lambda: torch.ones(16 * 2**20).sum())

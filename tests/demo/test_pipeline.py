@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
-from wings.demo.pipeline import DemoPipeline, DemoSettings, model_runs
+from wings.demo.pipeline import DemoPipeline, DemoSettings, measured_threads, model_runs
 
 COLOURS = ["red", "green", "blue"]
 
@@ -36,6 +37,7 @@ def finished(tmp_path_factory, tiny_llm_dir):  # noqa: F811
         out=tmp_path_factory.mktemp("demo"), llm=str(tiny_llm_dir), easy_vqa_source=raw, max_turns=2,
         lorra_rank=4, max_length=64, batch_size=2, align_steps=2, instruct_steps=1, save_steps=1000,
         vqa_limit=4, retention_limit=3, attention_samples=2, eval_batch_size=4, threads=None, ablations=True,
+        eval_cache=tmp_path_factory.mktemp("eval-cache"),
         progress=False,
     )  # fmt: skip
     report = DemoPipeline(settings).run()
@@ -61,6 +63,15 @@ def test_writes_report_results_and_plots(finished):
         assert set(verdict.values()) <= {"better", "worse", "tie"}
     report_md = (out / "report.md").read_text()
     assert "| WINGS |" in report_md and "answer-prior" in report_md.lower()
+    # Every step that ran says how many intra-op threads it used (measured: settings.threads is None).
+    assert set(results["threads"]) == {step.name for step in DemoPipeline(settings).steps()}
+    assert all(1 <= threads <= (os.cpu_count() or 1) for threads in results["threads"].values())
+
+
+def test_measured_threads_is_one_or_every_core():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert measured_threads() in {1, cores}
+    assert measured_threads(limit=1) == 1
 
 
 def test_after_align_text_outputs_equal_the_base_llm(finished):

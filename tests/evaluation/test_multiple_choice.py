@@ -104,3 +104,20 @@ def test_fewshot_is_reproducible(tiny_model, tiny_tokenizer):
     assert first["acc"] == second["acc"] and first["acc_norm"] == second["acc_norm"]
     with pytest.raises(ValueError, match="needs 9 exemplars"):
         evaluate_multiple_choice(tiny_model, tiny_tokenizer, task, docs, docs, num_fewshot=9)
+
+
+def test_models_without_logits_to_keep_score_the_same(tiny_model, tiny_tokenizer):
+    """Only the continuation positions' logits are computed when the model allows it; the scores do not change."""
+
+    class PlainForward(torch.nn.Module):  # a model whose forward takes no `logits_to_keep`
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    kept = loglikelihoods(tiny_model, tiny_tokenizer, REQUESTS, batch_size=4)
+    full = loglikelihoods(PlainForward(tiny_model), tiny_tokenizer, REQUESTS, batch_size=4)
+    assert [s for s, _ in kept] == pytest.approx([s for s, _ in full], abs=1e-5)
+    assert [g for _, g in kept] == [g for _, g in full]

@@ -59,3 +59,19 @@ def test_kl_compares_on_the_base_vocabulary(tiny_model, tiny_tokenizer):
         bigger.lm_head.weight[:-1] = tiny_model.lm_head.weight
     sequences = reference_sequences(tiny_model, tiny_tokenizer, ["Once upon"], max_new_tokens=4)
     assert continuation_divergence(bigger, tiny_model, sequences)["kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_several_models_at_once_equal_one_at_a_time(tiny_model, tiny_tokenizer):
+    """`continuation_divergences` runs the base once per batch; each model's numbers are those it gets alone."""
+    from wings.evaluation.divergence import continuation_divergences
+
+    prompts = ["The quick brown", "Two plus", "Once"]
+    sequences = reference_sequences(tiny_model, tiny_tokenizer, prompts, max_new_tokens=5)
+    vocab = len(tiny_tokenizer)
+    others = {"base": tiny_model, "a": make_model(vocab, seed=3), "b": make_model(vocab, seed=4)}
+    together = continuation_divergences(others, tiny_model, sequences, batch_size=2)
+    for name, model in others.items():
+        alone = continuation_divergence(model, tiny_model, sequences, batch_size=2)
+        assert together[name]["kl"] == pytest.approx(alone["kl"], abs=1e-7)
+        assert together[name]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-6)
+    assert together["base"]["kl"] == 0.0 and together["a"]["kl"] > 1e-4

@@ -20,7 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--quick", action="store_true", help="the small preset (a few minutes)")
     parser.add_argument("--ablations", action="store_true", help="add the visual-learner-only model")
     parser.add_argument("--out", type=Path, help="output folder (default runs/demo, runs/demo-quick with --quick)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: measured before each step: "
+                        "1 or all cores, whichever runs faster at that moment)")
+    parser.add_argument("--no-eval-cache", action="store_true",
+                        help="recompute the base LLM's evaluation instead of reading it from ~/.cache/wings/eval")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_demo)
 
@@ -33,6 +36,8 @@ def run_demo(args: argparse.Namespace) -> int:
     overrides: dict = {"ablations": args.ablations, "progress": not args.no_progress}
     if args.out is not None:
         overrides["out"] = args.out
+    if args.no_eval_cache:
+        overrides["eval_cache"] = None
     if args.threads is not None:
         overrides["threads"] = args.threads
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings.default(**overrides)

@@ -48,20 +48,25 @@ class DemoSettings:
     llm: str = "smollm2-135m-instruct"  # registry name, hub id or directory
     vision: str = "siglip-scratch-32"  # a from-scratch SigLIP preset (16 visual tokens)
     easy_vqa_source: Path | None = None  # easy-vqa's raw data folder (default: the installed package's)
-    max_turns: int = 1  # questions per training conversation (shorter sequences, more images per step)
+    # Questions per training conversation. Measured (README): at equal images, 2 per conversation scored lower than
+    # 1 and cost 25% more time; distinct images are what the from-scratch tower needs.
+    max_turns: int = 1
     lorra_rank: int = 8
     max_length: int = 64
-    batch_size: int = 4
-    align_steps: int = 40
-    instruct_steps: int = 20
-    save_steps: int = 10  # checkpoints for resuming an interrupted stage
+    batch_size: int = 8
+    # Stage 1 carries the visual learning (LLM frozen, ~2 s a step); stage 2 trains the LLM (~4 s a step).
+    align_steps: int = 100
+    instruct_steps: int = 8
+    save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
     wings_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in WINGS_RATES.items()})
     llava_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in LLAVA_RATES.items()})
     vqa_limit: int | None = 200  # easy-vqa test questions scored (None: all 9,673)
     retention_limit: int | None = None  # retention_mc questions and retention_lm prompts (None: all)
     attention_samples: int = 8  # easy-vqa test conversations for the attention shift
-    eval_batch_size: int = 16
-    threads: int | None = 1  # torch intra-op threads; on a shared 2-core CPU two threads spin and stall (README)
+    eval_batch_size: int = 64  # larger CPU matrix products: multiple choice ~1.4x faster than at 16
+    # The base LLM's scores and reference continuations, kept between runs (None: always recomputed).
+    eval_cache: Path | None = field(default_factory=lambda: _wings_cache() / "eval")
+    threads: int | None = None  # torch intra-op threads; None: measured before each step (`measured_threads`)
     ablations: bool = False  # add the visual-learner-alone model (stage 2 without textual learner and router)
     seed: int = 0
     use_cpu: bool = True  # a GPU demo: pass False
@@ -74,8 +79,8 @@ class DemoSettings:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoSettings:
         """A minutes-long check of the whole pipeline (numbers far from converged)."""
-        values = dict(out=Path("runs/demo-quick"), align_steps=12, instruct_steps=8, save_steps=1000, vqa_limit=48,
-                      retention_limit=48, attention_samples=4)  # fmt: skip
+        values = dict(out=Path("runs/demo-quick"), batch_size=4, align_steps=12, instruct_steps=2, save_steps=1000,
+                      vqa_limit=32, retention_limit=16, attention_samples=4)  # fmt: skip
         return cls(**(values | overrides))
 
 
@@ -121,6 +126,17 @@ class LossLog(TrainerCallback):
                                  "learning_rate": float(logs.get("learning_rate", 0.0))})  # fmt: skip
 
 
+class ThreadChoice(TrainerCallback):
+    """Re-measures the intra-op thread count every `every` training steps: the machine's load changes within a stage."""
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
+        if state.global_step % self.every == 0:
+            _set_threads(None)
+
+
 @dataclass
 class Step:
     """One step of the pipeline: skipped when `output` exists."""
@@ -138,6 +154,7 @@ class DemoPipeline:
         self.out = Path(settings.out)
         self.data_dir = self.out / "data" / "easy-vqa"
         self.timings: dict[str, float] = {}
+        self.threads: dict[str, int] = {}  # intra-op threads each step ran with (this run)
         self.skipped: list[str] = []
 
     # ------------------------------------------------------------------------------------------ steps
@@ -159,7 +176,6 @@ class DemoPipeline:
 
     def run(self) -> dict[str, Any]:
         """Run every step not yet done, then write the report; returns the report's numbers."""
-        _set_threads(self.settings.threads)
         self.out.mkdir(parents=True, exist_ok=True)
         steps = self.steps()
         started = time.perf_counter()
@@ -168,7 +184,9 @@ class DemoPipeline:
                 print(f"[{number}/{len(steps)}] {step.name}: done before ({step.output}), skipped")
                 self.skipped.append(step.name)
                 continue
-            print(f"[{number}/{len(steps)}] {step.name}")
+            threads = _set_threads(self.settings.threads)
+            print(f"[{number}/{len(steps)}] {step.name} ({threads} thread{'s' * (threads > 1)})")
+            self.threads[step.name] = threads
             begin = time.perf_counter()
             step.run()
             self.timings[step.name] = round(time.perf_counter() - begin, 1)
@@ -229,7 +247,9 @@ class DemoPipeline:
                          "disable_tqdm": not s.progress},
         }  # fmt: skip
         log = LossLog()
-        output = run_stage(build_config(raw, f"demo stage {folder}"), command=f"wings demo ({folder})", callbacks=[log])
+        callbacks = [log] if s.threads else [log, ThreadChoice()]
+        config = build_config(raw, f"demo stage {folder}")
+        output = run_stage(config, command=f"wings demo ({folder})", callbacks=callbacks)
         (output / "loss_history.json").write_text(json.dumps(log.history, indent=1) + "\n")
 
     # ------------------------------------------------------------------------------------------ checks
@@ -278,8 +298,9 @@ class DemoPipeline:
 
         s = self.settings
         base, models = self.load_models()
-        common = dict(batch_size=s.eval_batch_size, vqa_max_new_tokens=4, progress=s.progress)
+        common = dict(batch_size=s.eval_batch_size, vqa_max_new_tokens=4, progress=s.progress, cache_dir=s.eval_cache)
         vqa = evaluate_models(models, base, EvalSettings([f"easyvqa:{self.data_dir}"], limit=s.vqa_limit, **common))
+        _set_threads(s.threads)  # the load may have changed since the step began
         text = evaluate_models(models, base, EvalSettings(["retention"], limit=s.retention_limit, **common))
         results = dict(text)
         results["models"] = {name: vqa["models"][name] | text["models"][name] for name in text["models"]}
@@ -307,6 +328,7 @@ class DemoPipeline:
         base, models = self.load_models()
         results: dict[str, Any] = {"samples": str(samples_file), "models": {}}
         for entry in tqdm([base] + models, desc="attention shift", disable=not self.settings.progress):
+            _set_threads(self.settings.threads)
             samples = tokenize_samples(sample_texts(samples_file, entry.tokenizer), entry.tokenizer)
             folder = self.model_dirs().get(entry.name)
             processor = load_processor(entry, str(folder)) if folder else None
@@ -316,11 +338,45 @@ class DemoPipeline:
         (self.out / "analysis" / "attention_shift.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
+def _wings_cache() -> Path:
+    from wings.model.registry import cache_dir
 
-        torch.set_num_threads(threads)
+    return cache_dir()
+
+
+def _set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads: the given number, else the measured choice; returns the number set."""
+    import torch
+
+    torch.set_num_threads(threads or measured_threads())
+    return torch.get_num_threads()
+
+
+def measured_threads(limit: int | None = None) -> int:
+    """The intra-op thread count, 1 up to the cores (at most `limit`), that runs a matrix product of the demo's
+    sizes fastest right now. On a shared CPU whose other cores are busy, OpenMP threads wait on each other and
+    two threads can run several times slower than one (measured: 4x); on an idle one two are ~1.6x faster. The
+    measurement takes ~0.3 s, so the pipeline repeats it before every step as the machine's load changes."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    candidates = sorted({1, min(cores, limit or cores)})
+    if len(candidates) == 1:
+        return 1
+    a, w = torch.randn(256, 576), torch.randn(576, 1536)  # a batch of tokens through a SmolLM2-135M MLP matrix
+    best: dict[int, float] = {}
+    for _ in range(3):  # interleaved rounds: a burst of load hits every candidate alike
+        for threads in candidates:
+            torch.set_num_threads(threads)
+            a @ w  # warm the thread pool
+            begin = time.perf_counter()
+            for _ in range(4):
+                a @ w
+            best[threads] = min(best.get(threads, float("inf")), time.perf_counter() - begin)
+    fewest = candidates[0]  # more threads only when clearly faster (10%): a tie keeps the core free
+    return min(candidates, key=lambda threads: best[threads] * (1.0 if threads == fewest else 1.1))
 
 
 def settings_dict(settings: DemoSettings) -> dict[str, Any]:

@@ -103,6 +103,7 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
         "retention_wings_better_than": verdicts,
         "align_text_identity": identity,
         "timings_s": pipeline.timings,
+        "threads": pipeline.threads,
         "skipped_steps": pipeline.skipped,
         "settings": settings_dict(pipeline.settings),
         "chat": chat_command(pipeline),
@@ -162,7 +163,9 @@ def _markdown(pipeline: DemoPipeline, table: str, prior: dict | None, verdicts: 
     lines += ["", "## Figures", "", "![training curves](training_curves.png)", "", "![forgetting](forgetting.png)", "",
               "![LAWS curves](laws.png)", "", "## Full evaluation", "",
               (pipeline.out / "eval" / "results.md").read_text().removeprefix("# Evaluation\n\n"), "",
-              f"Seconds per step (`timings.json`, over the runs that did each step): {pipeline.timings}", "", "## Chat", "", f"    {chat_command(pipeline)}", ""]  # fmt: skip
+              f"Seconds per step (`timings.json`, over the runs that did each step): {pipeline.timings}", "",
+              f"Intra-op threads of the steps run this time (measured before each step unless `--threads`): "
+              f"{pipeline.threads or 'none run'}", "", "## Chat", "", f"    {chat_command(pipeline)}", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -42,7 +42,6 @@ def _batch(sequences: list[tuple[list[int], int]], device: torch.device) -> tupl
     return input_ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def continuation_divergence(
     model: Any,
     base_model: Any,
@@ -51,30 +50,49 @@ def continuation_divergence(
     progress: bool | str = False,
 ) -> dict[str, float]:
     """Mean KL(base || model) per continuation token, and the model's perplexity of the base continuations."""
-    total_kl, total_nll, count = 0.0, 0.0, 0
+    return continuation_divergences({"model": model}, base_model, sequences, batch_size, progress)["model"]
+
+
+@torch.no_grad()
+def continuation_divergences(
+    models: dict[str, Any],
+    base_model: Any,
+    sequences: list[tuple[list[int], int]],
+    batch_size: int = 8,
+    progress: bool | str = False,
+) -> dict[str, dict[str, float]]:
+    """`continuation_divergence` of several models: the base runs once per batch for all of them."""
+    from wings.evaluation.multiple_choice import positions_logits
+
+    totals = {name: [0.0, 0.0] for name in models}  # summed KL, summed NLL
+    count = 0
     label = progress if isinstance(progress, str) else "kl"
     for begin in tqdm(range(0, len(sequences), batch_size), desc=label, disable=not progress, leave=False):
         batch = sequences[begin : begin + batch_size]
-        input_ids, mask = _batch(batch, next(model.parameters()).device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        if model is base_model:
-            base_logits = logits
-        else:
-            base_ids, base_mask = _batch(batch, next(base_model.parameters()).device)
-            base_logits = base_model(input_ids=base_ids, attention_mask=base_mask).logits.float().to(logits.device)
-        # A WINGS model may have extra (image) tokens: compare on the base vocabulary, renormalised.
-        vocab = min(logits.shape[-1], base_logits.shape[-1])
-        log_p_model = torch.log_softmax(logits[..., :vocab], dim=-1)
-        log_p_base = torch.log_softmax(base_logits[..., :vocab], dim=-1)
-        for row, (ids, prompt_length) in enumerate(batch):
-            # Position t predicts token t+1: continuation tokens prompt_length.. are predicted from prompt_length-1..
-            positions = slice(prompt_length - 1, len(ids) - 1)
-            targets = torch.tensor(ids[prompt_length:], device=logits.device)
-            p_base = log_p_base[row, positions]
-            kl = (p_base.exp() * (p_base - log_p_model[row, positions])).sum(-1)
-            total_kl += kl.sum().item()
-            total_nll -= log_p_model[row, positions].gather(-1, targets[:, None]).sum().item()
-            count += len(targets)
+        # Position t predicts token t+1: continuation tokens prompt_length.. are predicted from prompt_length-1..
+        first = min(prompt_length for _, prompt_length in batch) - 1
+        width = max(len(ids) for ids, _ in batch) - 1
+        base_ids, base_mask = _batch(batch, next(base_model.parameters()).device)
+        base_logits = positions_logits(base_model, base_ids, base_mask, first, width).float()
+        for name, model in models.items():
+            if model is base_model:
+                logits = base_logits
+            else:
+                input_ids, mask = _batch(batch, next(model.parameters()).device)
+                logits = positions_logits(model, input_ids, mask, first, width).float()
+            # A WINGS model may have extra (image) tokens: compare on the base vocabulary, renormalised.
+            vocab = min(logits.shape[-1], base_logits.shape[-1])
+            log_p_model = torch.log_softmax(logits[..., :vocab], dim=-1)
+            log_p_base = torch.log_softmax(base_logits[..., :vocab].to(logits.device), dim=-1)
+            for row, (ids, prompt_length) in enumerate(batch):
+                positions = slice(prompt_length - 1 - first, len(ids) - 1 - first)
+                targets = torch.tensor(ids[prompt_length:], device=logits.device)
+                p_base = log_p_base[row, positions]
+                kl = (p_base.exp() * (p_base - log_p_model[row, positions])).sum(-1)
+                totals[name][0] += kl.sum().item()
+                totals[name][1] -= log_p_model[row, positions].gather(-1, targets[:, None]).sum().item()
+        count += sum(len(ids) - prompt_length for ids, prompt_length in batch)
     if count == 0:
         raise ValueError("kl: the reference continuations are empty")
-    return {"kl": total_kl / count, "perplexity": math.exp(total_nll / count), "num_tokens": count}
+    return {name: {"kl": kl / count, "perplexity": math.exp(nll / count), "num_tokens": count}
+            for name, (kl, nll) in totals.items()}  # fmt: skip

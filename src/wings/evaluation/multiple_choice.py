@@ -14,6 +14,7 @@ any Hugging Face causal LM, or a WINGS model on text-only input.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections import defaultdict
@@ -61,6 +62,17 @@ def model_max_length(model: Any, default: int = 2048) -> int:
     return default
 
 
+def positions_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, end: int
+) -> torch.Tensor:
+    """Logits at positions start..end-1 only: the vocabulary projection of the other positions is skipped when
+    the model takes `logits_to_keep` (Hugging Face causal LMs and WINGS do), else they are sliced afterwards."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        keep = torch.arange(start, end, device=input_ids.device)
+        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, start:end]
+
+
 @torch.no_grad()
 def loglikelihoods(
     model: Any,
@@ -94,11 +106,12 @@ def loglikelihoods(
             inputs = encoded[index][0]
             input_ids[row, : len(inputs)] = torch.tensor(inputs)
             attention_mask[row, : len(inputs)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        # Logits and softmax only where continuation tokens are predicted: the vocabulary is the costly axis.
+        first = min(len(encoded[i][0]) - len(encoded[i][1]) for i in batch)
+        logits = positions_logits(model, input_ids.to(device), attention_mask.to(device), first, width)
         for row, index in enumerate(batch):
             inputs, targets = encoded[index]
-            end = len(inputs)
-            # Softmax only where continuation tokens are predicted: the full vocabulary is the costly axis.
+            end = len(inputs) - first
             positions = torch.log_softmax(logits[row, end - len(targets) : end].float(), dim=-1)
             target_tensor = torch.tensor(targets, device=positions.device)
             score = positions.gather(-1, target_tensor[:, None]).sum().item()

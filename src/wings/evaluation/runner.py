@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from wings.evaluation.divergence import continuation_divergence, reference_sequences
+from wings.evaluation.cache import BaseResultCache
+from wings.evaluation.divergence import continuation_divergences, reference_sequences
 from wings.evaluation.multiple_choice import evaluate_multiple_choice
 from wings.evaluation import tasks as tasks_module
 from wings.evaluation.perplexity import file_perplexity
@@ -126,6 +127,7 @@ class EvalSettings:
     vqa_prompt_suffix: str | None = None  # appended to `vqa:` questions, e.g. "Answer with one word."
     mc_mode: str | None = None  # visual multiple choice: "likelihood" or "letter" (default: letter for MMBench)
     progress: bool = True
+    cache_dir: Path | None = None  # keeps the base LLM's scores and reference continuations between runs
 
 
 def seed_everything(seed: int = SEED) -> None:
@@ -152,33 +154,59 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
     everyone = [base] + [m for m in models if m is not base]
     results: dict[str, dict[str, Any]] = {m.name: {} for m in everyone}
     baselines: dict[str, dict[str, Any]] = {}
+    cache = BaseResultCache(settings.cache_dir, base.model, base.tokenizer) if settings.cache_dir else None
+
+    def cached(entry: EvalModel, kind: str, key: Any, compute: Any) -> Any:
+        """The base LLM's result from the cache (computed and stored on a miss); other models always compute."""
+        return cache.fetch(kind, key, compute) if cache is not None and entry is base else compute()
+
     for task in tasks:
         if task.kind == "multiple_choice":
             docs, pool = _load_docs(task, settings)
             for entry in tqdm(everyone, desc=task.name, disable=not settings.progress, leave=False):
-                seed_everything()
-                results[entry.name][task.name] = evaluate_multiple_choice(
-                    entry.model, entry.tokenizer, task, docs, pool, settings.num_fewshot,
-                    batch_size=settings.batch_size, limit=settings.limit, progress=settings.progress,
-                )  # fmt: skip
+
+                def score(entry: EvalModel = entry) -> dict[str, Any]:
+                    seed_everything()
+                    return evaluate_multiple_choice(
+                        entry.model, entry.tokenizer, task, docs, pool, settings.num_fewshot,
+                        batch_size=settings.batch_size, limit=settings.limit, progress=settings.progress,
+                    )  # fmt: skip
+
+                key = [task.name, [vars(doc) for doc in docs], [vars(doc) for doc in pool], settings.num_fewshot,
+                       settings.batch_size, settings.limit]  # fmt: skip
+                results[entry.name][task.name] = cached(entry, "mc", key, score)
         elif task.kind == "perplexity":
             for entry in everyone:
-                results[entry.name][task.name] = file_perplexity(
-                    entry.model, entry.tokenizer, task.path, batch_size=max(1, settings.batch_size // 4),
-                    max_tokens=settings.ppl_max_tokens, progress=settings.progress and task.name,
-                )  # fmt: skip
+
+                def score(entry: EvalModel = entry) -> dict[str, Any]:
+                    return file_perplexity(
+                        entry.model, entry.tokenizer, task.path, batch_size=max(1, settings.batch_size // 4),
+                        max_tokens=settings.ppl_max_tokens, progress=settings.progress and task.name,
+                    )  # fmt: skip
+
+                text = Path(task.path).read_text() if task.path and Path(task.path).is_file() else None
+                key = [task.name, text, settings.batch_size, settings.ppl_max_tokens]
+                results[entry.name][task.name] = cached(entry, "ppl", key, score) if text else score()
         elif task.kind == "retention_generation":
             prompts = [record["prompt"] for record in _read_jsonl(retention_file("prompts.jsonl"))]
             prompts = prompts[: settings.limit] if settings.limit else prompts
-            seed_everything()
-            sequences = reference_sequences(base.model, base.tokenizer, prompts, settings.max_new_tokens)
+
+            def generate() -> list[tuple[list[int], int]]:
+                seed_everything()
+                return reference_sequences(base.model, base.tokenizer, prompts, settings.max_new_tokens)
+
+            stored = cached(base, "reference", [prompts, settings.max_new_tokens], generate)
+            sequences = [(list(ids), int(length)) for ids, length in stored]
             for entry in everyone:
                 _check_same_tokenization(entry, base, prompts)
-                results[entry.name][task.name] = continuation_divergence(
-                    entry.model, base.model, sequences, batch_size=settings.batch_size, progress=settings.progress
-                )
+            # The base runs once per batch for every model (its logits are the reference of each KL).
+            divergences = continuation_divergences({entry.name: entry.model for entry in everyone}, base.model,
+                                                   sequences, batch_size=settings.batch_size,
+                                                   progress=settings.progress)  # fmt: skip
+            for entry in everyone:
+                results[entry.name][task.name] = divergences[entry.name]
         elif task.kind == "vqa":
-            prior = _run_vqa(task, everyone, settings, results)
+            prior = _run_vqa(task, everyone, settings, results, cached)
             if prior is not None:
                 baselines[task.name] = {"answer_prior": prior}
         elif task.kind == "iit":
@@ -204,7 +232,8 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
     }
 
 
-def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, results: dict[str, Any]) -> dict | None:
+def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, results: dict[str, Any],
+             cached: Any = None) -> dict | None:
     """A VQA task on every model; for easy-vqa also its answer-prior baseline (returned, and `prior_acc`)."""
     from wings.evaluation import vqa
 
@@ -220,10 +249,19 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
         except FileNotFoundError as error:  # the model scores stand without it
             print(f"{task.name}: no answer-prior baseline ({error})", file=sys.stderr)
     for entry in everyone:
-        seed_everything()
-        scores = vqa.evaluate_vqa(entry.model, entry.encoder, questions, mc_mode=mc_mode, suffix=suffix,
-                                  batch_size=settings.batch_size, max_new_tokens=settings.vqa_max_new_tokens,
-                                  progress=settings.progress)  # fmt: skip
+
+        def score(entry: EvalModel = entry) -> dict[str, Any]:
+            seed_everything()
+            return vqa.evaluate_vqa(entry.model, entry.encoder, questions, mc_mode=mc_mode, suffix=suffix,
+                                    batch_size=settings.batch_size, max_new_tokens=settings.vqa_max_new_tokens,
+                                    progress=settings.progress)  # fmt: skip
+
+        if cached is not None and not vqa.can_see_images(entry.model, entry.encoder):  # text alone: images unread
+            key = [task.name, [{k: v for k, v in vars(q).items() if k != "image"} for q in questions], mc_mode, suffix,
+                   settings.batch_size, settings.vqa_max_new_tokens]  # fmt: skip
+            scores = cached(entry, "vqa", key, score)
+        else:
+            scores = score()
         if prior is not None:
             scores["prior_acc"] = prior["acc"]
         results[entry.name][task.name] = scores
