@@ -367,3 +367,23 @@ def test_in_place_learner_cache_layer_behaves_like_the_concatenating_one():
         step(1)
         step(2)
     assert in_place.get_seq_length() == reference.get_seq_length()
+
+
+def test_learner_weights_changed_after_a_forward_are_used_by_the_next():
+    """Without autograd the batched learner weights are kept between calls; any change to a weight must show."""
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    ids, pixels = sample(model)
+    with torch.no_grad():
+        model(input_ids=ids, pixel_values=pixels)
+        for number, parameter in enumerate(model.wings_layers.parameters()):
+            if number % 2:
+                parameter.mul_(1.5)  # in place
+            else:
+                parameter.data = parameter.data * 0.5  # a new tensor behind the same parameter
+        after = model(input_ids=ids, pixel_values=pixels).logits
+        fresh = copy.deepcopy(model)
+        for layer in fresh.wings_layers.modules():
+            layer.__dict__.pop("_stacked_weights", None)
+        expected = fresh(input_ids=ids, pixel_values=pixels).logits
+    assert torch.equal(after, expected)

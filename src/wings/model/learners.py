@@ -64,7 +64,7 @@ def stacked_weights(residuals: list[LowRankResidual]) -> tuple[torch.Tensor, tor
     weights = [w for residual in residuals for w in (residual.down.weight, residual.up.weight)]
     if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
         return torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
-    key = tuple((id(w), w._version, w.device, w.dtype) for w in weights)
+    key = tuple((id(w), w.data_ptr(), w._version, w.device, w.dtype) for w in weights)  # any change: restack
     kept = getattr(residuals[0], "_stacked_weights", None)
     if kept is None or kept[0] != key:
         stacked = torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
