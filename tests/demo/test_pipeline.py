@@ -100,3 +100,13 @@ def test_second_run_skips_every_finished_step(finished, capsys):
     assert printed.count("skipped") == len(steps)
     assert (Path(settings.out) / "eval" / "results.json").stat().st_mtime == before
     assert second["summary"] == first["summary"]
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "two"])
+def test_demo_rejects_a_bad_thread_count_before_doing_anything(threads, tmp_path, capsys):
+    from wings.cli import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["demo", "--threads", threads, "--out", str(tmp_path / "demo")])
+    assert raised.value.code == 2
+    assert "--threads" in capsys.readouterr().err and not (tmp_path / "demo").exists()

@@ -14,13 +14,24 @@ import os
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads of at least 1")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="the small preset (a few minutes)")
     parser.add_argument("--ablations", action="store_true", help="add the visual-learner-only model")
     parser.add_argument("--out", type=Path, help="output folder (default runs/demo, runs/demo-quick with --quick)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: measured before each step: "
+    parser.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: measured before each step: "
                         "1 or all cores, whichever runs faster at that moment)")
     parser.add_argument("--no-eval-cache", action="store_true",
                         help="recompute the base LLM's evaluation instead of reading it from ~/.cache/wings/eval")

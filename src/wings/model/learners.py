@@ -101,7 +101,8 @@ def keys_and_values(
     count, shape = len(learners), (*key_input.shape[:2], learners[0].num_heads, -1)
     if torch.is_grad_enabled():
         flat = key_input.reshape(-1, key_input.shape[-1])
-        lows = (flat @ stacked_weights(residuals)[0].t()).split(residuals[0].down.out_features, dim=-1)
+        down = torch.cat([residual.down.weight for residual in residuals])  # every A: (2n r, d)
+        lows = (flat @ down.t()).split(residuals[0].down.out_features, dim=-1)
         projected = [torch.addmm(flat, low, r.up.weight.t()).view(shape) for low, r in zip(lows, residuals)]
         return [apply_rotary(keys, cos, sin) for keys in projected[:count]], projected[count:]
     projected = stacked_low_rank_residual(residuals, key_input).view(2 * count, *shape)
@@ -195,10 +196,6 @@ class LearnerInputs:
 
     def wants_visual_mass(self, layer_idx: int) -> bool:
         return self.routed and self.any_visual and layer_idx in self.learner_layers
-
-    @property
-    def uses_visual_learner(self) -> bool:
-        return self.any_visual or self.run_visual
 
 
 class WingsLayer(nn.Module):
