@@ -204,6 +204,33 @@ def test_router_mass_equals_attention_probabilities_on_visual_keys():
     torch.testing.assert_close(masses[0][0], expected.float(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_decoding_step_attention_equals_the_indicator_channel(mask_kind):
+    """A decoding step's plain single-query attention gives the outputs, weights and visual mass of the channel path."""
+    from types import SimpleNamespace
+
+    from wings.model.attention import attend_with_indicators, eager_attention, single_query_attention
+
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, keys, dim = 2, 6, 2, 9, 8
+    query = torch.randn(batch, heads, 1, dim, generator=generator)
+    key, value = (torch.randn(batch, kv_heads, keys, dim, generator=generator) for _ in range(2))
+    is_visual = torch.zeros(batch, keys, 1, dtype=torch.bool)
+    is_visual[0, 2:5] = is_visual[1, 1:3] = True
+    allowed = torch.ones(batch, 1, 1, keys, dtype=torch.bool)
+    allowed[1, ..., :2] = False  # left padding of the second sample
+    mask = {"none": None, "bool": allowed,
+            "additive": torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))}[mask_kind]  # fmt: skip
+    module = SimpleNamespace(scaling=dim**-0.5, training=False)
+    additive = None if mask is None else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    expected = attend_with_indicators(eager_attention, module, query, key, value, additive, is_visual)
+    got = single_query_attention(module, query, key, value, mask, is_visual)
+    for name, want, have in zip(("output", "weights", "mass"), expected, got):
+        torch.testing.assert_close(have, want, atol=1e-6, rtol=0, msg=name)
+    if mask is not None:
+        assert got[1][1, ..., :2].abs().max() == 0  # padded keys get no weight
+
+
 def test_switching_backend_after_construction_keeps_the_router_input():
     model = tiny_wings("qwen2")
     randomize_learners(model)

@@ -81,9 +81,42 @@ def attend_with_indicators(
     return output[..., :head_dim], weights, output[..., head_dim : head_dim + channels].float()
 
 
+def single_query_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    indicators: torch.Tensor,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention of one new token per sample (a decoding step) with its visual mass, as `attend_with_indicators`
+    returns them. One query's weights are a (H, T) row, not an L x T matrix, so here they are computed plainly:
+    the indicator channel would copy the whole cached keys and values into wider ones at every step.
+
+    `attention_mask` as the sdpa (boolean, True = attend) or eager (additive) backend receives it, or None.
+    """
+    batch, heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # grouped-query heads share their keys
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * (module.scaling if scaling is None else scaling)
+    if attention_mask is not None:  # (B, 1, 1, T): the same row for every head
+        mask = attention_mask[..., -key.shape[-2]:]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).reshape(batch, 1, heads, head_dim)  # (B, 1, H, D), as the kernels give
+    mass = torch.matmul(weights, indicators[:, None].to(weights.dtype)).reshape(batch, 1, heads, -1)
+    return output, weights.reshape(batch, heads, 1, -1), mass.float()
+
+
 def make_visual_mass_attention(backend: str) -> Callable:
     """Wrap `backend` so that WINGS layers also get the per-head attention mass on visual keys."""
     base = base_attention_function(backend)
+    # Decoding steps skip the indicator channel where the backend's mask format is known (sdpa, eager).
+    single_query = single_query_attention if backend in ("sdpa", "eager") else None
 
     def attention_with_visual_mass(
         module: torch.nn.Module,
@@ -97,9 +130,14 @@ def make_visual_mass_attention(backend: str) -> Callable:
         context = runtime.context if runtime is not None else None
         if context is None or not context.wants_visual_mass(module.layer_idx):
             return base(module, query, key, value, attention_mask, **kwargs)
-        output, weights, mass = attend_with_indicators(
-            base, module, query, key, value, attention_mask, context.key_is_visual[..., None], **kwargs
-        )
+        indicators = context.key_is_visual[..., None]
+        if single_query is not None and query.shape[2] == 1:
+            output, weights, mass = single_query(module, query, key, value, attention_mask, indicators, **kwargs)
+            weights = weights if backend == "eager" else None  # what the wrapped backend would return
+        else:
+            output, weights, mass = attend_with_indicators(
+                base, module, query, key, value, attention_mask, indicators, **kwargs
+            )
         context.visual_mass[module.layer_idx] = mass[..., 0]  # (B, L, H)
         return output, weights
 

@@ -16,6 +16,7 @@ so one up-projection serves both. The maths is the paper's; only the order of th
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -51,7 +52,7 @@ def stacked_low_rank_residual(residuals: list[LowRankResidual], x: torch.Tensor)
     the batched B projection writes one (n, ...) tensor, which costs memory traffic when x is long)."""
     if len(residuals) == 1:
         flat = x.reshape(-1, x.shape[-1])
-        return torch.addmm(flat, flat @ residuals[0].down.weight.t(), residuals[0].up.weight.t()).view(1, *x.shape)
+        return torch.addmm(flat, F.linear(flat, residuals[0].down.weight), residuals[0].up.weight.t()).view(1, *x.shape)
     rank = residuals[0].down.out_features
     down, up = stacked_weights(residuals)
     low = (x.reshape(-1, x.shape[-1]) @ down.t()).view(-1, len(residuals), rank).transpose(0, 1)  # (n, B L, r)
@@ -61,14 +62,18 @@ def stacked_low_rank_residual(residuals: list[LowRankResidual], x: torch.Tensor)
 def stacked_weights(residuals: list[LowRankResidual]) -> tuple[torch.Tensor, torch.Tensor]:
     """All A as one (n r, d) matrix and all B as one (n, r, d) batch. Without autograd (generation) the stack is
     kept until a weight changes, so that a decoding step does not copy every layer's weights again."""
-    weights = [w for residual in residuals for w in (residual.down.weight, residual.up.weight)]
+    # Read through the modules' dicts: nn.Module attribute lookup would cost more than a decoding step's matmul.
+    weights = [m._parameters["weight"] for residual in residuals for m in (residual._modules["down"], residual._modules["up"])]
     if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
         return torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
-    key = tuple((id(w), w.data_ptr(), w._version, w.device, w.dtype) for w in weights)  # any change: restack
+    # Any change restacks: a new parameter (id), new storage (data_ptr: after .to(), a load), an in-place update
+    # (_version). The kept entry holds the weights it was made from, so their storage cannot be freed and its
+    # address reused by a new weight while the entry lives.
+    key = [(id(w), w.data_ptr(), w._version) for w in weights]
     kept = getattr(residuals[0], "_stacked_weights", None)
     if kept is None or kept[0] != key:
         stacked = torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
-        kept = (key, *stacked)
+        kept = (key, *stacked, [w.detach() for w in weights])
         object.__setattr__(residuals[0], "_stacked_weights", kept)  # a plain attribute, not a buffer
     return kept[1], kept[2]
 
@@ -91,11 +96,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
 
 def keys_and_values(
     learners: list[LowRankResidualAttention], key_input: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]:
     """Rotated keys and values of `key_input` (B, T, d) for every learner, each (B, T, H, D); cos/sin from
     `rotary_tables`. Every layer's learners of one kind read the same input: one matmul gives all their A
-    projections. Without autograd (generation) the B projections run as one batch too; in training they run per
-    learner, in pieces that stay in the CPU cache and whose gradients need no gathering into one tensor.
+    projections. Without autograd (generation) the B projections run as one batch too, and keys and values come
+    as two (n, B, T, H, D) tensors; in training they run per learner (lists), in pieces that stay in the CPU cache
+    and whose gradients need no gathering into one tensor.
     """
     residuals = [learner.key for learner in learners] + [learner.value for learner in learners]
     count, shape = len(learners), (*key_input.shape[:2], learners[0].num_heads, -1)
@@ -106,7 +112,7 @@ def keys_and_values(
         projected = [torch.addmm(flat, low, r.up.weight.t()).view(shape) for low, r in zip(lows, residuals)]
         return [apply_rotary(keys, cos, sin) for keys in projected[:count]], projected[count:]
     projected = stacked_low_rank_residual(residuals, key_input).view(2 * count, *shape)
-    return list(apply_rotary(projected[:count], cos, sin).unbind()), list(projected[count:].unbind())
+    return apply_rotary(projected[:count], cos, sin), projected[count:]  # (n, B, T, H, D) each: no restacking
 
 
 class LowRankResidualAttention(nn.Module):
@@ -188,7 +194,7 @@ class LearnerInputs:
     run_visual: bool = False  # run them anyway (text-only training batch: every rank runs the same modules)
     cos: torch.Tensor | None = None  # rotary tables at this step's positions, learner head size (rotary_tables)
     sin: torch.Tensor | None = None
-    learner_layers: frozenset[int] = frozenset()
+    learner_layers: Collection[int] = frozenset()
     routed: bool = True
     visual_mass: dict[int, torch.Tensor] = field(default_factory=dict)
     # Per kind ("visual", "text"): keys and values of every learner layer, each (B, H, T, D), the cache's included.
@@ -221,35 +227,35 @@ class WingsLayer(nn.Module):
 
         `keys` holds this layer's (keys, values) per active learner ("visual", "text"), each (B, H, T, D).
         """
-        learners = []  # (learner, its keys, mask, per-token scale: router weight x "has an admissible key")
+        learners = []  # (learner, its keys and values, additive mask, "has an admissible key" per token)
         if "visual" in keys:
-            learners.append([self.visual_learner, keys["visual"], inputs.visual_key_mask, inputs.has_visual_key])
+            learners.append((self.visual_learner, keys["visual"], inputs.visual_key_mask, inputs.has_visual_key))
         if self.router is not None:
-            learners.append([self.textual_learner, keys["text"], inputs.text_key_mask, inputs.text_has_key])
+            learners.append((self.textual_learner, keys["text"], inputs.text_key_mask, inputs.text_has_key))
         if not learners:
             return attention_output
-        for entry in learners:
-            entry[3] = None if entry[3] is None else entry[3].unsqueeze(-1)
+        # Per-token output scale of each learner: router weight x "has an admissible key" (None: 1 everywhere).
+        scales = [None if has_key is None else has_key.unsqueeze(-1) for *_, has_key in learners]
         if len(learners) == 2:  # both learners: the router mixes them
             if visual_mass is None:  # no visual key anywhere: the mass is 0 (and w_v = 0 below)
                 visual_mass = x.new_zeros(*x.shape[:2], self.router.proj.in_features, dtype=torch.float32)
             visual_weight, textual_weight = self.router(visual_mass, inputs.has_visual_key)
-            learners[0][3] = visual_weight * learners[0][3]
-            learners[1][3] = textual_weight if learners[1][3] is None else textual_weight * learners[1][3]
+            scales = [visual_weight * scales[0], textual_weight if scales[1] is None else textual_weight * scales[1]]
 
         # Queries of the learners from x (one batch), rotated; each learner attends to its own keys.
-        heads = learners[0][0].num_heads
-        queries = stacked_low_rank_residual([entry[0].query for entry in learners], x)
-        queries = apply_rotary(queries.view(*queries.shape[:3], heads, -1), inputs.cos, inputs.sin)
-        low_rank, up = [], []
-        for (learner, (learner_keys, values), mask, scale), query in zip(learners, queries.unbind()):
-            low = F.linear(learner.attend(query, learner_keys, values, mask), learner.output.down.weight)  # O A_o
+        queries = stacked_low_rank_residual([learner.query for learner, *_ in learners], x)
+        queries = apply_rotary(queries.view(*queries.shape[:3], learners[0][0].num_heads, -1), inputs.cos, inputs.sin)
+        low_rank = []  # w * O A_o per learner
+        for (learner, (learner_keys, values), mask, _), query, scale in zip(learners, queries, scales):
+            low = F.linear(learner.attend(query, learner_keys, values, mask), learner.output.down.weight)
             low_rank.append(low if scale is None else low * scale.to(low.dtype))
-            up.append(learner.output.up.weight)
-        low = low_rank[0] if len(low_rank) == 1 else torch.cat(low_rank, dim=-1)
-        up = up[0] if len(up) == 1 else torch.cat(up, dim=1)
+        if len(learners) == 1:
+            low, up = low_rank[0], learners[0][0].output.up.weight.t()
+        else:
+            low = torch.cat(low_rank, dim=-1)
+            up = stacked_weights([learner.output for learner, *_ in learners])[1].flatten(0, 1)  # [B_ov; B_ot]
         # a + [w_v O_v A_ov, w_t O_t A_ot] [B_ov; B_ot], the sum and the up-projection in one op
         flat = attention_output.reshape(-1, attention_output.shape[-1])
-        return torch.addmm(flat, low.reshape(-1, low.shape[-1]).to(flat.dtype), up.t().to(flat.dtype)).view(
+        return torch.addmm(flat, low.reshape(-1, low.shape[-1]).to(flat.dtype), up.to(flat.dtype)).view(
             attention_output.shape
         )

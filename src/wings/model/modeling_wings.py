@@ -467,7 +467,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             text_has_key=text_has_key,
             any_visual=any_visual,
             run_visual=run_visual,
-            learner_layers=frozenset(self.config.learner_layers),
+            learner_layers=self._learner_position.keys(),
             routed=self.config.learners == "wings",
             cos=cos,
             sin=sin,
@@ -479,7 +479,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     def _learner_keys(self, inputs: LearnerInputs, cache: Cache | None) -> dict[str, tuple[tuple[torch.Tensor, ...], ...]]:
         """Keys and values of every layer's learners (computed for all layers at once; cached as one (B, n_layers,
         H, T, D) cache layer per kind), handed out per layer: each (B, H, T, D)."""
-        layers = [self.wings_layers[str(index)] for index in self.config.learner_layers]
+        layers = list(self.wings_layers._modules.values())  # in learner_layers order
         keys = {}
         if inputs.visual_key_input is not None:
             keys["visual"] = keys_and_values(
@@ -491,10 +491,16 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             )
         if cache is None:  # per layer (B, H, T, D)
             return {kind: tuple([t.transpose(1, 2) for t in x] for x in kv) for kind, kv in keys.items()}
+
+        def layer_major(per_layer: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+            """(n, B, T, H, D), or n (B, T, H, D) tensors, as (B, n, H, T, D)."""
+            if isinstance(per_layer, torch.Tensor):
+                return per_layer.permute(1, 0, 3, 2, 4)  # a view: the cache copies it in place
+            return torch.stack(per_layer, dim=1).transpose(2, 3)
+
         # The cache keeps (B, n_layers, H, T, D) per kind, batch first, so beam search can reorder it.
         keys = {
-            kind: cache.update(*(torch.stack(x, dim=1).transpose(2, 3) for x in kv), self._cache_index(kind))
-            for kind, kv in keys.items()
+            kind: cache.update(*(layer_major(x) for x in kv), self._cache_index(kind)) for kind, kv in keys.items()
         }
         visual_cache = cache.layers[self._cache_index("visual")]
         if "visual" not in keys and inputs.any_visual and visual_cache.is_initialized:  # no new visual token
@@ -543,7 +549,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         position = self._learner_position[layer_index]
         keys = {kind: (k[position], v[position]) for kind, (k, v) in inputs.learner_keys.items()}
-        layer = self.wings_layers[str(layer_index)]
+        layer = self.wings_layers._modules[str(layer_index)]  # (the dict itself: a decoding step counts microseconds)
         return (layer(x, output[0], keys, inputs, inputs.visual_mass.get(layer_index)), *output[1:])
 
     def _expand_inputs_for_generation(
