@@ -59,6 +59,27 @@ def test_stage_two_config_adds_fresh_textual_learners_to_a_stage_one_checkpoint(
         assert torch.count_nonzero(layer.router.proj.weight) == 0
 
 
+@pytest.mark.parametrize("initial", [0.5, 0.9])
+def test_stage_two_routers_start_at_the_configured_visual_weight(tmp_path, initial):
+    """Routers created for stage 2 give w_v = router_init_visual_weight at every token that sees an image (and
+    w_v = 0, w_t = 1 before it), whatever the attention mass; the learners still add nothing at B = 0."""
+    aligned = tiny_wings("qwen2", learners="visual")
+    aligned.save_pretrained(tmp_path)
+    instruct = WingsForConditionalGeneration.from_pretrained(
+        tmp_path, learners="wings", router_init_visual_weight=initial
+    ).eval()
+    has_visual = torch.tensor([[False, True, True]])
+    mass = torch.rand(1, 3, instruct.config.text_config.num_attention_heads)
+    for layer in instruct.wings_layers.values():
+        visual_weight, textual_weight = layer.router(mass, has_visual)
+        torch.testing.assert_close(visual_weight[0, :, 0], torch.tensor([0.0, initial, initial]))
+        torch.testing.assert_close(textual_weight[0, :, 0], torch.tensor([1.0, 1 - initial, 1 - initial]))
+    ids, pixels = sample(instruct, images=1)
+    with torch.no_grad():
+        torch.testing.assert_close(instruct(input_ids=ids, pixel_values=pixels).logits,
+                                   aligned.eval()(input_ids=ids, pixel_values=pixels).logits, atol=1e-6, rtol=0)
+
+
 # ----- bad input -------------------------------------------------------------------------------------------------
 def test_more_or_fewer_images_than_placeholders_is_a_clear_error():
     model = tiny_wings()
@@ -90,6 +111,8 @@ def test_bad_options_are_clear_errors():
         WingsConfig(text_config=text_config(), vision_config=vision_config(), learners="both")
     with pytest.raises(ValueError, match=r"wings_layers \[7\] are outside the LLM's layers 0..2"):
         WingsConfig(text_config=text_config(), vision_config=vision_config(), wings_layers=[0, 7])
+    with pytest.raises(ValueError, match=r"router_init_visual_weight must be in \(0, 1\).*got 1.0"):
+        WingsConfig(text_config=text_config(), vision_config=vision_config(), router_init_visual_weight=1.0)
 
 
 def test_labels_with_image_ids_are_a_clear_error():

@@ -171,6 +171,9 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
         load_config(str(path), ["--stage", "pretrain"])
     with pytest.raises(ValueError, match="unknown groups"):
         load_config(str(path), ["--optim.learning_rates", "{mlp: 1.0}"])
+    assert load_config(str(path), ["--model.router_init_visual_weight", "0.9"]).model.router_init_visual_weight == 0.9
+    with pytest.raises(ValueError, match=r"model.router_init_visual_weight must be in \(0, 1\)"):
+        load_config(str(path), ["--model.router_init_visual_weight", "1.5"])
 
 
 def test_train_help_explains_every_option(capsys):

@@ -52,6 +52,7 @@ class DemoSettings:
     # 1 and cost 25% more time; distinct images are what the from-scratch tower needs.
     max_turns: int = 1
     lorra_rank: int = 8
+    router_init_visual_weight: float | None = None  # routers' initial w_v at tokens that see an image (None: config's)
     max_length: int = 64
     batch_size: int = 8
     # Stage 1 carries the visual learning (LLM frozen, ~2 s a step); stage 2 trains the LLM (~4 s a step).
@@ -230,7 +231,7 @@ class DemoPipeline:
 
         s = self.settings
         steps = s.align_steps if init_from is None else s.instruct_steps
-        model: dict[str, Any] = {"lorra_rank": s.lorra_rank}
+        model: dict[str, Any] = {"lorra_rank": s.lorra_rank, "router_init_visual_weight": s.router_init_visual_weight}
         if init_from is None:
             model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": "vision_tower" in rates}
         else:

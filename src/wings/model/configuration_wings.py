@@ -29,6 +29,9 @@ class WingsConfig(PreTrainedConfig):
         wings_layers: decoder layers that get learners; None means every layer.
         lorra_rank: rank r of the low-rank residual projections of each learner.
         lorra_init_std: std of the truncated-normal init of the A matrices (B starts at 0).
+        router_init_visual_weight: w_v that a new router gives every token that sees an image (w_t = 1 - w_v),
+            through its bias; W starts at 0. Stage 1 trains the visual learner with weight 1 (no router), so a
+            value near 1 lets stage 2 start from what stage 1 learnt instead of halving it.
         base_llm: name or path of the LLM this model was built from (for provenance and evaluation).
         base_vision: name or path of the vision tower this model was built from.
         llm_checkpoint: set when the checkpoint leaves out the LLM's weights (they were frozen while training):
@@ -52,6 +55,7 @@ class WingsConfig(PreTrainedConfig):
     wings_layers: list[int] | None = None
     lorra_rank: int = 16
     lorra_init_std: float = 0.02
+    router_init_visual_weight: float = 0.9
     base_llm: str | None = None
     base_vision: str | None = None
     llm_checkpoint: str | None = None
@@ -71,6 +75,10 @@ class WingsConfig(PreTrainedConfig):
             raise ValueError(f"learners={self.learners!r} is not one of {LEARNER_MODES}.")
         if self.lorra_rank < 1:
             raise ValueError(f"lorra_rank must be a positive integer, got {self.lorra_rank}.")
+        if not 0.0 < self.router_init_visual_weight < 1.0:
+            raise ValueError(
+                f"router_init_visual_weight must be in (0, 1) (a softmax weight), got {self.router_init_visual_weight}."
+            )
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
                 f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}: use 'default' or 'full'."

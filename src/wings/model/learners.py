@@ -16,6 +16,7 @@ so one up-projection serves both. The maths is the paper's; only the order of th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -151,17 +152,25 @@ class LowRankResidualAttention(nn.Module):
 
 
 class Router(nn.Module):
-    """Per token, mixes the learners from the main attention's per-head mass on visual tokens: softmax(W m + b)."""
+    """Per token, mixes the learners from the main attention's per-head mass on visual tokens: softmax(W m + b).
 
-    def __init__(self, num_heads: int):
+    Starts with W = 0 and b = [logit(w0), 0]: every token that sees an image gets w_v = w0, w_t = 1 - w0.
+    """
+
+    def __init__(self, num_heads: int, init_visual_weight: float = 0.9):
         super().__init__()
+        if not 0.0 < init_visual_weight < 1.0:
+            raise ValueError(f"the router's initial visual weight must be in (0, 1), got {init_visual_weight}.")
         self.proj = nn.Linear(num_heads, 2)
-        self.proj.wings_zero_init = True  # equal weights until trained
+        self.proj.wings_zero_init = True  # W = 0 until trained
+        # Read by WingsPreTrainedModel._init_weights, which initialises leaf modules one by one.
+        self.proj.wings_init_bias = (math.log(init_visual_weight / (1.0 - init_visual_weight)), 0.0)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        with torch.no_grad():
+            self.proj.bias.copy_(torch.tensor(self.proj.wings_init_bias))
 
     def forward(self, visual_mass: torch.Tensor, has_visual_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(w_v, w_t), each (B, L, 1); a token with no visual token before it gets w_v = 0, w_t = 1."""
@@ -207,13 +216,16 @@ class LearnerInputs:
 class WingsLayer(nn.Module):
     """The learners and router of one decoder layer."""
 
-    def __init__(self, hidden_size: int, num_heads: int, rank: int, mode: str, init_std: float = 0.02):
+    def __init__(
+        self, hidden_size: int, num_heads: int, rank: int, mode: str, init_std: float = 0.02,
+        router_init_visual_weight: float = 0.9,
+    ):
         super().__init__()
         self.visual_learner = LowRankResidualAttention(hidden_size, num_heads, rank, init_std)
         self.textual_learner = (
             LowRankResidualAttention(hidden_size, num_heads, rank, init_std) if mode == "wings" else None
         )
-        self.router = Router(num_heads) if mode == "wings" else None
+        self.router = Router(num_heads, router_init_visual_weight) if mode == "wings" else None
 
     def forward(
         self,

@@ -164,10 +164,12 @@ class WingsPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Learner matrices carry their own rule (A ~ trunc-normal, B = 0, router = 0); see learners.py.
+        # Learner matrices carry their own rule (A ~ trunc-normal, B = 0, router W = 0); see learners.py.
         if getattr(module, "wings_zero_init", False):
             init.zeros_(module.weight)
-            if module.bias is not None:
+            if module.bias is not None and getattr(module, "wings_init_bias", None) is not None:
+                init.copy_(module.bias, torch.tensor(module.wings_init_bias, dtype=module.bias.dtype))
+            elif module.bias is not None:
                 init.zeros_(module.bias)
         elif (std := getattr(module, "wings_init_std", None)) is not None:
             init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
@@ -205,7 +207,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             {
                 str(index): WingsLayer(
                     text.hidden_size, text.num_attention_heads, config.lorra_rank, config.learners,
-                    config.lorra_init_std,
+                    config.lorra_init_std, config.router_init_visual_weight,
                 )
                 for index in config.learner_layers
             }

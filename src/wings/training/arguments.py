@@ -45,6 +45,9 @@ class ModelArguments:
         None, "train the vision tower too (default: yes in the first stage when it is a from-scratch preset)"
     )
     attn_implementation: str = option("sdpa", "attention kernel of the LLM: sdpa, eager, flash_attention_2")
+    router_init_visual_weight: float | None = option(
+        None, "w_v of routers created by this stage, where a token sees an image (default: the model config's)"
+    )
     image_preprocess: str = option("pad", "pad (to square with the mean colour) or resize")
 
 
@@ -116,6 +119,9 @@ class TrainConfig:
                 raise ValueError(f"optim.{section} has unknown groups {sorted(unknown)}; groups: {PARAMETER_GROUPS}")
         if self.data.padding_side not in ("left", "right"):
             raise ValueError(f"data.padding_side must be left or right, got {self.data.padding_side!r}")
+        weight = self.model.router_init_visual_weight
+        if weight is not None and not 0.0 < weight < 1.0:
+            raise ValueError(f"model.router_init_visual_weight must be in (0, 1) (a softmax weight), got {weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,6 +29,8 @@ from .trainer import PROVENANCE_FILE, WingsTrainer
 def load_for_stage(config: TrainConfig, stage: Stage) -> tuple[WingsForConditionalGeneration, WingsProcessor, str]:
     """The model in the stage's learner mode, its processor, and where its LLM weights can be read again."""
     options = dict(attn_implementation=config.model.attn_implementation)
+    if config.model.router_init_visual_weight is not None:
+        options["router_init_visual_weight"] = config.model.router_init_visual_weight
     if config.model.init_from:
         source = config.model.init_from
         if not Path(source, "config.json").is_file():
