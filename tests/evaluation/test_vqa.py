@@ -176,6 +176,21 @@ def test_answer_prior_on_a_hand_made_set(easy_folder):
     assert (scores["acc"], scores["acc_yes_no"], scores["acc_open"]) == (0.5, 0.5, 0.5)
 
 
+def test_question_prior_answers_each_question_as_it_was_most_often_answered_in_training(easy_folder):
+    train = [("open", "<image>\nWhat color is the shape?", "red"), ("open", "what color is  the shape?", "red"),
+             ("open", "What color is the shape?", "blue"), ("yes/no", "Is the shape red?", "no"),
+             ("yes/no", "Is there a circle?", "no"), ("yes/no", "Is there a circle?", "yes"),
+             ("yes/no", "Is there a circle?", "yes"), ("open", "What shape?", "square")]  # fmt: skip
+    by_question = vqa.question_prior(train)
+    assert by_question["what color is the shape?"] == "red"  # placeholder, case and spacing ignored
+    assert by_question["is there a circle?"] == "yes"
+    by_type = vqa.answer_prior(train)
+    assert by_type == {"open": "red", "yes/no": "no"}  # a tie: the first seen
+    scores = vqa.prior_accuracy(vqa.load_easy_vqa(easy_folder), by_type, by_question)
+    # red (right), yes (right), "What shape is this?" unseen: the type's "red" (wrong), no (right)
+    assert (scores["acc"], scores["acc_yes_no"], scores["acc_open"]) == (0.75, 1.0, 0.5)
+
+
 # ------------------------------------------------------------------------------------------- scorers
 def test_open_answers_batched_equal_unbatched(tiny_wings, easy_folder):
     model, processor, _ = tiny_wings
@@ -254,6 +269,7 @@ def test_cli_writes_vqa_easy_vqa_and_iit_results(tiny_wings, vqa_file, easy_fold
     assert set(scores[f"mmbench:{mmbench_file}"]["categories"]) == {"color", "attribute"}
     easy = scores[f"easyvqa:{easy_folder}"]
     assert {"acc", "acc_yes_no", "acc_open"} <= set(easy) and easy["prior_acc"] == 0.5
+    assert easy["question_prior_acc"] == 0.5  # the fixture's training questions are all "q": the type's answers
     assert results["tasks"][f"easyvqa:{easy_folder}"]["answer_prior"]["answers"] == {"open": "circle", "yes/no": "no"}
     assert all(info["text_only"] is False for info in results["tasks"].values())
     table = (out / "results.md").read_text()

@@ -83,7 +83,8 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     shifts = {name: model["attention_shift"] for name, model in analysis["models"].items()}
     rows = summary_rows(results, shifts)
     vqa_task = _task_key(results, "easyvqa")
-    prior = results["tasks"].get(vqa_task, {}).get("answer_prior") if vqa_task else None
+    priors = {kind: results["tasks"].get(vqa_task, {}).get(kind) if vqa_task else None
+              for kind in ("answer_prior", "question_prior")}  # fmt: skip
 
     curves: dict[str, list] = {}
     for run in model_runs(pipeline.settings):
@@ -99,7 +100,7 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     verdicts = {against: retention_verdicts(rows, "WINGS", against) for against in rows if against not in ("WINGS", "base LLM")}
     report = {
         "summary": rows,
-        "answer_prior": prior,
+        **priors,
         "retention_wings_better_than": verdicts,
         "align_text_identity": identity,
         "timings_s": pipeline.timings,
@@ -113,11 +114,13 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     }
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     table = markdown_summary(rows)
-    (out / "report.md").write_text(_markdown(pipeline, table, prior, verdicts, identity))
+    (out / "report.md").write_text(_markdown(pipeline, table, priors, verdicts, identity))
     print("\n" + table)
-    if prior:
-        print(f"\neasy-vqa answer-prior baseline (most frequent training answer per type): acc {100 * prior['acc']:.1f}, "
-              f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}")  # fmt: skip
+    for kind, prior in priors.items():
+        if prior:
+            print(f"\neasy-vqa {PRIOR_TEXT[kind]}: acc {100 * prior['acc']:.1f}, yes/no {100 * prior['acc_yes_no']:.1f}, "
+                  f"open {100 * prior['acc_open']:.1f}", end="")  # fmt: skip
+    print()
     for against, verdict in verdicts.items():
         print(f"WINGS against {against}, retention: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))
     print(f"after align, text-only outputs identical to the base LLM: {_yes(identity['identical'])}")
@@ -136,7 +139,15 @@ def _yes(value: bool | None) -> str:
     return "n/a" if value is None else ("yes" if value else "no")
 
 
-def _markdown(pipeline: DemoPipeline, table: str, prior: dict | None, verdicts: dict, identity: dict) -> str:
+# The blind baselines under the accuracy table: what answering without looking at the image scores.
+PRIOR_TEXT = {
+    "answer_prior": "answer-prior baseline (always the most frequent training answer per question type)",
+    "question_prior": "question-prior baseline (the most frequent training answer of the same question; "
+                      "a model that never looks at the image can learn this much)",
+}
+
+
+def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, identity: dict) -> str:
     s = pipeline.settings
     lines = [
         "# wings demo", "",
@@ -149,9 +160,10 @@ def _markdown(pipeline: DemoPipeline, table: str, prior: dict | None, verdicts: 
         "on the base LLM's greedy continuations (`retention_lm`); attention shift = 1 - pearson(LAWS_before, "
         "LAWS_after) (the base LLM sees no image, so its value is 2 by construction).", "",
     ]  # fmt: skip
-    if prior:
-        lines += [f"Answer-prior baseline (always the most frequent training answer per question type): acc "
-                  f"{100 * prior['acc']:.1f}, yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}.", ""]  # fmt: skip
+    for kind, prior in priors.items():
+        if prior:
+            lines += [f"{PRIOR_TEXT[kind][0].upper()}{PRIOR_TEXT[kind][1:]}: acc {100 * prior['acc']:.1f}, "
+                      f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}.", ""]  # fmt: skip
     lines += ["## Retention: WINGS against each baseline (better = higher MC accuracy, lower KL, lower perplexity)", ""]
     for against, verdict in verdicts.items():
         lines.append(f"- against {against}: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))

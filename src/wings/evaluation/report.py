@@ -88,6 +88,11 @@ def markdown_table(results: dict[str, Any]) -> str:
             parts = ", ".join(f"{m} {100 * prior[m]:.2f}" for m in info["metrics"] if m in prior)
             answers = ", ".join(f"{kind}: {answer!r}" for kind, answer in prior.get("answers", {}).items())
             notes += f"\n\n{task} answer-prior baseline (most frequent training answer per type; {answers}): {parts}."
+        by_question = info.get("question_prior")
+        if by_question:
+            parts = ", ".join(f"{m} {100 * by_question[m]:.2f}" for m in info["metrics"] if m in by_question)
+            notes += (f"\n\n{task} question-prior baseline (the most frequent training answer of the same question, "
+                      f"image never seen): {parts}.")  # fmt: skip
     return "\n".join(lines) + notes + ("\n\n" + "\n".join(summary) if summary else "") + "\n"
 
 

@@ -206,9 +206,9 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
             for entry in everyone:
                 results[entry.name][task.name] = divergences[entry.name]
         elif task.kind == "vqa":
-            prior = _run_vqa(task, everyone, settings, results, cached)
-            if prior is not None:
-                baselines[task.name] = {"answer_prior": prior}
+            priors = _run_vqa(task, everyone, settings, results, cached)
+            if priors is not None:
+                baselines[task.name] = priors
         elif task.kind == "iit":
             from wings.analysis.iit import evaluate_iit
 
@@ -234,18 +234,22 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
 
 def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, results: dict[str, Any],
              cached: Any = None) -> dict | None:
-    """A VQA task on every model; for easy-vqa also its answer-prior baseline (returned, and `prior_acc`)."""
+    """A VQA task on every model; for easy-vqa also its blind baselines, returned as {"answer_prior",
+    "question_prior"} and added to each model's scores as `prior_acc` and `question_prior_acc`."""
     from wings.evaluation import vqa
 
     questions = task.load(settings.data_dir, settings.split or task.split)
     questions = questions[: settings.limit] if settings.limit else questions
     mc_mode = settings.mc_mode or ("letter" if task.name.startswith("mmbench:") else "likelihood")
     suffix = settings.vqa_prompt_suffix if task.name.startswith("vqa:") else None  # easy-vqa: the trained format
-    prior = None
+    priors = None
     if task.metrics == tasks_module.EASY_VQA_METRICS:
         folder = task.path if task.path is not None else settings.data_dir
         try:
-            prior = vqa.prior_accuracy(questions, vqa.answer_prior(vqa.easy_vqa_train_answers(folder)))
+            train = vqa.easy_vqa_train_answers(folder)
+            by_type = vqa.answer_prior(train)
+            priors = {"answer_prior": vqa.prior_accuracy(questions, by_type),
+                      "question_prior": vqa.prior_accuracy(questions, by_type, vqa.question_prior(train))}  # fmt: skip
         except FileNotFoundError as error:  # the model scores stand without it
             print(f"{task.name}: no answer-prior baseline ({error})", file=sys.stderr)
     for entry in everyone:
@@ -262,10 +266,10 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
             scores = cached(entry, "vqa", key, score)
         else:
             scores = score()
-        if prior is not None:
-            scores["prior_acc"] = prior["acc"]
+        if priors is not None:
+            scores["prior_acc"], scores["question_prior_acc"] = priors["answer_prior"]["acc"], priors["question_prior"]["acc"]
         results[entry.name][task.name] = scores
-    return prior
+    return priors
 
 
 def _check_same_tokenization(entry: EvalModel, base: EvalModel, prompts: list[str]) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from wings.data.formats import IMAGE_PLACEHOLDER
 from wings.evaluation.tasks import _field, _read_jsonl
 
 LETTERS = "ABCDEFGHIJ"
@@ -109,17 +110,18 @@ def load_easy_vqa(folder: str | Path) -> list[VisualQuestion]:
     return questions
 
 
-def easy_vqa_train_answers(folder: str | Path) -> list[tuple[str, str]]:
-    """(question type, answer) of every training question in `train.json` beside the test file."""
+def easy_vqa_train_answers(folder: str | Path) -> list[tuple[str, str, str]]:
+    """(question type, question, answer) of every training question in `train.json` beside the test file."""
     path = easy_vqa_questions_file(Path(folder)).with_name("train.json")
     if not path.is_file():
         raise FileNotFoundError(f"easy-vqa: {path} is needed for the answer prior; write it with `wings data easy-vqa`")
-    pairs = []
+    triples = []
     for record in json.loads(path.read_text(encoding="utf-8")):
+        questions = [turn["value"] for turn in record["conversations"] if turn["from"] == "human"]
         answers = [turn["value"] for turn in record["conversations"] if turn["from"] == "gpt"]
         kinds = record.get("answer_types") or ["yes/no" if a in ("yes", "no") else "open" for a in answers]
-        pairs += list(zip(kinds, answers))
-    return pairs
+        triples += list(zip(kinds, questions, answers))
+    return triples
 
 
 def load_vqa_jsonl(path: str | Path) -> list[VisualQuestion]:
@@ -384,15 +386,33 @@ def summarize(questions: Sequence[VisualQuestion], correct: Sequence[float]) -> 
 
 
 # ------------------------------------------------------------------------------------------- answer prior
-def answer_prior(train: Sequence[tuple[str, str]]) -> dict[str, str]:
-    """The most frequent training answer per question type (ties: the first seen), from (type, answer) pairs."""
+def answer_prior(train: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+    """The most frequent training answer per question type (ties: the first seen), from (type, question, answer)."""
     counts: dict[str, Counter] = defaultdict(Counter)
-    for kind, answer in train:
+    for kind, _, answer in train:
         counts[kind][answer] += 1
     return {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
 
 
-def prior_accuracy(questions: Sequence[VisualQuestion], prior: dict[str, str]) -> dict[str, Any]:
-    """What always answering the prior's answer for each question's type scores (same breakdowns as a model)."""
-    correct = [float(exact_match(prior.get(q.kind or "", ""), q.answers)) for q in questions]
-    return summarize(questions, correct) | {"answers": dict(prior)}
+def question_key(question: str) -> str:
+    """A question's text without the image placeholder, case or spacing (to match test and training questions)."""
+    return " ".join(question.replace(IMAGE_PLACEHOLDER, " ").lower().split())
+
+
+def question_prior(train: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+    """The most frequent training answer of each question text: what a model can score from the question alone,
+    never looking at the image, by remembering the training answers (easy-vqa's templates make this high)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for _, question, answer in train:
+        counts[question_key(question)][answer] += 1
+    return {question: counter.most_common(1)[0][0] for question, counter in counts.items()}
+
+
+def prior_accuracy(
+    questions: Sequence[VisualQuestion], prior: dict[str, str], by_question: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """What always answering the prior's answer for each question's type scores (same breakdowns as a model);
+    with `by_question` (`question_prior`), the question's own most frequent training answer where it has one."""
+    guesses = [(by_question or {}).get(question_key(q.question)) or prior.get(q.kind or "", "") for q in questions]
+    correct = [float(exact_match(guess, q.answers)) for guess, q in zip(guesses, questions)]
+    return summarize(questions, correct) | ({"answers": dict(prior)} if by_question is None else {})
