@@ -90,6 +90,13 @@ def test_stages_share_folders_and_the_matched_baseline_uses_wings_rates(finished
     assert provenance["status"] == "complete"
 
 
+def test_finished_stages_keep_their_model_and_drop_their_checkpoints(finished):
+    settings, _ = finished
+    for folder in ("wings-align", "wings-instruct", "llava-instruct"):
+        assert (Path(settings.out) / folder / "config.json").is_file()
+        assert not list((Path(settings.out) / folder).glob("checkpoint-*"))
+
+
 def test_second_run_skips_every_finished_step(finished, capsys):
     settings, first = finished
     before = (Path(settings.out) / "eval" / "results.json").stat().st_mtime

@@ -18,6 +18,7 @@ what is done and an interrupted one resumes (a training stage also resumes from 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -252,6 +253,10 @@ class DemoPipeline:
         config = build_config(raw, f"demo stage {folder}")
         output = run_stage(config, command=f"wings demo ({folder})", callbacks=callbacks)
         (output / "loss_history.json").write_text(json.dumps(log.history, indent=1) + "\n")
+        # The stage is complete (its model is saved beside): its checkpoints were only for resuming it, and a
+        # stage-2 one holds 1.6 GB of weights and optimizer state.
+        for checkpoint in output.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
 
     # ------------------------------------------------------------------------------------------ checks
     def check_align_identity(self) -> None:
