@@ -118,8 +118,8 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     print("\n" + table)
     for kind, prior in priors.items():
         if prior:
-            print(f"\neasy-vqa {PRIOR_TEXT[kind]}: acc {100 * prior['acc']:.1f}, yes/no {100 * prior['acc_yes_no']:.1f}, "
-                  f"open {100 * prior['acc_open']:.1f}", end="")  # fmt: skip
+            print(f"\neasy-vqa {PRIOR_TEXT[kind]}: acc {100 * prior['acc']:.1f}, "
+                  f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}", end="")  # fmt: skip
     print()
     for against, verdict in verdicts.items():
         print(f"WINGS against {against}, retention: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))

@@ -267,7 +267,8 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
         else:
             scores = score()
         if priors is not None:
-            scores["prior_acc"], scores["question_prior_acc"] = priors["answer_prior"]["acc"], priors["question_prior"]["acc"]
+            scores["prior_acc"] = priors["answer_prior"]["acc"]
+            scores["question_prior_acc"] = priors["question_prior"]["acc"]
         results[entry.name][task.name] = scores
     return priors
 

@@ -64,7 +64,8 @@ def stacked_weights(residuals: list[LowRankResidual]) -> tuple[torch.Tensor, tor
     """All A as one (n r, d) matrix and all B as one (n, r, d) batch. Without autograd (generation) the stack is
     kept until a weight changes, so that a decoding step does not copy every layer's weights again."""
     # Read through the modules' dicts: nn.Module attribute lookup would cost more than a decoding step's matmul.
-    weights = [m._parameters["weight"] for residual in residuals for m in (residual._modules["down"], residual._modules["up"])]
+    modules = [m for residual in residuals for m in (residual._modules["down"], residual._modules["up"])]
+    weights = [m._parameters["weight"] for m in modules]
     if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
         return torch.cat(weights[0::2]), torch.stack([w.t() for w in weights[1::2]])
     # Any change restacks: a new parameter (id), new storage (data_ptr: after .to(), a load), an in-place update
