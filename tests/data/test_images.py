@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wings.data.images import ImageLoadError, load_image, pad_to_square, to_rgb
+from wings.data.images import ImageLoadError, load_image, pad_to_square, pixel_statistics, to_rgb
 
 
 def saved(tmp_path, image: Image.Image, name: str, **options) -> str:
@@ -96,3 +96,17 @@ def test_pad_to_square_centres_the_image():
     assert square.size == (6, 6)
     assert square.getpixel((0, 0)) == (9, 9, 9) and square.getpixel((0, 2)) == (255, 0, 0)
     assert square.getpixel((0, 3)) == (255, 0, 0) and square.getpixel((0, 4)) == (9, 9, 9)
+
+
+def test_pixel_statistics_per_channel_over_all_pixels(tmp_path):
+    half = np.zeros((8, 8, 3), dtype=np.uint8)
+    half[:, :4] = (255, 0, 51)  # left half red-ish, right half black
+    Image.fromarray(half).save(tmp_path / "half.png")
+    Image.new("RGB", (5, 5), (255, 255, 255)).save(tmp_path / "white.png")
+    mean, std = pixel_statistics([tmp_path / "half.png", tmp_path / "white.png"], size=8)
+    assert mean == pytest.approx([0.75, 0.5, 0.55], abs=1e-6)  # (1/2 + 1) / 2, (0 + 1) / 2, (0.1 + 1) / 2
+    assert std[0] == pytest.approx(np.std([1.0] * 96 + [0.0] * 32), abs=1e-6)
+    with pytest.raises(ValueError, match="at least one image"):
+        pixel_statistics([], size=8)
+    with pytest.raises(ImageLoadError, match="missing.png"):
+        pixel_statistics([tmp_path / "missing.png"], size=8)

@@ -66,6 +66,37 @@ def test_each_stage_trains_exactly_its_groups_at_its_learning_rates(tiny_llm_dir
         assert initial_lr == expected.get(group, expected.get("projector")), name
 
 
+def test_loraplus_ratio_multiplies_only_the_learners_up_projections(tiny_llm_dir, tiny_data, tmp_path):
+    snapshot = Snapshot()
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align", max_steps=1)
+    raw["optim"] = {"loraplus_lr_ratio": 10.0}
+    run_stage(build_config(raw), callbacks=[snapshot])
+    rates = {name: initial_lr for name, _, initial_lr in snapshot.optimizer_groups}
+    expected = STAGES["align"].learning_rates
+    assert rates["visual_learners.up"] == pytest.approx(10 * expected["visual_learners"])
+    assert rates["visual_learners"] == expected["visual_learners"]
+    assert rates["projector"] == expected["projector"]  # other groups keep one rate
+    assert not [name for name in rates if name.endswith(".up") and not name.startswith("visual_learners")]
+
+
+def test_data_image_normalization_is_computed_from_the_training_images_and_saved(tiny_llm_dir, tiny_data, tmp_path):
+    from wings.data.images import pixel_statistics
+    from wings.model.processing_wings import WingsProcessor
+
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align", max_steps=1)
+    raw["model"]["image_normalization"] = "data"
+    output = run_stage(build_config(raw))
+    images = sorted((tiny_data / "images").glob("*.png"))
+    mean, std = pixel_statistics(images, 32)
+    saved = WingsProcessor.from_pretrained(output).image_processor
+    assert saved.image_mean == pytest.approx(mean) and saved.image_std == pytest.approx(std)
+    # half the images solid red, half solid blue; a channel that never varies gets a floor, not a zero
+    assert mean == pytest.approx([0.5, 0.0, 0.5]) and std == pytest.approx([0.5, 1e-3, 0.5])
+    raw["model"] |= {"vision": str(tmp_path / "pretrained-tower")}
+    with pytest.raises(ValueError, match="image_normalization=data is for a new from-scratch tower"):
+        build_config(raw)
+
+
 def test_align_checkpoint_leaves_out_the_frozen_llm_and_export_restores_it(tiny_llm_dir, tiny_data, tmp_path):
     config = build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align"))
     output = run_stage(config)
@@ -174,6 +205,11 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     assert load_config(str(path), ["--model.router_init_visual_weight", "0.9"]).model.router_init_visual_weight == 0.9
     with pytest.raises(ValueError, match=r"model.router_init_visual_weight must be in \(0, 1\)"):
         load_config(str(path), ["--model.router_init_visual_weight", "1.5"])
+    assert load_config(str(path), ["--optim.loraplus_lr_ratio", "16"]).optim.loraplus_lr_ratio == 16
+    with pytest.raises(ValueError, match="optim.loraplus_lr_ratio must be positive"):
+        load_config(str(path), ["--optim.loraplus_lr_ratio", "0"])
+    with pytest.raises(ValueError, match="model.image_normalization must be tower or data"):
+        load_config(str(path), ["--model.image_normalization", "imagenet"])
 
 
 def test_train_help_explains_every_option(capsys):

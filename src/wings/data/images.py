@@ -121,3 +121,25 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
     square = Image.new("RGB", (side, side), fill)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
+
+
+def pixel_statistics(images: list[ImageSource], size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of RGB values in [0, 1] over `images`, each resized to `size` x `size`.
+
+    The normalisation a tower trained from scratch wants: with SigLIP's 0.5 / 0.5, easy-vqa's light backgrounds
+    map to about 0.8 in every channel, and 95% of the projector's output energy was a constant shared by all
+    images (42% with the data's statistics)."""
+    if not images:
+        raise ValueError("pixel statistics need at least one image")
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for source in images:
+        pixels = np.asarray(load_image(source).resize((size, size), Image.BICUBIC), dtype=np.float64) / 255.0
+        pixels = pixels.reshape(-1, 3)
+        total += pixels.sum(0)
+        squares += (pixels**2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()  # a blank data set must not divide by zero

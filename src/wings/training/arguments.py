@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from wings.model.builder import VISION_PRESETS
 from wings.model.modeling_wings import PARAMETER_GROUPS
 
 from .stages import STAGES
@@ -49,6 +50,10 @@ class ModelArguments:
         None, "w_v of routers created by this stage, where a token sees an image (default: the model config's)"
     )
     image_preprocess: str = option("pad", "pad (to square with the mean colour) or resize")
+    image_normalization: str = option(
+        "tower", "pixel mean/std: tower (the tower's own; SigLIP 0.5/0.5) or data (per channel, from up to 1,000 "
+        "training images: for a tower trained from scratch)"
+    )
 
 
 @dataclass
@@ -69,6 +74,9 @@ class OptimArguments:
 
     learning_rates: dict[str, float] = option({}, "learning rate per parameter group, over the stage's defaults")
     weight_decay: dict[str, float] = option({}, "weight decay per group (default: training.weight_decay)")
+    loraplus_lr_ratio: float = option(
+        1.0, "the learners' B (up) projections train at this multiple of their group's rate (LoRA+); 1: one rate"
+    )
 
 
 # Defaults of the `training` section (transformers TrainingArguments), chosen for this recipe.
@@ -122,6 +130,16 @@ class TrainConfig:
         weight = self.model.router_init_visual_weight
         if weight is not None and not 0.0 < weight < 1.0:
             raise ValueError(f"model.router_init_visual_weight must be in (0, 1) (a softmax weight), got {weight}")
+        if not self.optim.loraplus_lr_ratio > 0:
+            raise ValueError(f"optim.loraplus_lr_ratio must be positive, got {self.optim.loraplus_lr_ratio}")
+        if self.model.image_normalization not in ("tower", "data"):
+            raise ValueError(f"model.image_normalization must be tower or data, got {self.model.image_normalization!r}")
+        from_scratch = not self.model.init_from and self.model.vision in VISION_PRESETS
+        if self.model.image_normalization == "data" and not from_scratch:
+            raise ValueError(
+                "model.image_normalization=data is for a new from-scratch tower (a preset): a pretrained tower "
+                "keeps the statistics it was trained with, and a model from init_from keeps its processor's"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

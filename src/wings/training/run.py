@@ -137,6 +137,8 @@ def run_stage(
         print(f"data {part.path}: {part.summary()}")
     if len(dataset) == 0:
         raise ValueError("no usable training sample: see the data summary above (`wings data check FILE`)")
+    if config.model.image_normalization == "data":
+        set_image_statistics(processor, dataset)
 
     models = {
         "llm": model_fingerprint(model.config.base_llm, _local_dir(model.config.base_llm)),
@@ -151,7 +153,7 @@ def run_stage(
         data_collator=WingsCollator(processor.pad_token_id, padding_side=config.data.padding_side),
         processing_class=processor, group_learning_rates=rates, group_weight_decay=config.optim.weight_decay,
         llm_reference=llm_reference, provenance=record, group_by_length=config.data.group_by_length,
-        callbacks=callbacks,
+        loraplus_lr_ratio=config.optim.loraplus_lr_ratio, callbacks=callbacks,
     )
     record["distributed"] = trainer.accelerator.distributed_type.value  # e.g. MULTI_GPU, DEEPSPEED, FSDP
     resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
@@ -160,6 +162,25 @@ def run_stage(
     result = trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, output_dir, result.metrics)
     return output_dir
+
+
+def set_image_statistics(processor: WingsProcessor, dataset: Any, limit: int = 1000) -> None:
+    """Normalise pixels with the training images' per-channel mean and std (up to `limit` images, spread evenly
+    over the data). The processor is saved with the model, so inference normalises alike."""
+    from wings.data.images import pixel_statistics
+
+    records = [(part, int(index)) for part in dataset.datasets for index in part.indices[part.has_images]]
+    chosen: dict[str, None] = {}  # distinct images, in order
+    for part, index in records[:: max(1, len(records) // limit)]:
+        chosen |= dict.fromkeys(part.conversation(index).images)
+        if len(chosen) >= limit:
+            break
+    if not chosen:
+        raise ValueError("model.image_normalization=data: the training data has no image")
+    mean, std = pixel_statistics(list(chosen), processor.image_processor.size["height"])
+    processor.image_processor.image_mean, processor.image_processor.image_std = mean, std
+    print(f"pixel normalisation from {len(chosen)} training images: mean {[round(v, 3) for v in mean]}, "
+          f"std {[round(v, 3) for v in std]}")
 
 
 def _local_dir(name: str | None) -> str | None:

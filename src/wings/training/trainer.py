@@ -4,6 +4,7 @@ provenance record in every checkpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ class WingsTrainer(Trainer):
             out and point here instead.
         provenance: the record written beside every checkpoint (updated with the step and metrics).
         group_by_length: use the modality- and length-grouped sampler.
+        loraplus_lr_ratio: the learners' B (up) projections train at this multiple of their group's rate (LoRA+).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class WingsTrainer(Trainer):
         llm_reference: str | None = None,
         provenance: dict[str, Any] | None = None,
         group_by_length: bool = True,
+        loraplus_lr_ratio: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -52,6 +55,7 @@ class WingsTrainer(Trainer):
         self.llm_reference = llm_reference
         self.provenance = provenance or {}
         self.group_by_length = group_by_length
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         self._tokens_since_log = 0
         self._last_log_time = time.perf_counter()
         self._checkpoint_root: str | None = None
@@ -68,12 +72,16 @@ class WingsTrainer(Trainer):
             if group not in self.group_learning_rates:
                 continue
             decay = self.group_weight_decay.get(group, self.args.weight_decay)
-            for with_decay in (True, False):
-                params = [p for n, p in named if p.requires_grad and (n in decay_names) == with_decay]
+            # LoRA+: a learner's B starts at zero and its A only learns once B has grown, so B may learn faster.
+            up_ratio = self.loraplus_lr_ratio if group.endswith("_learners") else 1.0
+            for is_up, with_decay in itertools.product((False, True), (True, False)):
+                params = [p for n, p in named if p.requires_grad and (n in decay_names) == with_decay
+                          and (up_ratio != 1.0 and n.endswith(".up.weight")) == is_up]  # fmt: skip
                 if params:
                     param_groups.append({
-                        "params": params, "lr": self.group_learning_rates[group],
-                        "weight_decay": decay if with_decay else 0.0, "name": f"{group}{'' if with_decay else '.no_decay'}",
+                        "params": params, "lr": self.group_learning_rates[group] * (up_ratio if is_up else 1.0),
+                        "weight_decay": decay if with_decay else 0.0,
+                        "name": f"{group}{'.up' if is_up else ''}{'' if with_decay else '.no_decay'}",
                     })
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs.pop("lr", None)  # every group carries its own
