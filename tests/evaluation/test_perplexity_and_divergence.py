@@ -75,3 +75,27 @@ def test_several_models_at_once_equal_one_at_a_time(tiny_model, tiny_tokenizer):
         assert together[name]["kl"] == pytest.approx(alone["kl"], abs=1e-7)
         assert together[name]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-6)
     assert together["base"]["kl"] == 0.0 and together["a"]["kl"] > 1e-4
+
+
+def _generated_alone(model, tokenizer, prompts, max_new_tokens):
+    sequences = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        sequences.append((output[0].tolist(), ids.shape[1]))
+    return sequences
+
+
+def test_batched_references_equal_each_prompt_generated_alone(tiny_model, tiny_tokenizer):
+    prompts = ["The quick brown", "Two plus", "Once upon a time there", "A"]  # different lengths: left padding
+    alone = _generated_alone(tiny_model, tiny_tokenizer, prompts, 6)
+    assert reference_sequences(tiny_model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=3) == alone
+
+    # With the first prompt's first new token as end-of-sequence, its generation stops there when alone; in a
+    # batch the others go on, and its continuation must still end at that token.
+    stopping = copy.deepcopy(tiny_model)
+    stopping.generation_config.eos_token_id = alone[0][0][alone[0][1]]
+    alone = _generated_alone(stopping, tiny_tokenizer, prompts, 6)
+    assert len(alone[0][0]) == alone[0][1] + 1 and max(len(ids) - length for ids, length in alone) == 6
+    assert reference_sequences(stopping, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4) == alone

@@ -195,7 +195,7 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
                 seed_everything()
                 return reference_sequences(base.model, base.tokenizer, prompts, settings.max_new_tokens)
 
-            stored = cached(base, "reference", [prompts, settings.max_new_tokens], generate)
+            stored = cached(base, "reference", [prompts, settings.max_new_tokens, "left-padded batches"], generate)
             sequences = [(list(ids), int(length)) for ids, length in stored]
             for entry in everyone:
                 _check_same_tokenization(entry, base, prompts)
