@@ -8,6 +8,9 @@ question each. Then it scores the first test questions by the answer the model r
     python -m benchmarks.easy_vqa_stage1 --data runs/demo/data/easy-vqa                        # the demo's stage 1
     python -m benchmarks.easy_vqa_stage1 --data DIR --kinds colour --loraplus-ratio 10 --image-normalization data
     python -m benchmarks.easy_vqa_stage1 --data DIR --kinds colour --solid-images   # each image its shape's colour
+    python -m benchmarks.easy_vqa_stage1 --data DIR --kinds colour,shape --all-kinds-after 60 ...  # a curriculum
+    python -m benchmarks.easy_vqa_stage1 --data DIR --caption-baseline   # the frozen base LLM on yes/no, given
+                                                                         # the true caption as text
 
 `--data` is a folder written by `wings data easy-vqa --max-turns 1`. About 4 s a step on 2 shared cores.
 """
@@ -28,9 +31,11 @@ from PIL import Image
 
 from wings.data.collator import WingsCollator
 from wings.data.dataset import ConversationDataset
-from wings.data.images import pixel_statistics
 from wings.model.builder import build_wings
+from wings.model.registry import load_llm
+from wings.training.run import set_image_statistics
 from wings.training.stages import get_stage, prepare_model_for_stage
+from wings.training.trainer import is_learner_up_projection
 
 KINDS = ("yes/no", "colour", "shape")
 
@@ -56,6 +61,33 @@ def solid_copy(data: Path, out: Path) -> Path:
     return out
 
 
+def caption_baseline(data: Path, limit: int = 200) -> dict[str, float]:
+    """The frozen base LLM on yes/no test questions, told the true caption first ("The image shows a red circle.")
+    and asked to answer yes or no: can it make the comparison a yes/no question needs, without any image?"""
+    model, tokenizer = load_llm("smollm2-135m-instruct")
+    questions = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
+    captions: dict[str, dict[str, str]] = {}
+    for q in questions:
+        if q["type"] == "open":
+            captions.setdefault(q["image"], {})[question_kind(q["question"], q["answer"])] = q["answer"]
+    asked = [q for q in questions if q["type"] == "yes/no" and len(captions.get(q["image"], {})) == 2][:limit]
+    yes = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "Yes")]
+    no = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("no", "No")]
+    right, said_yes = 0, 0
+    with torch.no_grad():
+        for q in asked:
+            caption = captions[q["image"]]
+            prompt = f"The image shows a {caption['colour']} {caption['shape']}.\n{q['question']} Answer yes or no."
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)  # fmt: skip
+            logits = model(tokenizer(text, return_tensors="pt").input_ids).logits[0, -1]
+            answer = "yes" if logits[yes].max() > logits[no].max() else "no"
+            right += answer == q["answer"]
+            said_yes += answer == "yes"
+    return {"questions": len(asked), "accuracy": round(100 * right / len(asked), 1),
+            "answered yes": round(100 * said_yes / len(asked), 1)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="`wings data easy-vqa --max-turns 1` output")
@@ -67,10 +99,26 @@ def main() -> None:
     parser.add_argument("--image-normalization", choices=("tower", "data"), default="tower")
     parser.add_argument("--kinds", default=",".join(KINDS), help="question kinds trained on (comma-separated)")
     parser.add_argument("--solid-images", action="store_true", help="fill each image with its shape's colour")
+    parser.add_argument("--all-kinds-after", type=int, help="from this step on, train on every kind of question")
+    parser.add_argument("--caption-baseline", action="store_true", help="score the base LLM on yes/no questions, "
+                        "given the true caption as text; no training")  # fmt: skip
     parser.add_argument("--test-questions", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    needed = ("train.json", "test_questions.jsonl", "answers.json")
+    missing = [name for name in needed if not (args.data / name).is_file()]
+    if missing:
+        parser.error(f"--data {args.data} has no {', '.join(missing)}: write it with "
+                     f"`wings data easy-vqa --out {args.data} --max-turns 1`")  # fmt: skip
+    unknown = set(args.kinds.split(",")) - set(KINDS)
+    if unknown:
+        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if args.steps < 1 or args.batch_size < 1 or args.loraplus_ratio <= 0:
+        parser.error("--steps and --batch-size must be at least 1, --loraplus-ratio positive")
+    if args.caption_baseline:
+        print(f"base LLM, true caption as text, yes/no questions: {caption_baseline(args.data, args.test_questions)}")
+        return
     torch.manual_seed(args.seed)
     data = solid_copy(args.data, args.out / "solid") if args.solid_images else args.data
 
@@ -80,26 +128,28 @@ def main() -> None:
     groups = []
     for group, named in model.parameter_groups().items():
         trained = [(name, p) for name, p in named if p.requires_grad]
-        up = [p for name, p in trained if group.endswith("_learners") and name.endswith(".up.weight")]
-        rest = [p for name, p in trained if not (group.endswith("_learners") and name.endswith(".up.weight"))]
+        up = [p for name, p in trained if is_learner_up_projection(group, name)]
+        rest = [p for name, p in trained if not is_learner_up_projection(group, name)]
         groups += [{"params": up, "lr": args.learning_rate * args.loraplus_ratio}] if up else []
         groups += [{"params": rest, "lr": args.learning_rate}] if rest else []
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
 
-    kinds = set(args.kinds.split(","))
-    records = json.loads((data / "train.json").read_text())
-    turns = [record["conversations"] for record in records]
-    records = [r for r, t in zip(records, turns) if question_kind(t[0]["value"], t[1]["value"]) in kinds]
-    random.Random(args.seed).shuffle(records)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps(records))
-    dataset = ConversationDataset(args.out / "train.json", processor, image_folder=data, max_length=64)
+    every = json.loads((data / "train.json").read_text())
+
+    def training_set(kinds: set[str], name: str, seed: int) -> ConversationDataset:
+        turns = [record["conversations"] for record in every]
+        records = [r for r, t in zip(every, turns) if question_kind(t[0]["value"], t[1]["value"]) in kinds]
+        random.Random(seed).shuffle(records)
+        (args.out / name).write_text(json.dumps(records))
+        return ConversationDataset(args.out / name, processor, image_folder=data, max_length=64)
+
+    dataset = training_set(set(args.kinds.split(",")), "train.json", args.seed)
+    later = training_set(set(KINDS), "train-all.json", args.seed + 1) if args.all_kinds_after is not None else None
     if args.image_normalization == "data":
-        images = sorted({str(data / r["image"]) for r in records})
-        mean, std = pixel_statistics(images[:: max(1, len(images) // 1000)], 32)
-        processor.image_processor.image_mean, processor.image_processor.image_std = mean, std
+        set_image_statistics(processor, [dataset])
 
     answers = json.loads((data / "answers.json").read_text())["answers"]
     first_token = torch.tensor([processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers])
@@ -131,7 +181,8 @@ def main() -> None:
     model.train()
     started, losses = time.perf_counter(), []
     for step in range(args.steps):
-        batch = collator([dataset[(step * args.batch_size + j) % len(dataset)] for j in range(args.batch_size)])
+        source = later if later is not None and step >= args.all_kinds_after else dataset
+        batch = collator([source[(step * args.batch_size + j) % len(source)] for j in range(args.batch_size)])
         progress = (step - warmup) / max(1, args.steps - warmup)
         factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
@@ -146,8 +197,9 @@ def main() -> None:
             print(f"step {step + 1}: loss {sum(losses[-20:]) / 20:.3f}, {time.perf_counter() - started:.0f} s")
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             print(f"  step {step + 1}: {evaluate()}")
-    print(f"| {args.steps} steps, kinds {args.kinds}, LoRA+ {args.loraplus_ratio:g}, pixels {args.image_normalization}"
-          f"{', solid images' if args.solid_images else ''} | {json.dumps(evaluate())} |")
+    switch = f", every kind from step {args.all_kinds_after}" if later is not None else ""
+    print(f"| {args.steps} steps, kinds {args.kinds}{switch}, LoRA+ {args.loraplus_ratio:g}, pixels "
+          f"{args.image_normalization}{', solid images' if args.solid_images else ''} | {json.dumps(evaluate())} |")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def run_stage(
     if len(dataset) == 0:
         raise ValueError("no usable training sample: see the data summary above (`wings data check FILE`)")
     if config.model.image_normalization == "data":
-        set_image_statistics(processor, dataset)
+        set_image_statistics(processor, dataset.datasets)
 
     models = {
         "llm": model_fingerprint(model.config.base_llm, _local_dir(model.config.base_llm)),
@@ -164,12 +164,12 @@ def run_stage(
     return output_dir
 
 
-def set_image_statistics(processor: WingsProcessor, dataset: Any, limit: int = 1000) -> None:
-    """Normalise pixels with the training images' per-channel mean and std (up to `limit` images, spread evenly
-    over the data). The processor is saved with the model, so inference normalises alike."""
+def set_image_statistics(processor: WingsProcessor, datasets: list[Any], limit: int = 1000) -> None:
+    """Normalise pixels with the per-channel mean and std of the training images (`ConversationDataset`s; up to
+    `limit` images, spread evenly over the data). The processor is saved with the model: inference does alike."""
     from wings.data.images import pixel_statistics
 
-    records = [(part, int(index)) for part in dataset.datasets for index in part.indices[part.has_images]]
+    records = [(part, int(index)) for part in datasets for index in part.indices[part.has_images]]
     chosen: dict[str, None] = {}  # distinct images, in order
     for part, index in records[:: max(1, len(records) // limit)]:
         chosen |= dict.fromkeys(part.conversation(index).images)

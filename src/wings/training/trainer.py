@@ -25,6 +25,12 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite: the run stops and keeps its last good checkpoint."""
 
 
+def is_learner_up_projection(group: str, name: str) -> bool:
+    """A learner's B (up) projection: what LoRA+ (`loraplus_lr_ratio`) trains faster. B starts at zero and its A
+    only learns once B has grown."""
+    return group.endswith("_learners") and name.endswith(".up.weight")
+
+
 class WingsTrainer(Trainer):
     """Trainer for one WINGS stage.
 
@@ -72,11 +78,10 @@ class WingsTrainer(Trainer):
             if group not in self.group_learning_rates:
                 continue
             decay = self.group_weight_decay.get(group, self.args.weight_decay)
-            # LoRA+: a learner's B starts at zero and its A only learns once B has grown, so B may learn faster.
             up_ratio = self.loraplus_lr_ratio if group.endswith("_learners") else 1.0
             for is_up, with_decay in itertools.product((False, True), (True, False)):
                 params = [p for n, p in named if p.requires_grad and (n in decay_names) == with_decay
-                          and (up_ratio != 1.0 and n.endswith(".up.weight")) == is_up]  # fmt: skip
+                          and (up_ratio != 1.0 and is_learner_up_projection(group, n)) == is_up]  # fmt: skip
                 if params:
                     param_groups.append({
                         "params": params, "lr": self.group_learning_rates[group] * (up_ratio if is_up else 1.0),
