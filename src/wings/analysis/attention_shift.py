@@ -125,8 +125,11 @@ _ACTIVE: list[SegmentRecorder] = []  # the recorder of the forward pass in progr
 
 
 def _inner_kernel(inner: str) -> Callable:
-    # Plain "eager" has no registry entry (each model keeps its own); the Llama-family one is WINGS'.
-    return base_attention_function(inner) if inner == "eager" else ALL_ATTENTION_FUNCTIONS[inner]
+    # Plain "eager" has no registry entry (each model keeps its own); the Llama-family one is WINGS'. A flash
+    # kernel must be told its own name (it would look for a hub kernel named after this wrapper).
+    if inner == "eager" or inner.startswith("flash"):
+        return base_attention_function(inner)
+    return ALL_ATTENTION_FUNCTIONS[inner]
 
 
 def make_segment_mass_attention(inner: str) -> Callable:

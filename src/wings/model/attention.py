@@ -24,6 +24,7 @@ PREFIX = "wings_"
 # Extra channels appended to q/k/v: one carries the visual indicator, the rest keep the width a multiple of 8.
 EXTRA_CHANNELS = 8
 SUPPORTED_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+FLASH_MAX_HEAD_DIM = 256  # FlashAttention 2 and 3 take head sizes up to 256
 
 
 def eager_attention(
@@ -48,10 +49,42 @@ def eager_attention(
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
+class _BackendNamed:
+    """`module` (or its config) as seen through `__getattr__`, except for the attention backend's name."""
+
+    def __init__(self, wrapped: Any, backend: str):
+        self._wrapped = wrapped
+        self._attn_implementation = backend
+        if hasattr(wrapped, "config"):
+            self.config = _BackendNamed(wrapped.config, backend)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+def flash_kernel(backend: str) -> Callable:
+    """transformers' flash kernel for `backend`, called with the plain backend name.
+
+    The kernel loads the flash package by `module.config._attn_implementation`, which in a WINGS model (or in the
+    attention-shift analysis) is the wrapping name (`wings_flash_attention_2`): transformers would look for a hub
+    kernel of that name and fail. The module is handed on with only that name changed.
+    """
+    kernel = ALL_ATTENTION_FUNCTIONS[backend]
+
+    def flash_attention(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return kernel(_BackendNamed(module, backend), *args, **kwargs)
+
+    flash_attention.max_head_dim = FLASH_MAX_HEAD_DIM
+    return flash_attention
+
+
 def base_attention_function(backend: str) -> Callable:
-    """The kernel that `backend` names in transformers (eager is ours: the LLMs keep theirs module-private)."""
+    """The kernel that `backend` names in transformers (eager is ours: the LLMs keep theirs module-private; flash
+    kernels are told their own name, see `flash_kernel`)."""
     if backend == "eager":
         return eager_attention
+    if backend.startswith("flash_attention"):
+        return flash_kernel(backend)
     return ALL_ATTENTION_FUNCTIONS[backend]
 
 
@@ -75,6 +108,12 @@ def attend_with_indicators(
     batch, kv_heads, keys, _ = value.shape
     marks = indicators[:, None].to(value.dtype).expand(batch, kv_heads, keys, channels)
     padding = value.new_zeros(batch, kv_heads, keys, EXTRA_CHANNELS - channels)
+    if head_dim + EXTRA_CHANNELS > getattr(base, "max_head_dim", head_dim + EXTRA_CHANNELS):
+        # No room for the extra channels (head size 256 under flash): a second call of the same kernel, whose
+        # values are the indicators alone (the kernel pads them to the head size), gives the same masses.
+        output, weights = base(module, query, key, value, attention_mask, **kwargs)
+        mass, _ = base(module, query, key, torch.cat([marks, padding], -1), attention_mask, **kwargs)
+        return output, weights, mass[..., :channels].float()
     padded_value = torch.cat([value, marks, padding], -1)
     padded_query, padded_key = F.pad(query, (0, EXTRA_CHANNELS)), F.pad(key, (0, EXTRA_CHANNELS))
     output, weights = base(module, padded_query, padded_key, padded_value, attention_mask, **kwargs)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from wings.model.attention import SUPPORTED_BACKENDS
 from wings.model.builder import VISION_PRESETS
 from wings.model.modeling_wings import PARAMETER_GROUPS
 
@@ -45,7 +46,9 @@ class ModelArguments:
     train_vision_tower: bool | None = option(
         None, "train the vision tower too (default: yes in the first stage when it is a from-scratch preset)"
     )
-    attn_implementation: str = option("sdpa", "attention kernel of the LLM: sdpa, eager, flash_attention_2")
+    attn_implementation: str = option(
+        "sdpa", "attention kernel of the LLM: sdpa, eager, flash_attention_2, flash_attention_3 (docs/gpu.md)"
+    )
     router_init_visual_weight: float | None = option(
         None, "w_v of routers created by this stage, where a token sees an image (default: the model config's)"
     )
@@ -132,6 +135,11 @@ class TrainConfig:
             raise ValueError(f"model.router_init_visual_weight must be in (0, 1) (a softmax weight), got {weight}")
         if not self.optim.loraplus_lr_ratio > 0:
             raise ValueError(f"optim.loraplus_lr_ratio must be positive, got {self.optim.loraplus_lr_ratio}")
+        if self.model.attn_implementation not in SUPPORTED_BACKENDS:
+            raise ValueError(
+                f"model.attn_implementation must be one of {', '.join(SUPPORTED_BACKENDS)}, "
+                f"got {self.model.attn_implementation!r}"
+            )
         if self.model.image_normalization not in ("tower", "data"):
             raise ValueError(f"model.image_normalization must be tower or data, got {self.model.image_normalization!r}")
         from_scratch = not self.model.init_from and self.model.vision in VISION_PRESETS
