@@ -67,7 +67,8 @@ def test_pixel_limit_refuses_large_images_naming_the_file(tmp_path):
 def test_corrupt_truncated_and_missing_files_are_errors_naming_the_file(tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"not an image at all")
-    with pytest.raises(ImageLoadError, match=rf"^{corrupt}: not a readable image file \(corrupt or not an image\)$"):
+    with pytest.raises(ImageLoadError, match=rf"^{corrupt}: not a readable image file \(corrupt or not an image; accepted "
+                                          r"formats: PNG, JPEG, WebP, GIF or BMP\)$"):
         load_image(corrupt)
     buffer = io.BytesIO()
     Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="PNG")

@@ -49,7 +49,7 @@ def test_every_problem_is_reported_by_record_and_field(tmp_path):
     assert found == [
         "record 1: image: 0 <image> placeholder(s) in the text but 1 image(s); put one <image> in the text where each image goes",
         f"record 2: image: image file not found: {tmp_path}/missing.png; check the path or --image-folder",
-        f"record 3: image: {tmp_path}/bad.png: not a readable image file (corrupt or not an image)",
+        f"record 3: image: {tmp_path}/bad.png: not a readable image file (corrupt or not an image; accepted formats: PNG, JPEG, WebP, GIF or BMP)",
         "record 4: conversations[1]: roles do not alternate: expected assistant, got user",
         "record 5: conversations[1]: empty assistant turn",
         "record 6: conversations[2]: the last turn is not the assistant's: there is no answer to learn; remove it or add the answer",

@@ -201,7 +201,7 @@ def test_a_failing_generation_is_a_500_in_openai_shape_and_the_server_keeps_serv
     client = TestClient(create_app(engine), raise_server_exceptions=False)
     request = {"model": engine.model_id, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3}
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "complete", lambda *args: (_ for _ in ()).throw(RuntimeError("boom")))
+        patch.setattr(engine.model, "generate", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("boom")))
         failed = client.post("/v1/chat/completions", json=request)
     assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
     assert "boom" not in failed.text and "Traceback" not in failed.text

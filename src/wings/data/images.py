@@ -1,8 +1,9 @@
-"""Opening images safely: any PIL mode to RGB, EXIF orientation, a pixel limit, clear errors.
+"""Opening images safely: an explicit format list, any PIL mode to RGB, EXIF orientation, a pixel limit, clear errors.
 
 Every image that reaches the vision tower goes through `load_image`, so a corrupt file, a
-decompression bomb or an odd colour mode fails here with the file's name instead of deep inside
-a data loader worker.
+decompression bomb, an odd colour mode or a format outside `ALLOWED_FORMATS` fails here with the
+file's name instead of deep inside a data loader worker. `image_header` reads only the size and
+format (no pixel is decoded), for limits that must be checked before any decoding.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The threshold PIL itself warns at (about 89 megapixels); a 64x64 .. 4K photo is far below it.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The only formats opened (PIL's plugin names): PIL knows many more, some of which run external programs
+# (EPS through Ghostscript) or parse rarely-used containers.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+_FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -31,7 +36,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     """Open an image file (path, `data:` URL, raw bytes or PIL image) and return it as RGB.
 
     EXIF orientation is applied, so a phone photo taken upright is upright. Raises `ImageLoadError`
-    naming the file for a missing, corrupt or truncated file and for one over `max_pixels` pixels.
+    naming the file for a missing, corrupt or truncated file, for a format outside `ALLOWED_FORMATS`,
+    and for one over `max_pixels` pixels (checked from the header, before any pixel is decoded).
     """
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
@@ -40,23 +46,67 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         with warnings.catch_warnings():
             # We apply our own limit below; PIL's warning would only repeat it less clearly.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageLoadError(
-                    f"{name}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
-                    f"{max_pixels:,} (a guard against decompression bombs); resize it or raise max_pixels"
-                )
+            image = _open_allowed(name, stream)
+            check_pixels(name, *image.size, max_pixels)
             image.load()  # decode now: a truncated file must fail here, not later in a worker
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
         raise ImageLoadError(f"{name}: {error}; resize it or raise max_pixels") from error
-    except UnidentifiedImageError as error:
-        raise ImageLoadError(f"{name}: not a readable image file (corrupt or not an image)") from error
     except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncation and bad chunks this way
         raise ImageLoadError(f"{name}: corrupt or truncated image file ({error})") from error
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def image_header(source: str | os.PathLike | bytes) -> tuple[str, int, int]:
+    """(format, width, height) read from the header alone: no pixel is decoded. `ImageLoadError` as `load_image`."""
+    name, stream = _open_stream(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open_allowed(name, stream)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{name}: {error}; resize it or raise max_pixels") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{name}: corrupt or truncated image file ({error})") from error
+    width, height = image.size
+    return image.format, width, height
+
+
+def check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+    """`ImageLoadError` when a `width` x `height` image is over `max_pixels`, or has an empty side."""
+    if width < 1 or height < 1:
+        raise ImageLoadError(f"{name}: image is {width}x{height}: it has no pixels")
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (a guard against decompression bombs); resize it or raise max_pixels"
+        )
+
+
+def _open_allowed(name: str, stream) -> Image.Image:
+    """`Image.open` restricted to `ALLOWED_FORMATS`, with an error that lists them."""
+    try:
+        return Image.open(stream, formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError as error:
+        raise ImageLoadError(
+            f"{name}: not a readable image file (corrupt or not an image; accepted formats: {_FORMAT_NAMES})"
+        ) from error
+
+
+def fit_within(image: Image.Image, side: int) -> Image.Image:
+    """`image` shrunk (aspect kept, bicubic) so that its longer side is at most `side`; smaller images unchanged.
+
+    Done before padding to a square, so the padded square is at most `side` x `side` however long and thin
+    the image is (a 16000x1000 image padded first would be a 256-megapixel square)."""
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= side:
+        return image
+    size = (max(1, round(width * side / longest)), max(1, round(height * side / longest)))
+    return image.resize(size, Image.BICUBIC)
 
 
 def _open_stream(source: str | os.PathLike | bytes) -> tuple[str, io.BytesIO | str]:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AddedToken, ProcessorMixin
 
-from wings.data.images import DEFAULT_MAX_PIXELS, ImageSource, load_image, pad_to_square
+from wings.data.images import DEFAULT_MAX_PIXELS, ImageSource, fit_within, load_image, pad_to_square
 
 IGNORE_INDEX = -100
 IMAGE_PREPROCESS_MODES = ("pad", "resize")
@@ -203,9 +203,9 @@ class WingsProcessor(ProcessorMixin):
             size = self.image_size
             return torch.zeros((0, 3, size, size))
         loaded = [load_image(image, self.max_pixels) for image in images]
-        if self.image_preprocess == "pad":
+        if self.image_preprocess == "pad":  # shrink before padding: the square is then at most the tower's size
             fill = tuple(int(round(channel * 255)) for channel in self.image_processor.image_mean)
-            loaded = [pad_to_square(image, fill) for image in loaded]
+            loaded = [pad_to_square(fit_within(image, self.image_size), fill) for image in loaded]
         return self.image_processor(images=loaded, return_tensors="pt")["pixel_values"]
 
     @property

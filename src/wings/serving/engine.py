@@ -4,22 +4,28 @@ The engine owns a WINGS model and its processor (both loaded from one checkpoint
 conversations into prompts, and runs `model.generate` (KV cache, learners' caches included) with
 transformers' sampling options. One `generate` call runs at a time (a lock): a CPU or a single GPU
 gains nothing from interleaving, and the global RNG that `seed` sets must not be shared.
+
+Every decoding step ends in `_Progress`, which decodes each row's new token incrementally, looks for eos
+and stop strings in the new text only (linear in the answer), and stops every row once the request is
+cancelled (a client that went away): a cancelled request costs at most one more step, and one still
+waiting for the lock never starts.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 import queue
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
+from wings.data.collator import WingsCollator
 from wings.data.images import ImageSource
 
 # Finish reasons, as the OpenAI API names them.
@@ -33,6 +39,10 @@ class PromptTooLong(ValueError):
 
 class EngineBusy(RuntimeError):
     """More requests are waiting than the engine accepts (`max_pending`)."""
+
+
+class GenerationCancelled(RuntimeError):
+    """The request was cancelled (its client went away) before its generation started."""
 
 
 @dataclass
@@ -73,34 +83,6 @@ class Completion:
     completion_tokens: int
 
 
-class _CancelCriterion(StoppingCriteria):
-    """Ends generation when the consumer sets the event (a stop string was seen, or the client left)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenQueueStreamer(BaseStreamer):
-    """Hands each new token id to a queue; the prompt (the first `put`) is skipped."""
-
-    def __init__(self) -> None:
-        self.tokens: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            self.tokens.put(int(token))
-
-    def end(self) -> None:
-        self.tokens.put(None)
-
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """`text` up to the earliest stop string, and whether one was found."""
     cuts = [text.find(s) for s in stop if s in text]
@@ -116,6 +98,121 @@ def held_back(text: str, stop: Sequence[str]) -> int:
                 longest = size
                 break
     return longest
+
+
+class IncrementalText:
+    """The text of a growing token sequence, decoded a few tokens at a time, and the earliest stop string in it.
+
+    Each new token decodes only the last few tokens (the window since the last complete character), and a
+    stop string is looked for only where it could end in the new text, so an answer of n tokens costs
+    O(n x the longest stop string) instead of decoding and searching the whole answer at every token.
+    """
+
+    MAX_WINDOW = 16  # tokens that may stay undecodable (half a character) before their text is taken as is
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()):
+        self.decode = decode
+        self.stop = list(stop)
+        self.longest_stop = max((len(s) for s in self.stop), default=0)
+        self.tokens: list[int] = []
+        self.text = ""
+        self.stop_at: int | None = None  # where the earliest stop string starts in `text`
+        self._prefix = 0  # tokens[_prefix:_read] were decoded last time (context for the next piece)
+        self._read = 0
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        self._catch_up(final=False)
+
+    def _catch_up(self, final: bool) -> None:
+        before = self.decode(self.tokens[self._prefix:self._read])
+        now = self.decode(self.tokens[self._prefix:])
+        incomplete = now.endswith("\ufffd") and len(self.tokens) - self._read < self.MAX_WINDOW
+        if len(now) <= len(before) or (incomplete and not final):
+            return  # nothing new yet, or half of a multi-byte character: wait for the rest
+        start = len(self.text)
+        self.text += now[len(before):]
+        self._prefix, self._read = self._read, len(self.tokens)
+        if self.stop and self.stop_at is None:
+            window = max(0, start - self.longest_stop + 1)
+            found = [at for at in (self.text.find(s, window) for s in self.stop) if at >= 0]
+            self.stop_at = min(found) if found else None
+
+    def final(self) -> str:
+        """The whole text (an undecodable tail included), cut before the earliest stop string."""
+        if self._read < len(self.tokens):
+            self._catch_up(final=True)
+        return self.text if self.stop_at is None else self.text[: self.stop_at]
+
+    def safe(self) -> str:
+        """The text that can be shown now: before a stop string, without a tail that could start one."""
+        if self.stop_at is not None:
+            return self.text[: self.stop_at]
+        if not self.stop:
+            return self.text
+        return self.text[: len(self.text) - held_back(self.text[-self.longest_stop:], self.stop)]
+
+
+@dataclass
+class GenerationRecord:
+    """What one `generate` call did: decoding steps run, and whether it was cancelled (kept for tests and logs)."""
+
+    rows: int
+    steps: int = 0
+    cancelled: bool = False
+    finished: bool = False
+
+
+class _Progress(StoppingCriteria):
+    """Runs after every decoding step: incremental text, eos and stop strings per row, cancellation for all."""
+
+    def __init__(self, engine: "GenerationEngine", rows: int, options: SamplingOptions,
+                 cancel: threading.Event | None, on_step: Callable[["_Progress"], None] | None = None):
+        self.texts = [IncrementalText(engine._decode, options.stop) for _ in range(rows)]
+        self.ended_by_eos = [False] * rows
+        self.eos = set(engine.eos_token_ids)
+        self.cancel = cancel
+        self.on_step = on_step
+        self.record = GenerationRecord(rows)
+
+    def done(self, row: int) -> bool:
+        return self.ended_by_eos[row] or self.texts[row].stop_at is not None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.record.steps += 1
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            if self.done(row):
+                continue  # padding after the row ended
+            if token in self.eos:
+                self.ended_by_eos[row] = True
+            else:
+                self.texts[row].add(int(token))
+        if self.on_step is not None:
+            self.on_step(self)
+        cancelled = self.cancel is not None and self.cancel.is_set()
+        self.record.cancelled |= cancelled
+        return torch.tensor([cancelled or self.done(row) for row in range(len(self.texts))], dtype=torch.bool,
+                            device=input_ids.device)
+
+    def completion(self, row: int, prompt_tokens: int) -> Completion:
+        text = self.texts[row]
+        answer = text.final()
+        finish = FINISH_STOP if self.ended_by_eos[row] or text.stop_at is not None else FINISH_LENGTH
+        return Completion(answer, finish, prompt_tokens, len(text.tokens) + int(self.ended_by_eos[row]))
+
+
+class Admission:
+    """A request's place among the `max_pending` the engine accepts; `release` (idempotent) frees it."""
+
+    def __init__(self, engine: "GenerationEngine"):
+        self._engine = engine
+        self._released = False
+
+    def release(self) -> None:
+        with self._engine._pending_lock:
+            if not self._released:
+                self._released = True
+                self._engine._pending -= 1
 
 
 class GenerationEngine:
@@ -138,6 +235,7 @@ class GenerationEngine:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.eos_token_ids = self._eos_token_ids()
+        self.recent: collections.deque[GenerationRecord] = collections.deque(maxlen=64)
 
     @classmethod
     def from_checkpoint(
@@ -150,6 +248,8 @@ class GenerationEngine:
         from wings.model.processing_wings import WingsProcessor
 
         path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: no such folder; give a folder with a saved WINGS model and processor")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path}: no config.json; give a folder with a saved WINGS model and processor")
         if device == "auto":
@@ -177,38 +277,75 @@ class GenerationEngine:
         return sorted(ids)
 
     # ------------------------------------------------------------------------------------ admission
-    @contextmanager
-    def admitted(self) -> Iterator[None]:
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet finished (waiting for the model or generating)."""
+        return self._pending
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation holds the model now."""
+        return self._lock.locked()
+
+    def admit(self) -> Admission:
         """Count a request as waiting/running; raise `EngineBusy` when `max_pending` are already in."""
         with self._pending_lock:
             if self._pending >= self.max_pending:
                 raise EngineBusy(f"{self._pending} requests are already waiting; retry later")
             self._pending += 1
+        return Admission(self)
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """`admit` for a `with` block."""
+        admission = self.admit()
         try:
             yield
         finally:
-            with self._pending_lock:
-                self._pending -= 1
+            admission.release()
+
+    @contextmanager
+    def _turn(self, cancel: threading.Event | None) -> Iterator[None]:
+        """Hold the model; a request cancelled while waiting gives up its place (`GenerationCancelled`)."""
+        while not self._lock.acquire(timeout=0.05):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the request was cancelled while waiting for the model")
+        try:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the request was cancelled while waiting for the model")
+            yield
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------------------------ encoding
+    def prompt_length(self, prompt: Prompt) -> int:
+        """Tokens of the prompt, images expanded, from the rendered text alone (no image is decoded)."""
+        rendered = self.processor.render(prompt.messages, add_generation_prompt=True)
+        tokens = len(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return tokens + len(prompt.images) * (self.processor.image_seq_length - 1)
+
     def encode(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-        """Left-padded model inputs for `prompts`; raises ValueError (bad images, placeholders, length)."""
-        batch = self.processor(
-            conversations=[list(p.messages) for p in prompts],
-            images=[list(p.images) for p in prompts],
-            add_generation_prompt=True,
-            padding_side="left",
-        )
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        if self.max_context is not None and max(lengths) >= self.max_context:
-            raise PromptTooLong(
-                f"the prompt is {max(lengths)} tokens but the model's context is {self.max_context}; "
-                "shorten the conversation or send fewer images"
-            )
+        """Left-padded model inputs for `prompts`; raises ValueError (bad images, placeholders, length).
+
+        Each prompt is rendered once and tokenized (linear in its length: no per-message prefix rendering,
+        which only training's labels need), and its length is checked before any image is preprocessed.
+        """
+        samples = []
+        for prompt in prompts:
+            rendered = self.processor.render(list(prompt.messages), add_generation_prompt=True)
+            length = len(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+            length += len(prompt.images) * (self.processor.image_seq_length - 1)
+            if self.max_context is not None and length >= self.max_context:
+                raise PromptTooLong(
+                    f"the prompt is {length} tokens but the model's context is {self.max_context}; "
+                    "shorten the conversation or send fewer images"
+                )
+            samples.append(self.processor.encode_text(rendered, list(prompt.images)))
+        batch = WingsCollator(self.processor.pad_token_id, padding_side="left")(samples)
         # The collator leaves pixel_values out of a batch without images.
         return {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values") if key in batch}
 
-    def _generate_kwargs(self, inputs: dict[str, torch.Tensor], options: SamplingOptions, cancel=None) -> dict:
+    def _generate_kwargs(self, inputs: dict[str, torch.Tensor], options: SamplingOptions, progress: _Progress) -> dict:
         device = self.model.device
         inputs = {key: value.to(device) for key, value in inputs.items()}
         pixel_values = inputs.pop("pixel_values", None)
@@ -228,120 +365,117 @@ class GenerationEngine:
             max_length=None,
             eos_token_id=self.eos_token_ids or None,
             pad_token_id=self.processor.pad_token_id,
-            stop_strings=options.stop or None,
             use_cache=True,
         )
-        kwargs = dict(**inputs, generation_config=config)
-        if options.stop:
-            kwargs["tokenizer"] = self.processor.tokenizer  # StopStringCriteria needs it
-        if cancel is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_CancelCriterion(cancel)])
-        return kwargs
+        # Stop strings are matched by `_Progress` (transformers' StopStringCriteria builds vocabulary-sized
+        # tables per stop string and caches them: gigabytes for one long string).
+        return dict(**inputs, generation_config=config, stopping_criteria=StoppingCriteriaList([progress]))
 
     def _decode(self, token_ids: Sequence[int]) -> str:
         return self.processor.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    # ---------------------------------------------------------------------------------- generation
-    def complete(self, prompts: Sequence[Prompt], options: SamplingOptions) -> list[Completion]:
-        """Answer a batch of prompts (left-padded, one `generate` call)."""
-        inputs = self.encode(prompts)
-        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        width = inputs["input_ids"].shape[1]
-        with self._lock, torch.inference_mode():
+    def _generate(self, inputs: dict[str, torch.Tensor], options: SamplingOptions, progress: _Progress,
+                  cancel: threading.Event | None) -> None:
+        """One `generate` call holding the model; `progress` collects the text."""
+        with self._turn(cancel), torch.inference_mode():
+            self.recent.append(progress.record)
             if options.seed is not None:
                 torch.manual_seed(options.seed)
-            sequences = self.model.generate(**self._generate_kwargs(inputs, options))
-        completions = []
-        for row, prompt_length in zip(sequences[:, width:].tolist(), prompt_lengths):
-            completions.append(self._finish(row, int(prompt_length), options))
-        return completions
+            self.model.generate(**self._generate_kwargs(inputs, options, progress))
+            progress.record.finished = True
 
-    def _finish(self, generated: list[int], prompt_length: int, options: SamplingOptions) -> Completion:
-        """Text and finish reason of one generated row (eos ends it; padding after eos is dropped)."""
-        eos = set(self.eos_token_ids)
-        ended_by_eos = False
-        for position, token in enumerate(generated):
-            if token in eos:
-                generated, ended_by_eos = generated[:position], True
-                break
-        text, stopped = cut_at_stop(self._decode(generated), options.stop)
-        finish = FINISH_STOP if ended_by_eos or stopped else FINISH_LENGTH
-        return Completion(text, finish, prompt_length, len(generated) + int(ended_by_eos))
+    # ---------------------------------------------------------------------------------- generation
+    def complete(self, prompts: Sequence[Prompt], options: SamplingOptions,
+                 cancel: threading.Event | None = None) -> list[Completion]:
+        """Answer a batch of prompts (left-padded, one `generate` call).
 
-    def stream(self, prompt: Prompt, options: SamplingOptions) -> "TokenStream":
+        Setting `cancel` ends the generation after the current step (the answers are then cut short);
+        a request cancelled before it got the model raises `GenerationCancelled`.
+        """
+        inputs = self.encode(prompts)
+        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        progress = _Progress(self, len(prompts), options, cancel)
+        self._generate(inputs, options, progress, cancel)
+        return [progress.completion(row, int(length)) for row, length in enumerate(prompt_lengths)]
+
+    def stream(self, prompt: Prompt, options: SamplingOptions, cancel: threading.Event | None = None,
+               on_piece: Callable[[str | None], None] | None = None,
+               on_done: Callable[[], None] | None = None) -> "TokenStream":
         """Start answering one prompt; iterate the result for text pieces as they are generated.
 
-        Encoding happens here, so a bad prompt raises before anything is streamed.
+        Encoding happens here, so a bad prompt raises before anything is streamed. See `TokenStream` for
+        `cancel`, `on_piece` and `on_done`.
         """
         inputs = self.encode([prompt])
-        return TokenStream(self, inputs, options)
+        return TokenStream(self, inputs, options, cancel, on_piece, on_done)
 
 
 class TokenStream:
-    """Text pieces of one answer as they come; `completion` holds the totals once iteration ends.
+    """Text pieces of one answer as they come; `completion` holds the totals once generation ends.
 
-    Generation runs in a background thread (holding the engine's lock); closing the stream early
-    (a client that went away) stops it at the next token.
+    Generation runs in a background thread (holding the engine's lock). `cancel()` (or the `cancel` event
+    given) ends it after the current decoding step; so does closing the iteration early. Pieces go to
+    `on_piece` (from the generation thread, then `None` at the end) when given, else to the iterator;
+    `on_done` is called once the generation thread has let go of the model.
     """
 
-    def __init__(self, engine: GenerationEngine, inputs: dict[str, torch.Tensor], options: SamplingOptions):
+    def __init__(self, engine: GenerationEngine, inputs: dict[str, torch.Tensor], options: SamplingOptions,
+                 cancel: threading.Event | None = None, on_piece: Callable[[str | None], None] | None = None,
+                 on_done: Callable[[], None] | None = None):
         self.engine = engine
         self.options = options
         self.prompt_tokens = int(inputs["attention_mask"].sum())
         self.completion: Completion | None = None
-        self._cancel = threading.Event()
-        self._streamer = _TokenQueueStreamer()
-        self._error: BaseException | None = None
+        self.error: BaseException | None = None
+        self.cancel_event = cancel if cancel is not None else threading.Event()
+        self._pieces: queue.Queue = queue.Queue()
+        self._on_piece = on_piece if on_piece is not None else self._pieces.put
+        self._on_done = on_done
+        self._sent = 0
+        self.progress = _Progress(engine, 1, options, self.cancel_event, on_step=self._emit)
         self._thread = threading.Thread(target=self._run, args=(inputs,), daemon=True)
         self._thread.start()
 
+    def cancel(self) -> None:
+        """End the generation after the current decoding step (never blocks)."""
+        self.cancel_event.set()
+
+    def _emit(self, progress: _Progress) -> None:
+        safe = progress.texts[0].safe()
+        if safe.endswith("\ufffd"):
+            return
+        if len(safe) > self._sent:
+            self._on_piece(safe[self._sent:])
+            self._sent = len(safe)
+
     def _run(self, inputs: dict[str, torch.Tensor]) -> None:
         try:
-            with self.engine._lock, torch.inference_mode():
-                if self.options.seed is not None:
-                    torch.manual_seed(self.options.seed)
-                kwargs = self.engine._generate_kwargs(inputs, self.options, cancel=self._cancel)
-                self.engine.model.generate(**kwargs, streamer=self._streamer)
+            self.engine._generate(inputs, self.options, self.progress, self.cancel_event)
+            self.completion = self.progress.completion(0, self.prompt_tokens)
+            if len(self.completion.text) > self._sent:  # held back for a stop string that never came
+                self._on_piece(self.completion.text[self._sent:])
         except BaseException as error:  # handed to the consumer, which re-raises it
-            self._error = error
-            self._streamer.tokens.put(None)
+            self.error = error
+        finally:
+            try:
+                self._on_piece(None)
+            finally:
+                if self._on_done is not None:
+                    self._on_done()
 
     def __iter__(self) -> Iterator[str]:
-        eos = set(self.engine.eos_token_ids)
-        stop = self.options.stop
-        tokens: list[int] = []
-        sent = 0
-        ended_by_eos = stopped = False
         try:
             while True:
-                token = self._streamer.tokens.get()
-                if token is None:
+                piece = self._pieces.get()
+                if piece is None:
                     break
-                if token in eos:
-                    ended_by_eos = True
-                    break
-                tokens.append(token)
-                text, stopped = cut_at_stop(self.engine._decode(tokens), stop)
-                if stopped:
-                    self._cancel.set()
-                    break
-                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                    continue
-                safe = len(text) - held_back(text, stop)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-            if self._error is not None:
-                raise self._error
-            # What was held back for a stop string that never came (or the text before the one that did).
-            text = cut_at_stop(self.engine._decode(tokens), stop)[0]
-            if len(text) > sent:
-                yield text[sent:]
-            finish = FINISH_STOP if ended_by_eos or stopped else FINISH_LENGTH
-            self.completion = Completion(text, finish, self.prompt_tokens, len(tokens) + int(ended_by_eos))
+                yield piece
+            if self.error is not None:
+                raise self.error
         finally:
-            self._cancel.set()  # a consumer that stops early (client gone) ends generation too
-            self._thread.join()
+            self.cancel()  # a consumer that stops early (client gone) ends generation too
+            if threading.current_thread() is not self._thread:  # a finaliser may run on the generation thread
+                self._thread.join()
 
     def text(self) -> str:
         """Consume the whole stream and return the answer."""
@@ -354,7 +488,9 @@ __all__ = [
     "SamplingOptions",
     "Completion",
     "TokenStream",
+    "IncrementalText",
     "PromptTooLong",
+    "GenerationCancelled",
     "EngineBusy",
     "FINISH_STOP",
     "FINISH_LENGTH",

@@ -1,4 +1,4 @@
-"""`wings serve`: the OpenAI-compatible server (needs the `serve` extra: pip install 'wings[serve]')."""
+"""`wings serve`: the OpenAI-compatible server (needs the `serve` extra: pip install -e '.[serve]')."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--max-request-bytes", type=int, default=20 * 1024 * 1024, help="largest request body")
     parser.add_argument("--max-image-pixels", type=int, default=16_000_000, help="largest image (width x height)")
     parser.add_argument("--max-images", type=int, default=8, help="most images per request")
+    parser.add_argument("--max-request-pixels", type=int, default=32_000_000,
+                        help="most pixels of all images of one request together")
+    parser.add_argument("--max-messages", type=int, default=256, help="most messages per request")
+    parser.add_argument("--max-text-chars", type=int, default=262_144, help="most characters of text per request")
+    parser.add_argument("--max-stop-chars", type=int, default=128, help="longest stop string (at most 4 per request)")
     parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask")
     parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
     parser.add_argument("--max-pending", type=int, default=64, help="requests waiting at once before 429s")
@@ -39,17 +44,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
         from wings.serving.server import ServerLimits, create_app
     except ImportError as error:
-        raise ValueError(f"{error.name} is missing; install the server with: pip install 'wings[serve]'") from error
+        raise ValueError(f"{error.name} is missing; install the server with: pip install -e '.[serve]'") from error
     if not _is_loopback(args.host) and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
     kwargs = {"max_pending": args.max_pending}
     if args.model_name:
         kwargs["model_id"] = args.model_name
-    engine = load_engine(args, **kwargs)
     limits = ServerLimits(max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels,
                           max_images=args.max_images, max_tokens=args.max_tokens_limit,
-                          default_max_tokens=args.default_max_tokens)
+                          default_max_tokens=args.default_max_tokens, max_request_pixels=args.max_request_pixels,
+                          max_messages=args.max_messages, max_text_chars=args.max_text_chars,
+                          max_stop_chars=args.max_stop_chars)
+    engine = load_engine(args, **kwargs)
     app = create_app(engine, api_key=args.api_key, limits=limits, allow_local_images=args.allow_local_images,
                      allow_remote_images=args.allow_remote_images)
     print(f"serving {engine.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)

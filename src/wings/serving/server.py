@@ -4,31 +4,46 @@ Every failure a caller can cause is answered with a 4xx JSON body in the OpenAI 
 (``{"error": {"message", "type", "param", "code"}}``); an unexpected failure is a 500 in the same
 shape with no traceback, and the server keeps serving. Requests wait for the model one at a time
 (the engine's lock); more than `max_pending` waiting ones are refused with a 429.
+
+A request is checked in order of cost: body size, JSON, fields, counts and lengths (no template
+rendered, no image decoded), then the queue (429), then image headers (format, pixels; nothing
+decoded), then the prompt's token length, and only then are images decoded, one at a time, each
+shrunk to the vision tower's size at once. A client that disconnects (before or after the headers,
+streaming or not) cancels its generation within one decoding step and frees its place.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
+import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wings.data.images import ImageLoadError, load_image
-from wings.serving.engine import EngineBusy, GenerationEngine, Prompt, PromptTooLong, SamplingOptions
+from wings.data.images import ImageLoadError, check_pixels, fit_within, image_header, load_image
+from wings.serving.engine import (
+    EngineBusy,
+    GenerationCancelled,
+    GenerationEngine,
+    Prompt,
+    PromptTooLong,
+    SamplingOptions,
+    TokenStream,
+)
 
 logger = logging.getLogger("wings.serve")
 
@@ -39,24 +54,35 @@ class ServerLimits:
 
     max_request_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 16_000_000
+    max_request_pixels: int = 32_000_000  # all images of one request together (width x height, summed)
     max_images: int = 8
+    max_messages: int = 256
+    max_text_chars: int = 262_144  # all text parts of one request together
     max_tokens: int = 2048
     default_max_tokens: int = 512
-    max_stop_strings: int = 4
+    max_stop_strings: int = 4  # as OpenAI
+    max_stop_chars: int = 128  # per stop string
+    retry_after_s: int = 1  # Retry-After of a 429
     remote_image_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"server limit {name} must be a positive number, got {value!r}")
 
 
 class APIError(Exception):
     """An error answered in the OpenAI shape."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 # ---------------------------------------------------------------------------------------- request schema
@@ -93,15 +119,35 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch.manual_seed accepts
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
 
 
 # ------------------------------------------------------------------------------------------ translation
+@dataclass
+class ImageRef:
+    """An image part not yet loaded: its URL and where it is in the request."""
+
+    url: str
+    where: str
+
+
+@dataclass
+class ParsedRequest:
+    """A request's messages (images as placeholders) and image parts, checked for counts and lengths only."""
+
+    messages: list[dict[str, str]]
+    images: list[ImageRef]
+
+
 class RequestTranslator:
-    """Turns a validated request into the engine's `Prompt` and `SamplingOptions` (images loaded and checked)."""
+    """Turns a validated request into the engine's `Prompt` and `SamplingOptions`, cheapest checks first.
+
+    `options` and `parse` read only the request (no template, no image); `load_images` reads every image's
+    header (format, size) before decoding any, and decodes them one at a time, each shrunk at once.
+    """
 
     def __init__(self, engine: GenerationEngine, limits: ServerLimits, allow_local_images: bool,
                  allow_remote_images: bool):
@@ -120,14 +166,25 @@ class RequestTranslator:
                            param="max_tokens")
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stop) > self.limits.max_stop_strings:
-            raise APIError(400, f"at most {self.limits.max_stop_strings} stop strings are allowed", param="stop")
+            raise APIError(400, f"at most {self.limits.max_stop_strings} stop strings are allowed, got {len(stop)}",
+                           param="stop")
+        for index, text in enumerate(stop):
+            if len(text) > self.limits.max_stop_chars:
+                raise APIError(400, f"stop strings may be at most {self.limits.max_stop_chars} characters long; "
+                                    f"stop[{index}] has {len(text)}", param="stop")
         temperature = 1.0 if request.temperature is None else request.temperature  # OpenAI's default
         top_p = 1.0 if request.top_p is None else request.top_p
         return SamplingOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                                seed=request.seed)
 
-    def prompt(self, request: ChatCompletionRequest) -> Prompt:
-        messages, images = [], []
+    def parse(self, request: ChatCompletionRequest) -> ParsedRequest:
+        """Messages with placeholders and the image parts; refuses too many messages, images or characters and a
+        conversation whose images and messages alone cannot fit the context (linear, nothing rendered)."""
+        limits = self.limits
+        if len(request.messages) > limits.max_messages:
+            raise APIError(400, f"{len(request.messages)} messages, over this server's limit of {limits.max_messages}",
+                           param="messages", code="context_length_exceeded")
+        messages, images, characters = [], [], 0
         for index, message in enumerate(request.messages):
             role = "system" if message.role == "developer" else message.role
             parts = message.content if isinstance(message.content, list) else [
@@ -138,6 +195,11 @@ class RequestTranslator:
                 if part.type == "text":
                     if part.text is None:
                         raise APIError(400, "a text part needs a 'text' string", param=where)
+                    characters += len(part.text)
+                    if characters > limits.max_text_chars:
+                        raise APIError(400, f"the messages' text is over this server's limit of "
+                                            f"{limits.max_text_chars} characters", param=where,
+                                       code="context_length_exceeded")
                     if self.placeholder in part.text:
                         raise APIError(400, f"text may not contain {self.placeholder!r}; send images as image_url "
                                             "parts", param=where)
@@ -145,37 +207,77 @@ class RequestTranslator:
                 else:
                     if part.image_url is None:
                         raise APIError(400, "an image_url part needs {'image_url': {'url': ...}}", param=where)
-                    if len(images) >= self.limits.max_images:
-                        raise APIError(400, f"at most {self.limits.max_images} images per request", param=where)
-                    images.append(self.load(part.image_url.url, where))
+                    if len(images) >= limits.max_images:
+                        raise APIError(400, f"at most {limits.max_images} images per request", param=where)
+                    images.append(ImageRef(part.image_url.url, where))
                     pieces.append(self.placeholder)
             messages.append({"role": role, "content": "".join(pieces)})
-        return Prompt(messages, images)
+        context = self.engine.max_context
+        least = len(images) * self.engine.processor.image_seq_length + len(messages)  # a message is >= 1 token
+        if context is not None and least >= context:
+            raise APIError(400, f"{len(images)} image(s) and {len(messages)} message(s) take at least {least} tokens "
+                                f"but the model's context is {context}; send fewer", param="messages",
+                           code="context_length_exceeded")
+        return ParsedRequest(messages, images)
 
-    def load(self, url: str, where: str) -> Image.Image:
-        """A checked RGB image from a data URL, or (when enabled) a local path or an http(s) URL."""
-        max_pixels = self.limits.max_image_pixels
+    def prompt(self, parsed: ParsedRequest, cancel: threading.Event | None = None) -> Prompt:
+        """The engine's prompt: image headers checked, then the token length, then images decoded one by one."""
+        payloads = [self.fetch_payload(ref) for ref in parsed.images]  # bytes or a local path; nothing decoded
+        total = 0
+        for ref, payload in zip(parsed.images, payloads):
+            try:
+                _, width, height = image_header(payload)
+                check_pixels("the image", width, height, self.limits.max_image_pixels)
+            except ImageLoadError as error:
+                raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
+            total += width * height
+            if total > self.limits.max_request_pixels:
+                raise APIError(400, f"the request's images are over this server's limit of "
+                                    f"{self.limits.max_request_pixels:,} pixels in all", param=ref.where,
+                               code="invalid_image")
+        length = self.engine.prompt_length(Prompt(parsed.messages, payloads))
+        context = self.engine.max_context
+        if context is not None and length >= context:
+            raise APIError(400, f"the prompt is {length} tokens but the model's context is {context}; shorten the "
+                                "conversation or send fewer images", param="messages", code="context_length_exceeded")
+        images = []
+        processor = self.engine.processor
+        for index, (ref, payload) in enumerate(zip(parsed.images, payloads)):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the request was cancelled while its images were decoded")
+            try:
+                image = load_image(payload, self.limits.max_image_pixels)
+            except ImageLoadError as error:
+                raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
+            payloads[index] = None  # the encoded bytes are no longer needed
+            if processor.image_preprocess == "pad":  # what the processor does first: keep only the small image
+                image = fit_within(image, processor.image_size)
+            images.append(image)
+        return Prompt(parsed.messages, images)
+
+    def fetch_payload(self, ref: ImageRef) -> bytes | str:
+        """The image's encoded bytes (a data URL, or a fetched http(s) URL) or its local path, when allowed."""
+        url = ref.url
         try:
             if url.startswith("data:"):
                 header, _, payload = url.partition(",")
                 if ";base64" not in header:
                     raise ImageLoadError("only base64 data URLs are supported (data:image/png;base64,...)")
                 try:
-                    data = base64.b64decode(payload, validate=True)
+                    return base64.b64decode(payload, validate=True)
                 except (binascii.Error, ValueError) as error:
                     raise ImageLoadError(f"the data URL is not valid base64 ({error})") from error
-                return load_image(data, max_pixels)
             if url.startswith(("http://", "https://")):
                 if not self.allow_remote_images:
                     raise ImageLoadError("remote image URLs are disabled on this server; send a base64 data URL "
                                          "(or start the server with --allow-remote-images)")
-                return load_image(self.fetch(url), max_pixels)
+                return self.fetch(url)
             if not self.allow_local_images:
                 raise ImageLoadError("local image paths are disabled on this server; send a base64 data URL "
                                      "(or start the server with --allow-local-images)")
-            return load_image(url, max_pixels)
+            return url
         except ImageLoadError as error:
-            raise APIError(400, f"image: {error}", param=where, code="invalid_image") from error
+            raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
 
     def fetch(self, url: str) -> bytes:
         limit = self.limits.max_request_bytes
@@ -243,10 +345,7 @@ def create_app(
     async def chat_completions(request: Request):
         authorize(request)
         body = await _read_body(request, limits.max_request_bytes)
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise APIError(400, f"the request body is not valid JSON ({error})", code="invalid_json") from error
+        payload = _parse_json(body)
         try:
             chat = ChatCompletionRequest.model_validate(payload)
         except ValidationError as error:
@@ -255,24 +354,49 @@ def create_app(
             raise APIError(404, f"model {chat.model!r} is not served here; use {engine.model_id!r}", param="model",
                            code="model_not_found")
         options = translator.options(chat)
-        prompt = await run_in_threadpool(translator.prompt, chat)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        admission = engine.admitted()
-        try:
-            admission.__enter__()
+        parsed = translator.parse(chat)
+        try:  # the queue, before any image is decoded
+            admission = engine.admit()
         except EngineBusy as error:
-            raise APIError(429, str(error), type="rate_limit_error", code="server_busy") from error
+            raise APIError(429, str(error), type="rate_limit_error", code="server_busy",
+                           headers={"Retry-After": str(limits.retry_after_s)}) from error
+        cancel = threading.Event()
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        done = loop.create_future()
+
+        def on_piece(piece: str | None) -> None:  # from the generation thread
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        def on_done() -> None:  # from the generation thread, once it has let go of the model
+            admission.release()
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        started = False
         try:
+            prompt = await run_in_threadpool(translator.prompt, parsed, cancel)
+            stream = await run_in_threadpool(_prepare, engine.stream, prompt, options, cancel, on_piece, on_done)
+            started = True
+            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
             if chat.stream:
-                stream = await run_in_threadpool(_prepare, engine.stream, prompt, options)
                 include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-                events = _sse_events(stream, completion_id, engine.model_id, include_usage, admission)
-                admission = None  # the event generator releases it when the stream ends
+                events = _sse_events(stream, pieces, completion_id, engine.model_id, include_usage, watcher)
+                watcher = None  # the event stream stops it when it ends
                 return StreamingResponse(events, media_type="text/event-stream")
-            [completion] = await run_in_threadpool(_prepare, engine.complete, [prompt], options)
+            await done
+            if stream.error is not None:
+                if isinstance(stream.error, GenerationCancelled):
+                    raise APIError(499, "the client closed the request", code="client_closed")
+                raise stream.error
+        except GenerationCancelled as error:
+            raise APIError(499, "the client closed the request", code="client_closed") from error
         finally:
-            if admission is not None:
-                admission.__exit__(None, None, None)
+            if not started:
+                admission.release()
+            if watcher is not None:
+                watcher.cancel()
+        completion = stream.completion
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -284,6 +408,25 @@ def create_app(
         }
 
     return app
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set `cancel` when the client goes away (the body is read already: the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return
+
+
+def _parse_json(body: bytes) -> Any:
+    """The request's JSON; malformed or absurdly nested JSON is the client's mistake (400)."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise APIError(400, f"the request body is not valid JSON ({error})", code="invalid_json") from error
+    except RecursionError as error:
+        raise APIError(400, "the request body's JSON nests too deeply", code="invalid_json") from error
 
 
 def _prepare(function, *args):
@@ -322,35 +465,39 @@ def _usage(completion) -> dict[str, int]:
             "total_tokens": completion.prompt_tokens + completion.completion_tokens}
 
 
-def _sse_events(stream, completion_id: str, model_id: str, include_usage: bool, admission) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+async def _sse_events(stream: TokenStream, pieces: asyncio.Queue, completion_id: str, model_id: str,
+                      include_usage: bool, watcher: asyncio.Task) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.
+
+    Pieces arrive on an asyncio queue (no worker thread waits for them); the generation is cancelled when
+    this stream is closed early, and by `watcher` when the client disconnects, whichever comes first."""
     created = int(time.time())
 
-    def chunk(delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict | None, finish_reason: str | None = None, **extra: Any) -> str:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
                                              "logprobs": None}]
         body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
                 "choices": choices, **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    pieces = iter(stream)
     try:
         yield chunk({"role": "assistant", "content": ""})
-        for piece in pieces:
+        while (piece := await pieces.get()) is not None:
             yield chunk({"content": piece})
-        completion = stream.completion
-        yield chunk({}, completion.finish_reason)
-        if include_usage:
-            yield chunk(None, usage=_usage(completion))
-        yield "data: [DONE]\n\n"
-    except Exception:  # headers are sent already: report in the stream, keep the server up
-        logger.exception("generation failed while streaming")
-        error = {"message": "generation failed; see the server log", "type": "server_error", "param": None,
-                 "code": None}
-        yield f"data: {json.dumps({'error': error})}\n\n"
+        if stream.error is None:
+            completion = stream.completion
+            yield chunk({}, completion.finish_reason)
+            if include_usage:
+                yield chunk(None, usage=_usage(completion))
+            yield "data: [DONE]\n\n"
+        elif not isinstance(stream.error, GenerationCancelled):  # headers are sent: report in the stream
+            logger.error("generation failed while streaming", exc_info=stream.error)
+            error = {"message": "generation failed; see the server log", "type": "server_error", "param": None,
+                     "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
     finally:
-        pieces.close()  # a client that went away stops the generation at its next token
-        admission.__exit__(None, None, None)
+        stream.cancel()  # a stream closed early (client gone) stops the generation after its current step
+        watcher.cancel()
 
 
 __all__ = ["create_app", "ServerLimits", "APIError", "ChatCompletionRequest"]
