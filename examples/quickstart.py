@@ -1,7 +1,7 @@
 """Quickstart: give SmolLM2-135M-Instruct (a real pretrained chat LLM, offline from PyPI) WINGS, and check
 what the method promises before any training.
 
-    make demo            # or: python examples/quickstart.py
+    .venv/bin/python examples/quickstart.py [--threads N]     # or: make quickstart
 
 1. Build WINGS around the LLM with a small SigLIP tower trained from scratch later (`wings build` does the same).
 2. Text-only chat: the WINGS model answers exactly as the base LLM (learners start at zero).
@@ -11,6 +11,7 @@ what the method promises before any training.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import tempfile
@@ -25,6 +26,7 @@ from transformers import AutoModelForImageTextToText  # noqa: E402
 import wings  # noqa: E402,F401  (registers the Auto classes)
 from wings.model.builder import build_wings  # noqa: E402
 from wings.model.processing_wings import WingsProcessor  # noqa: E402
+from wings.threads import add_threads_argument, set_threads  # noqa: E402
 
 
 def shapes_image() -> Image.Image:
@@ -45,6 +47,9 @@ def generate(model, processor, conversation, images=(), **options) -> tuple[str,
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_threads_argument(parser)
+    set_threads(parser.parse_args().threads, announce=True)  # the same choice as every `wings` command
     torch.manual_seed(0)
     start = time.perf_counter()
     model, processor = build_wings("smollm2-135m-instruct", "siglip-scratch-64")
@@ -86,8 +91,8 @@ def main() -> None:
         _, again = generate(reloaded, reloaded_processor, conversation, [shapes_image()])
     print(f"4. saved and reloaded with AutoModelForImageTextToText: same answer: {torch.equal(again, cached)}")
     assert torch.equal(again, cached)
-    print("\nNext: train it (see README), or `wings build --llm smollm2-135m-instruct --vision siglip-scratch-64 "
-          "--out runs/wings-init`.")
+    print("\nNext: train it (see README), or `.venv/bin/wings build --llm smollm2-135m-instruct "
+          "--vision siglip-scratch-64 --out runs/wings-init`.")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The `wings` command: one subcommand per job (data, train, eval, chat, serve, analyze, demo).
 
-Each job lives in its own module and exposes `add_parser(subparsers)`, which registers its parser and
-sets `func`; modules are imported lazily so `wings --help` stays fast and a missing optional extra only
-affects its own command.
+Each job lives in its own module and exposes `add_parser(subparsers, name, help_text)`, which registers its
+parser and sets `func`. Only the module of the command being run is imported: `wings --help` lists the table
+below without importing torch or transformers (the `wings` console script reaches this file through
+`wings_cli`, without the package's `__init__`), and a missing optional extra only affects its own command.
+This file imports nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-# (command, module that defines it, one-line help); the module must provide `add_parser(subparsers)`.
+# (command, module that defines it, one-line help); the module must provide `add_parser(subparsers, name, help)`.
 COMMANDS: list[tuple[str, str, str]] = [
     ("build", "wings.model.cli", "build a WINGS model from an LLM and a vision tower, save it with its processor"),
     ("train", "wings.training.cli", "train one stage (align, instruct, llava-align, llava-instruct) from a YAML config"),
@@ -25,19 +27,44 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("iit", "wings.analysis.iit_cli", "build the Interleaved Image-Text (IIT) benchmark"),
     ("demo", "wings.demo.cli", "train WINGS and the LLaVA-style baseline on easy-vqa, evaluate, write a report"),
 ]
+EPILOG = "`wings COMMAND --help` for a command's options. Computing commands take --threads N (default: measured)."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wings", description="WINGS multimodal LLMs without text-only forgetting.")
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `wings` parser: every command listed, only `command`'s module imported (`"*"`: every module)."""
+    parser = argparse.ArgumentParser(prog="wings", description="WINGS multimodal LLMs without text-only forgetting.",
+                                     epilog=EPILOG)  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(module_name)
-        module.add_parser(subparsers, name, help_text)
+        if command in (name, "*"):
+            importlib.import_module(module_name).add_parser(subparsers, name, help_text)
+        else:  # listed in `wings --help` without importing its module
+            subparsers.add_parser(name, help=help_text, add_help=False)
+    return end_sentences(parser)
+
+
+def end_sentences(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every help text of `parser` and its subcommands ends its sentence (one style across the modules)."""
+    for action in parser._actions:
+        items = [action, *getattr(action, "_choices_actions", [])]  # a subcommand table's rows too
+        for item in items:
+            if item.help and item.help != argparse.SUPPRESS and not item.help.rstrip().endswith((".", "?", "!")):
+                item.help = item.help.rstrip() + "."
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                end_sentences(subparser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Parse the arguments, set the thread count of a computing command, run it; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(requested_command(argv))
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -46,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if "threads" in vars(args) and not getattr(args, "chooses_threads_per_step", False):
+            from wings.threads import set_threads
+
+            set_threads(args.threads, announce=True)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:  # user-facing problems: one clear line, no traceback
         print(f"wings {args.command}: error: {error}", file=sys.stderr)

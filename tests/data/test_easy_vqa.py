@@ -63,7 +63,7 @@ def test_cli_converts_and_prints_counts(tmp_path, fake_easy_vqa, capsys):
 
 @pytest.mark.slow
 def test_the_real_easy_vqa_package(tmp_path):
-    pytest.importorskip("easy_vqa", reason="easy-vqa is an optional extra: pip install 'wings[data]'")
+    pytest.importorskip("easy_vqa", reason="easy-vqa is an optional extra: pip install -e '.[data]'")
     counts = convert_easy_vqa(tmp_path)
     assert counts["answers"] == 13
     assert counts["train"] == {"images": 4000, "questions": 38575, "yes_no_questions": 28407, "conversations": 4000}

@@ -32,7 +32,7 @@ def test_eval_writes_results_and_table(tiny_dirs, mc_file, tmp_path):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 5)
     out = tmp_path / "out"
     argv = ["--model", str(tiny_dirs["tuned"]), "--base", str(tiny_dirs["base"]), "--tasks", f"mc:{mc_file}",
-            f"ppl:{text}", "retention", "--limit", "6", "--max-new-tokens", "4", "--output-dir", str(out)]  # fmt: skip
+            f"ppl:{text}", "retention", "--limit", "6", "--max-new-tokens", "4", "--out", str(out)]  # fmt: skip
     assert run_eval(argv) == 0
     results = json.loads((out / "results.json").read_text())
     base, tuned = str(tiny_dirs["base"]), str(tiny_dirs["tuned"])
@@ -60,7 +60,7 @@ def test_without_base_the_first_plain_model_is_the_base(tiny_dirs, mc_file, tmp_
 def test_clear_errors(tiny_dirs, tmp_path):
     with pytest.raises(ValueError, match="unknown task 'nonsense'"):
         run_eval(["--model", str(tiny_dirs["base"]), "--tasks", "nonsense"])
-    with pytest.raises(FileNotFoundError, match="is neither a local directory, a registered LLM"):
+    with pytest.raises(FileNotFoundError, match="no such folder, and it is neither a registered LLM"):
         run_eval(["--model", str(tmp_path / "no-such-model"), "--tasks", "retention_mc"])
     with pytest.raises(FileNotFoundError, match="--data-dir .* is not a directory"):
         run_eval(["--model", str(tiny_dirs["base"]), "--tasks", "arc_easy", "--data-dir", str(tmp_path / "nope")])

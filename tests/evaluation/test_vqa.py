@@ -260,7 +260,7 @@ def test_cli_writes_vqa_easy_vqa_and_iit_results(tiny_wings, vqa_file, easy_fold
     out = tmp_path / "out"
     tasks = f"vqa:{vqa_file},easyvqa:{easy_folder},mmbench:{mmbench_file},iit:{iit}"
     assert run_eval(["--model", str(folder), "--tasks", tasks, "--vqa-max-new-tokens", "3",
-                     "--vqa-prompt-suffix", "Answer with one word.", "--output-dir", str(out)]) == 0  # fmt: skip
+                     "--vqa-prompt-suffix", "Answer with one word.", "--out", str(out)]) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     scores = results["models"][str(folder)]
     assert set(scores[f"iit:{iit}"]["configs"]) == {"T", "T,V", "V"}

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from wings import WingsForConditionalGeneration
 from wings.cli import main as wings_main
+from wings.commands import wings_command
 from wings.training.arguments import build_config, load_config
 from wings.training.run import run_stage
 from wings.training.stages import STAGES
@@ -224,7 +225,7 @@ def test_train_command_end_to_end(tiny_llm_dir, tiny_data, tmp_path, capsys):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "out")))
     assert wings_main(["train", "--config", str(path), "--training.max_steps", "1"]) == 0
-    assert "next stage: wings train" in capsys.readouterr().out
+    assert f"next stage: {wings_command()} train" in capsys.readouterr().out  # runs as printed, venv or not
     assert json.loads((tmp_path / "out" / "provenance.json").read_text())["global_step"] == 1
     missing = wings_main(["train", "--config", str(tmp_path / "nope.yaml")])
     assert missing == 1 and "does not exist" in capsys.readouterr().err

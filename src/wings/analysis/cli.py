@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from wings.analysis.attention_shift import QUERY_CHOICES, QUERY_TOKENS, AnalysisSample, analyze_model
+from wings.threads import add_threads_argument
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -51,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
                        help="a model's text score given directly (repeatable; overrides --eval-results)")  # fmt: skip
     shift.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     shift.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_threads_argument(shift)
     shift.set_defaults(func=run_attention_shift)
 
 

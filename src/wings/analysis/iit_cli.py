@@ -32,9 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     build.add_argument("--data-dir", type=Path, help="local copies of the text benchmarks")
     build.add_argument("--split", help="split of the text tasks (default: each task's evaluation split)")
     build.add_argument("--per-config", type=int, default=100, help="scored questions per configuration (default 100)")
-    build.add_argument("--configs", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS,
-                       help="configurations to build (default: all six)")  # fmt: skip
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--configs", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS, metavar="CONFIG",
+                       help="configurations to build, earlier turns then the scored one, T text and V visual: "
+                            f"{' | '.join(CONFIGURATIONS)} (default: all six)")  # fmt: skip
+    build.add_argument("--seed", type=int, default=0, help="seed of the question draw (default 0)")
     build.add_argument("--embedding-model", help="a local sentence-embedding model (mean-pooled) instead of TF-IDF")
     build.set_defaults(func=run_build)
 

@@ -25,7 +25,8 @@ def _pyplot():
         matplotlib.use("Agg")  # files only: no display on servers or in tests
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'wings[analysis]'") from error
+        raise ImportError("plots need matplotlib: pip install matplotlib (the `analysis` extra of wings-mllm: "
+                          "pip install -e '.[analysis]' in its clone)") from error
     return plt
 
 

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     check.add_argument("--no-open-images", action="store_true", help="only check that image files exist")
     check.set_defaults(func=run_check)
 
-    easy_vqa = commands.add_parser("easy-vqa", help="convert the easy-vqa package (pip install 'wings[data]')")
+    easy_vqa = commands.add_parser("easy-vqa", help="convert the easy-vqa package (pip install -e '.[data]')")
     easy_vqa.add_argument("--out", required=True, help="output folder")
     easy_vqa.add_argument("--max-turns", type=int, help="questions per conversation (default: all of an image's)")
     easy_vqa.add_argument("--seed", type=int, default=0, help="order of the training questions")

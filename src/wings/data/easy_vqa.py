@@ -32,7 +32,8 @@ def easy_vqa_data_dir() -> Path:
     try:
         import easy_vqa
     except ImportError as error:
-        raise ImportError("easy-vqa is not installed: pip install 'wings[data]' (or easy-vqa==1.0)") from error
+        raise ImportError("easy-vqa is not installed: pip install easy-vqa==1.0 "
+                          "(the `data` extra of wings-mllm: pip install -e '.[data]' in its clone)") from error
     return Path(easy_vqa.__file__).parent / "data"
 
 

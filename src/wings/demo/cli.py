@@ -13,16 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads of at least 1")
-    return value
+from wings.threads import add_threads_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -31,12 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--quick", action="store_true", help="the small preset (a few minutes)")
     parser.add_argument("--ablations", action="store_true", help="add the visual-learner-only model")
     parser.add_argument("--out", type=Path, help="output folder (default runs/demo, runs/demo-quick with --quick)")
-    parser.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: measured before each step: "
-                        "1 or all cores, whichever runs faster at that moment)")
+    add_threads_argument(parser)  # the pipeline applies it, or re-measures, before every step
     parser.add_argument("--no-eval-cache", action="store_true",
                         help="recompute the base LLM's evaluation instead of reading it from ~/.cache/wings/eval")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run_demo)
+    parser.set_defaults(func=run_demo, chooses_threads_per_step=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:

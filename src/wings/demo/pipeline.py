@@ -27,6 +27,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from wings.threads import measured_threads  # noqa: F401  (re-exported: the demo's thread choice)
+from wings.threads import set_threads as _set_threads
+
 # Learning rates of the demo. The authors' rates (WINGS.md) are for ~600k samples per stage; a few hundred
 # steps need larger ones for the modules that start from nothing (tower, projector, learners, routers). The
 # LLM keeps each recipe's own rate (WINGS 2e-6, LLaVA 2e-5), so the recipes differ as in the paper.
@@ -348,41 +351,6 @@ def _wings_cache() -> Path:
     from wings.model.registry import cache_dir
 
     return cache_dir()
-
-
-def _set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads: the given number, else the measured choice; returns the number set."""
-    import torch
-
-    torch.set_num_threads(threads or measured_threads())
-    return torch.get_num_threads()
-
-
-def measured_threads(limit: int | None = None) -> int:
-    """The intra-op thread count, 1 up to the cores (at most `limit`), that runs a matrix product of the demo's
-    sizes fastest right now. On a shared CPU whose other cores are busy, OpenMP threads wait on each other and
-    two threads can run several times slower than one (measured: 4x); on an idle one two are ~1.6x faster. The
-    measurement takes ~0.3 s, so the pipeline repeats it before every step as the machine's load changes."""
-    import os
-
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    candidates = sorted({1, min(cores, limit or cores)})
-    if len(candidates) == 1:
-        return 1
-    a, w = torch.randn(256, 576), torch.randn(576, 1536)  # a batch of tokens through a SmolLM2-135M MLP matrix
-    best: dict[int, float] = {}
-    for _ in range(3):  # interleaved rounds: a burst of load hits every candidate alike
-        for threads in candidates:
-            torch.set_num_threads(threads)
-            a @ w  # warm the thread pool
-            begin = time.perf_counter()
-            for _ in range(4):
-                a @ w
-            best[threads] = min(best.get(threads, float("inf")), time.perf_counter() - begin)
-    fewest = candidates[0]  # more threads only when clearly faster (10%): a tie keeps the core free
-    return min(candidates, key=lambda threads: best[threads] * (1.0 if threads == fewest else 1.1))
 
 
 def settings_dict(settings: DemoSettings) -> dict[str, Any]:

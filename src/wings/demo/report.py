@@ -132,7 +132,9 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
 
 def chat_command(pipeline: DemoPipeline) -> str:
     image = pipeline.data_dir / "images" / "test" / "0.png"
-    return f"wings chat --model {pipeline.out / 'wings-instruct'} --image {image}"
+    from wings.commands import wings_command  # `.venv/bin/wings` when the environment is not activated
+
+    return f"{wings_command()} chat --model {pipeline.out / 'wings-instruct'} --image {image}"
 
 
 def _yes(value: bool | None) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from wings.evaluation.tasks import TASKS, expand_task_names, get_task
+from wings.threads import add_threads_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--data-dir", type=Path, help="local copies of the benchmarks, in their published layouts")
     parser.add_argument("--split", help="evaluate this split instead of each task's default (e.g. validation)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars before each question (default 0)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="requests per forward pass (default 16)")
     parser.add_argument("--limit", type=int, help="only the first N documents of each task (quick checks)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="length of the base LLM's reference continuations")
     parser.add_argument("--max-tokens", type=int, help="ppl: tasks score only the first N tokens of the file")
@@ -41,10 +42,15 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--mc-mode", choices=["likelihood", "letter"],
                         help="visual multiple choice: log-likelihood of each choice, or of its letter after the listed "
                              "options (default: letter for mmbench:, likelihood for vqa:)")  # fmt: skip
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="where results.json and results.md go")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"),
+                        help="folder for results.json and results.md (default runs/eval)")
+    parser.add_argument("--output-dir", type=Path, dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda, cuda:1... (default: cuda when available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="weights' dtype (default float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                             vqa_max_new_tokens=args.vqa_max_new_tokens, vqa_prompt_suffix=args.vqa_prompt_suffix,
                             mc_mode=args.mc_mode)  # fmt: skip
     results = evaluate_models([m for m in models if m is not base], base, settings)
-    json_path, md_path = write_report(results, args.output_dir)
+    json_path, md_path = write_report(results, args.out)
     print(markdown_table(results))
     print(f"wrote {json_path} and {md_path}")
     return 0

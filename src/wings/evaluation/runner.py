@@ -84,8 +84,8 @@ def load_eval_model(name_or_path: str, dtype: torch.dtype = torch.float32, devic
     looks_local = text.startswith((".", "/", "~")) or "/" not in text
     if not path.exists() and looks_local and text.lower() not in _registry_names():
         raise FileNotFoundError(
-            f"model '{name_or_path}' is neither a local directory, a registered LLM ({', '.join(_registry_names())}) "
-            "nor a Hugging Face id (owner/name)"
+            f"model '{name_or_path}': no such folder, and it is neither a registered LLM "
+            f"({', '.join(_registry_names())}) nor a Hugging Face id (owner/name)"
         )
     resolved = resolve_llm(name_or_path)
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wings.threads import add_threads_argument
+
 from .builder import VISION_PRESETS, build_wings
 from .configuration_wings import LEARNER_MODES
 from .modeling_wings import WingsForConditionalGeneration
@@ -26,7 +28,15 @@ def layer_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--wings-layers takes comma-separated layer numbers, got {text!r}") from error
 
 
+def _looks_like_a_folder(name: str) -> bool:
+    """A name written as a path (./x, ../x, /x, ~/x): a registry name or hub id never starts so."""
+    return name.startswith((".", "/", "~"))
+
+
 def run_build(args: argparse.Namespace) -> int:
+    for option, name in (("--llm", args.llm), ("--vision", args.vision)):
+        if _looks_like_a_folder(name) and not Path(name).expanduser().is_dir():
+            raise FileNotFoundError(f"{option} {name}: no such folder")
     options = dict(learners=args.learners, lorra_rank=args.lorra_rank, wings_layers=args.wings_layers)
     model, processor = build_wings(args.llm, args.vision, image_preprocess=args.image_preprocess, **options)
     print(f"WINGS model: LLM {args.llm} ({model.config.text_config.model_type}, "
@@ -34,11 +44,10 @@ def run_build(args: argparse.Namespace) -> int:
           f"learner layers {model.config.learner_layers or 'none'}, rank {args.lorra_rank}, "
           f"{model.config.image_seq_length} visual tokens per image")
     print(parameter_table(model))
-    if args.out:
-        out = Path(args.out)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        print(f"saved to {out} (load with AutoModelForImageTextToText.from_pretrained after `import wings`)")
+    out = Path(args.out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"saved to {out} (load with AutoModelForImageTextToText.from_pretrained after `import wings`)")
     return 0
 
 
@@ -56,5 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
                         help="comma-separated decoder layers that get learners (default: all)")
     parser.add_argument("--image-preprocess", choices=["pad", "resize"], default="pad",
                         help="pad to square with the mean colour (the authors' choice) or resize")
-    parser.add_argument("--out", help="directory to save the model and its processor")
+    parser.add_argument("--out", required=True, help="folder to save the model and its processor in.")
+    add_threads_argument(parser)
     parser.set_defaults(func=run_build)

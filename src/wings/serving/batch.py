@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     add_model_arguments(parser)
     parser.add_argument("--input", required=True, help="conversations to answer (LLaVA / messages, JSON or JSONL)")
-    parser.add_argument("--output", required=True, help="answers, JSON Lines (appended to: reruns resume)")
+    parser.add_argument("--out", "--output", dest="output", required=True,
+                        help="answers, JSON Lines (appended to: reruns resume)")
     parser.add_argument("--image-folder", help="folder relative image paths resolve against (default: the input's)")
     parser.add_argument("--batch-size", type=int, default=8, help="conversations per generate call (default: 8)")
     add_sampling_arguments(parser, temperature=0.0)

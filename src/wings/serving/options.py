@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from wings.threads import add_threads_argument
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model / --device / --dtype: where the checkpoint is and how to load it."""
@@ -11,6 +13,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights' dtype (default: as saved)")
+    add_threads_argument(parser)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:

@@ -205,12 +205,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def build_config(raw: dict[str, Any], source: str = "the configuration") -> TrainConfig:
-    """Typed configuration from a mapping; unknown keys are errors naming the section and the valid keys."""
+def check_keys(raw: dict[str, Any], source: str) -> None:
+    """Unknown sections and keys are errors naming `source`, the section and the valid keys."""
     unknown = set(raw) - {"stage", "training", *SECTIONS}
     if unknown:
         raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; use stage, model, data, optim, training")
-    sections = {}
     for name, cls in SECTIONS.items():
         values = raw.get(name) or {}
         if not isinstance(values, dict):
@@ -219,7 +218,12 @@ def build_config(raw: dict[str, Any], source: str = "the configuration") -> Trai
         bad = set(values) - valid
         if bad:
             raise ValueError(f"{source}: unknown keys {sorted(bad)} in section {name!r}; valid: {sorted(valid)}")
-        sections[name] = cls(**values)
+
+
+def build_config(raw: dict[str, Any], source: str = "the configuration") -> TrainConfig:
+    """Typed configuration from a mapping; unknown keys are errors naming the section and the valid keys."""
+    check_keys(raw, source)
+    sections = {name: cls(**(raw.get(name) or {})) for name, cls in SECTIONS.items()}
     training = {**TRAINING_DEFAULTS, **(raw.get("training") or {})}
     config = TrainConfig(stage=raw.get("stage", "align"), training=training, **sections)
     config.validate()
@@ -239,6 +243,9 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
             raise ValueError(f"{path} is not valid YAML: {error}") from error
         if not isinstance(raw, dict):
             raise ValueError(f"{path} must hold a mapping of sections (stage, model, data, optim, training)")
+    if path:
+        check_keys(raw, path)
+    check_keys(apply_overrides({}, overrides), "the command line")  # a mistyped override is not the file's fault
     raw = apply_overrides(raw, overrides)
     return build_config(raw, source=path or "the command line")
 
@@ -248,16 +255,17 @@ def describe_options() -> str:
     lines = ["Options (in the YAML file, or on the command line as --section.key value):", ""]
     lines.append(f"  --stage {{{','.join(STAGES)}}}")
     for stage in STAGES.values():
-        lines.append(f"      {stage.name}: {stage.description}; default learning rates {stage.learning_rates}")
+        lines.append(f"      {stage.name}: {stage.description}; default learning rates {stage.learning_rates}.")
     for name, cls in SECTIONS.items():
         lines += ["", f"  {name}: {cls.__doc__.splitlines()[0]}"]
         for item in dataclasses.fields(cls):
             default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
             lines.append(f"    --{name}.{item.name} (default: {default!r})")
-            lines.append(f"        {item.metadata.get('help', '')}")
+            text = item.metadata.get("help", "")
+            lines.append(f"        {text if text.endswith('.') else text + '.'}")  # whole sentences in --help
     lines += ["", "  training: any transformers TrainingArguments field, e.g. --training.output_dir runs/x",
               "    --training.max_steps 100 --training.per_device_train_batch_size 8 --training.bf16 true;",
-              "    defaults here: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items())]
+              "    defaults here: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items()) + "."]
     return "\n".join(lines)
 
 

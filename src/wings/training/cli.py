@@ -7,7 +7,24 @@ import os
 import sys
 from pathlib import Path
 
+from wings.commands import wings_command
+from wings.threads import add_threads_argument
+
 from .arguments import command_line, describe_options, load_config
+
+
+def missing_data(datasets: list[dict]) -> str | None:
+    """A one-line error for the first training file that does not exist, naming the command that writes it."""
+    for dataset in datasets:
+        path = Path(dataset["path"])
+        if path.exists():
+            continue
+        if "easy" in path.parent.name.lower() and "vqa" in path.parent.name.lower():
+            make = f"write it with `{wings_command()} data easy-vqa --out {path.parent}`"
+        else:
+            make = f"write it in the LLaVA or messages format (`{wings_command()} data check FILE` checks one)"
+        return f"training data {path} not found (data.datasets in the config); {make}"
+    return None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -17,15 +34,18 @@ def run_train(args: argparse.Namespace) -> int:
     if args.skip_invalid_samples:
         overrides += ["--data.skip_invalid_samples", "true"]
     config = load_config(args.config, overrides)
+    problem = missing_data(config.data.datasets)
+    if problem:  # before the model loads: seconds, not a minute, to the one line that says what to do
+        raise FileNotFoundError(problem)
     output = run_stage(config, command=command_line(["wings", *sys.argv[1:]]), force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary per run, not one per process
         return 0
     print(f"\n{config.stage} done: {output}")
     if config.stage in ("align", "llava-align"):
         following = "instruct" if config.stage == "align" else "llava-instruct"
-        print(f"next stage: wings train --config CONFIG --stage {following} --model.init_from {output}")
+        print(f"next stage: {wings_command()} train --config CONFIG --stage {following} --model.init_from {output}")
     else:
-        print(f"chat with it: wings chat --model {output}")
+        print(f"chat with it: {wings_command()} chat --model {output}")
     return 0
 
 
@@ -66,5 +86,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--force", action="store_true", help="retrain even if the output directory is finished")
     parser.add_argument("--skip-invalid-samples", action="store_true",
                         help="skip (and count) invalid samples instead of stopping at the first")
+    add_threads_argument(parser)
     # Any further `--section.key value` pairs override the YAML file (collected by wings.cli as `overrides`).
     parser.set_defaults(func=run_train, accepts_overrides=True)
