@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from wings import WingsConfig, WingsForConditionalGeneration
+from wings.model.efficientnet_lite import EfficientNetLiteConfig
 
 VOCAB = 96
 COMMON = dict(
@@ -41,6 +42,9 @@ def vision_config(tower: str = "siglip"):
         return SiglipVisionConfig(**common)
     if tower == "clip":
         return CLIPVisionConfig(**common, projection_dim=16)
+    if tower == "cnn":  # EfficientNet-Lite's structure, two small stages: stride 4, 16 px -> 4 x 4 tokens of 24
+        return EfficientNetLiteConfig(image_size=16, patch_size=4, stem_channels=8, hidden_size=24,
+                                      stages=[[1, 3, 1, 1, 8, 8], [2, 3, 2, 2, 8, 16]])
     raise ValueError(tower)
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .efficientnet_lite import EfficientNetLiteConfig  # registers the CNN tower's model_type with AutoConfig
+
 LEARNER_MODES = ("wings", "visual", "none")
 
 
@@ -15,12 +17,13 @@ class WingsConfig(PreTrainedConfig):
 
     Args:
         text_config: config of the LLM (any Llama-family causal LM: Llama, Qwen2/2.5/3, Mistral, SmolLM2).
-        vision_config: config of the vision tower (SigLIP or CLIP vision model); None for a model without one.
+        vision_config: config of the vision tower (SigLIP, CLIP or EfficientNet-Lite vision model); None for a model
+            without one.
         image_token_id: id marking visual positions in `input_ids`. Defaults to the LLM's `vocab_size`: one
             past the text vocabulary, never looked up in the embedding table, so the LLM is never resized.
         projector_hidden_act: activation between the projector's two linear layers.
-        vision_feature_layer: which hidden state of the vision tower feeds the projector (-2: penultimate,
-            before the post-norm).
+        vision_feature_layer: which hidden state of the vision tower feeds the projector. None picks the tower's
+            usual one: -2 for a ViT (penultimate, before the post-norm), -1 for a CNN (the head's feature map).
         vision_feature_select_strategy: "default" drops a leading CLS token when the tower has one (CLIP);
             "full" keeps every token.
         learners: "wings" (visual + textual learner and router: h' = h + a + w_v L_v + w_t L_t),
@@ -49,7 +52,7 @@ class WingsConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     image_token_id: int | None = None
     projector_hidden_act: str = "gelu"
-    vision_feature_layer: int = -2
+    vision_feature_layer: int | None = None
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     learners: Literal["wings", "visual", "none"] = "wings"
     wings_layers: list[int] | None = None
@@ -65,6 +68,9 @@ class WingsConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.image_token_id is None:
             self.image_token_id = self.text_config.vocab_size
+        if self.vision_feature_layer is None:
+            is_cnn = getattr(self.vision_config, "model_type", None) == EfficientNetLiteConfig.model_type
+            self.vision_feature_layer = -1 if is_cnn else -2
         # The LLM's own setting decides whether its head shares the embedding matrix.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self.validate_wings_options()
@@ -107,10 +113,19 @@ class WingsConfig(PreTrainedConfig):
     @property
     def image_seq_length(self) -> int:
         """Number of visual tokens each image occupies in the LLM's sequence."""
-        patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        patches = tokens_per_image(self.vision_config)
         if self.vision_feature_select_strategy == "full" and self.has_cls_token:
             return patches + 1
         return patches
 
 
-__all__ = ["WingsConfig", "LEARNER_MODES"]
+def tokens_per_image(vision_config: PreTrainedConfig) -> int:
+    """Tokens a vision tower makes of one image (without a CLS token): its own count when it declares one (a CNN's
+    padded grid), else (image_size / patch_size)^2 (a ViT's patches)."""
+    declared = getattr(vision_config, "num_image_tokens", None)
+    if declared is not None:
+        return int(declared)
+    return (vision_config.image_size // vision_config.patch_size) ** 2
+
+
+__all__ = ["WingsConfig", "LEARNER_MODES", "tokens_per_image"]

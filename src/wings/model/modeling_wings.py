@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from .attention import register_wings_attention, wings_attention_name
 from .configuration_wings import WingsConfig
+from .feature_cache import DEFAULT_MAX_BYTES, VisionFeatureCache
 from .learners import LearnerInputs, WingsLayer, keys_and_values, rotary_tables
 
 IGNORE_INDEX = -100
@@ -215,6 +216,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         self.learner_rotary = self._build_learner_rotary()
         self._learner_position = {index: n for n, index in enumerate(config.learner_layers)}
         self._runtime = LearnerRuntime()
+        self.vision_feature_cache: VisionFeatureCache | None = None  # enable_vision_feature_cache()
         self._attach_learners()
         self.post_init()
 
@@ -356,12 +358,26 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     # ----- images -----------------------------------------------------------------------------------------
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(num_images, image_seq_length, hidden_size) visual features X_v."""
+        frozen = not any(parameter.requires_grad for parameter in self.vision_tower.parameters())
+        if self.vision_feature_cache is not None and frozen:
+            features = self.vision_feature_cache.features(self.vision_tower, pixel_values, self.tower_features)
+        else:
+            features = self.tower_features(pixel_values)
+        return self.projector(features.to(self.projector.linear_1.weight.dtype))
+
+    def tower_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision tower's hidden state that feeds the projector, (num_images, image_seq_length, d_v)."""
         tower_dtype = next(self.vision_tower.parameters()).dtype
         outputs = self.vision_tower(pixel_values=pixel_values.to(tower_dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.config.vision_feature_layer]
         if self.config.has_cls_token and self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]
-        return self.projector(features)
+        return features
+
+    def enable_vision_feature_cache(self, max_bytes: int = DEFAULT_MAX_BYTES) -> VisionFeatureCache:
+        """Reuse each image's tower features while the tower is frozen (training: a step never pays the tower)."""
+        self.vision_feature_cache = VisionFeatureCache(max_bytes)
+        return self.vision_feature_cache
 
     def _check_images(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """The visual-position mask; raises when images and placeholders do not match."""

@@ -16,6 +16,8 @@ from transformers import AddedToken, ProcessorMixin
 
 from wings.data.images import DEFAULT_MAX_PIXELS, ImageSource, fit_within, load_image, pad_to_square
 
+from .configuration_wings import tokens_per_image
+
 IGNORE_INDEX = -100
 IMAGE_PREPROCESS_MODES = ("pad", "resize")
 
@@ -80,7 +82,7 @@ class WingsProcessor(ProcessorMixin):
         **kwargs,
     ) -> "WingsProcessor":
         """Build from a tokenizer and a SigLIP/CLIP vision config (before any model exists)."""
-        image_seq_length = (vision_config.image_size // vision_config.patch_size) ** 2
+        image_seq_length = tokens_per_image(vision_config)
         image_processor = build_image_processor(vision_config, image_processor_path)
         return cls(image_processor, tokenizer, image_token_id=image_token_id, image_seq_length=image_seq_length, **kwargs)
 
@@ -280,7 +282,8 @@ def build_image_processor(vision_config, pretrained_path: str | os.PathLike | No
     """The vision tower's image processor at its own size, mean and std, with no crop.
 
     With `pretrained_path` (the tower's local folder) its saved settings are used; otherwise the
-    family's defaults (SigLIP: mean = std = 0.5; CLIP: OpenAI's). The PIL backend is chosen so that
+    family's defaults (SigLIP: mean = std = 0.5; CLIP: OpenAI's; a tower whose config names its own
+    `image_mean` / `image_std`, like EfficientNet-Lite, those). The PIL backend is chosen so that
     pixel values are the same with or without torchvision installed.
     """
     from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
@@ -289,6 +292,8 @@ def build_image_processor(vision_config, pretrained_path: str | os.PathLike | No
     is_clip = "clip" in getattr(vision_config, "model_type", "")
     cls = CLIPImageProcessorPil if is_clip else SiglipImageProcessorPil
     settings: dict[str, Any] = {}
+    if getattr(vision_config, "image_mean", None) is not None:  # the tower says how its weights saw pixels
+        settings = {"image_mean": list(vision_config.image_mean), "image_std": list(vision_config.image_std)}
     if pretrained_path is not None:
         from transformers import AutoImageProcessor
 

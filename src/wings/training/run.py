@@ -130,6 +130,8 @@ def run_stage(
         for _, parameter in model.parameter_groups()[group]:
             parameter.requires_grad_(True)
     frozen = freeze_vision_parameters_without_gradient(model)
+    if model.vision_tower is not None and not any(p.requires_grad for p in model.vision_tower.parameters()):
+        model.enable_vision_feature_cache()  # a frozen tower: each image's features are computed once per run
 
     dataset = build_dataset({"datasets": config.data.datasets}, processor, config.data.max_length,
                             config.data.skip_invalid_samples, seed=args.seed)
