@@ -238,12 +238,16 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
     "question_prior"} and added to each model's scores as `prior_acc` and `question_prior_acc`."""
     from wings.evaluation import vqa
 
-    questions = task.load(settings.data_dir, settings.split or task.split)
-    questions = questions[: settings.limit] if settings.limit else questions
+    every = task.load(settings.data_dir, settings.split or task.split)
+    questions = every[: settings.limit] if settings.limit else every
     mc_mode = settings.mc_mode or ("letter" if task.name.startswith("mmbench:") else "likelihood")
     suffix = settings.vqa_prompt_suffix if task.name.startswith("vqa:") else None  # easy-vqa: the trained format
-    priors = None
+    priors = swapped = None
     if task.metrics == tasks_module.EASY_VQA_METRICS:
+        if settings.limit:  # easy-vqa's file runs image by image: a seeded sample spreads the questions over images
+            picked = sorted(random.Random(SEED).sample(range(len(every)), min(settings.limit, len(every))))
+            questions = [every[index] for index in picked]
+        swapped = vqa.image_swapped(questions, every)  # the same questions about other images: does the model look?
         folder = task.path if task.path is not None else settings.data_dir
         try:
             train = vqa.easy_vqa_train_answers(folder)
@@ -258,7 +262,7 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
             seed_everything()
             return vqa.evaluate_vqa(entry.model, entry.encoder, questions, mc_mode=mc_mode, suffix=suffix,
                                     batch_size=settings.batch_size, max_new_tokens=settings.vqa_max_new_tokens,
-                                    progress=settings.progress)  # fmt: skip
+                                    progress=settings.progress, swapped=swapped)  # fmt: skip
 
         if cached is not None and not vqa.can_see_images(entry.model, entry.encoder):  # text alone: images unread
             key = [task.name, [{k: v for k, v in vars(q).items() if k != "image"} for q in questions], mc_mode, suffix,

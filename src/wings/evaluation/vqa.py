@@ -21,6 +21,7 @@ import base64
 import binascii
 import csv
 import json
+import math
 import re
 import sys
 from collections import Counter, defaultdict
@@ -340,10 +341,15 @@ def evaluate_vqa(
     max_new_tokens: int = 8,
     limit: int | None = None,
     progress: bool = False,
+    swapped: Sequence[VisualQuestion | None] | None = None,
 ) -> dict[str, Any]:
     """`acc` over the questions (multiple choice when they have choices, else open answers), and breakdowns:
     `acc_yes_no` / `acc_open` by easy-vqa question type, `categories` by group; `images_seen` says whether
-    the model was shown the images; `predictions` keeps the first 20 answers for a look at what it says."""
+    the model was shown the images; `predictions` keeps the first 20 answers for a look at what it says.
+
+    With `swapped` (`image_swapped`: each question again, about an image of another shape and colour),
+    `image_swap_changed` is the share of answers that change with the image: 0 for a model that does not look (or
+    cannot see). `image_swap_changed_open` counts the open questions alone, whose right answer always changes."""
     if mc_mode not in ("likelihood", "letter"):
         raise ValueError(f"mc_mode={mc_mode!r}; use 'likelihood' or 'letter'")
     questions = list(questions)[:limit] if limit else list(questions)
@@ -360,18 +366,42 @@ def evaluate_vqa(
         for q, choice_scores in zip(multiple_choice, scores):
             picked = max(range(len(choice_scores)), key=choice_scores.__getitem__)
             correct[q.id], predictions[q.id] = float(picked == q.gold), q.choices[picked]
-    return summarize(questions, [correct[q.id] for q in questions]) | {
+    swap: dict[str, Any] = {}
+    if swapped is not None:
+        pairs = [(q, other) for q, other in zip(questions, swapped[: len(questions)]) if other is not None and not q.choices]
+        changed = [0.0] * len(pairs)
+        if pairs and can_see_images(model, encoder):  # a model that never sees the image cannot change its answer
+            again = generate_answers(model, encoder, [other for _, other in pairs], suffix, batch_size, max_new_tokens,
+                                     progress)  # fmt: skip
+            changed = [float(normalize_answer(answer) != normalize_answer(predictions[q.id]))
+                       for (q, _), answer in zip(pairs, again)]  # fmt: skip
+        opened = [value for (q, _), value in zip(pairs, changed) if q.kind == "open"]
+        swap = {"image_swap_changed": sum(changed) / len(pairs) if pairs else float("nan"), "image_swap_questions": len(pairs),
+                "image_swap_changed_open": sum(opened) / len(opened) if opened else float("nan")}  # fmt: skip
+    return summarize(questions, [correct[q.id] for q in questions]) | swap | {
         "images_seen": can_see_images(model, encoder),
         "predictions": [{"id": q.id, "prediction": predictions[q.id], "answer": q.answers[0]} for q in questions[:20]],
     }
 
 
+def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (sound near 0 and 1, unlike the normal approximation)."""
+    if total == 0:
+        return (float("nan"), float("nan"))
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def summarize(questions: Sequence[VisualQuestion], correct: Sequence[float]) -> dict[str, Any]:
-    """`acc`, `acc_yes_no` / `acc_open` when questions have easy-vqa types, `categories` when they have groups."""
+    """`acc` with its 95% interval `acc_ci95`, `acc_yes_no` / `acc_open` (and intervals) when questions have
+    easy-vqa types, `categories` when they have groups."""
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
-    out: dict[str, Any] = {"acc": mean(list(correct)), "num_samples": len(correct)}
+    out: dict[str, Any] = {"acc": mean(list(correct)), "num_samples": len(correct),
+                           "acc_ci95": wilson_interval(sum(correct), len(correct))}  # fmt: skip
     by_kind, by_group = defaultdict(list), defaultdict(list)
     for q, value in zip(questions, correct):
         if q.kind:
@@ -380,9 +410,45 @@ def summarize(questions: Sequence[VisualQuestion], correct: Sequence[float]) -> 
             by_group[q.group].append(value)
     if by_kind:
         out["acc_yes_no"], out["acc_open"] = mean(by_kind["yes/no"]), mean(by_kind["open"])
+        out["acc_yes_no_ci95"] = wilson_interval(sum(by_kind["yes/no"]), len(by_kind["yes/no"]))
+        out["acc_open_ci95"] = wilson_interval(sum(by_kind["open"]), len(by_kind["open"]))
+        out["num_yes_no"], out["num_open"] = len(by_kind["yes/no"]), len(by_kind["open"])
     if by_group:
         out["categories"] = {g: {"acc": mean(v), "num_samples": len(v)} for g, v in sorted(by_group.items())}
     return out
+
+
+# ------------------------------------------------------------------------------------------- image swap
+def easy_vqa_image_labels(questions: Sequence[VisualQuestion]) -> dict[str, tuple[str, str]]:
+    """(shape, colour) of each easy-vqa image that has both open questions ("what shape ..", "what color ..")."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    for q in questions:
+        if q.kind == "open" and isinstance(q.image, str):
+            found[q.image]["colour" if "color" in q.question or "colour" in q.question else "shape"] = q.answers[0]
+    return {image: (labels["shape"], labels["colour"]) for image, labels in found.items() if len(labels) == 2}
+
+
+def image_swapped(
+    questions: Sequence[VisualQuestion], pool: Sequence[VisualQuestion] | None = None
+) -> list[VisualQuestion | None]:
+    """Each question again about another image whose shape AND colour differ from its own (the next such image in
+    the pool's order, cyclically, so the choice is fixed); None where a label is unknown. An answer that reads the
+    image must then change for nearly every question; one that reads only the question cannot."""
+    labels = easy_vqa_image_labels(pool if pool is not None else questions)
+    images = list(labels)
+    swapped: list[VisualQuestion | None] = []
+    for q in questions:
+        own = labels.get(q.image) if isinstance(q.image, str) else None
+        if own is None:
+            swapped.append(None)
+            continue
+        start = images.index(q.image)
+        other = next((images[(start + k) % len(images)] for k in range(1, len(images))
+                      if labels[images[(start + k) % len(images)]][0] != own[0]
+                      and labels[images[(start + k) % len(images)]][1] != own[1]), None)  # fmt: skip
+        swapped.append(None if other is None else VisualQuestion(f"{q.id}-swap", other, q.question, q.answers,
+                                                                   kind=q.kind, group=q.group))  # fmt: skip
+    return swapped
 
 
 # ------------------------------------------------------------------------------------------- answer prior
