@@ -278,10 +278,13 @@ def analyze_sample(
         before_length=len(sample.before_ids),
     )[:, 0]  # fmt: skip
     laws = laws_curves(sums)
+    # Without an image the two text segments sum to a constant per layer, which forces pearson = -1: a model that
+    # does not see the image has no attention shift (WINGS.md), reported as None (n/a), never as 2.
+    saw_image = "pixel_values" in inputs
     return {
         "id": sample.id,
         "laws": {name: laws[:, index].tolist() for index, name in enumerate(SEGMENTS)},
-        "attention_shift": attention_shift(laws),
+        "attention_shift": attention_shift(laws) if saw_image else None,
     }
 
 
@@ -295,16 +298,18 @@ def analyze_model(
     if not samples:
         raise ValueError("no samples to analyse")
     per_sample = [analyze_sample(model, sample, processor, query_tokens) for sample in samples]
-    shifts = [s["attention_shift"] for s in per_sample if not math.isnan(s["attention_shift"])]
+    seen = [s["attention_shift"] for s in per_sample if s["attention_shift"] is not None]
+    shifts = [shift for shift in seen if not math.isnan(shift)]
     curves = {
         name: torch.tensor([s["laws"][name] for s in per_sample], dtype=torch.float64).mean(0).tolist()
         for name in SEGMENTS
     }
     return {
         "laws": curves,
-        "attention_shift": sum(shifts) / len(shifts) if shifts else float("nan"),
+        "attention_shift": (sum(shifts) / len(shifts) if shifts else float("nan")) if seen else None,
         "num_samples": len(per_sample),
-        "num_undefined_shift": len(per_sample) - len(shifts),
+        "num_undefined_shift": len(seen) - len(shifts),  # a constant curve: left out
+        "num_without_image": len(per_sample) - len(seen),  # the model saw no image: no shift (n/a)
         "query_tokens": query_tokens,
         "has_vision": getattr(model, "vision_tower", None) is not None,
         "samples": per_sample,

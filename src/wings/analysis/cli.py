@@ -157,17 +157,21 @@ def run_attention_shift(args: argparse.Namespace) -> int:
         samples = tokenize_samples(texts, entry.tokenizer)
         analysis = analyze_model(entry.model, samples, load_processor(entry, name), args.query_tokens)
         results["models"][name] = analysis
-        print(f"{name}: attention shift {analysis['attention_shift']:.4f} over {analysis['num_samples']} samples")
+        shift = analysis["attention_shift"]
+        shown = "n/a (the model sees no image)" if shift is None else f"{shift:.4f}"
+        print(f"{name}: attention shift {shown} over {analysis['num_samples']} samples")
         del entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attention_shift.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     png, _ = plot_laws({name: r["laws"] for name, r in results["models"].items()}, args.out / "laws.png")
     print(f"wrote {args.out / 'attention_shift.json'} and {png}")
-    scored = {name: (r["attention_shift"], scores[name]) for name, r in results["models"].items() if name in scores}
+    scored = {name: (r["attention_shift"], scores[name]) for name, r in results["models"].items()
+              if name in scores and r["attention_shift"] is not None}  # fmt: skip
     if len(scored) >= 2:
         label = f"{args.score_task} {args.score_metric}" if args.score_task else "text score"
         png, _, correlation = plot_shift_vs_score(scored, args.out / "shift_vs_score.png", label)
         print(f"wrote {png} (Pearson r = {correlation:.3f} over {len(scored)} models)")
     elif scores:
-        print(f"text scores found for {len(scored)} model(s); the shift/score scatter needs two or more")
+        print(f"the shift/score scatter needs two or more scored models that see images; {len(scored)} given "
+              "(a model without an image has no attention shift)")  # fmt: skip
     return 0
