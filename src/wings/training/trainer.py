@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,17 @@ from transformers.trainer_utils import rotate_checkpoints
 from wings.data.sampler import LengthGroupedSampler
 
 PROVENANCE_FILE = "provenance.json"
+
+
+def warmup_from_above_zero(factor: Callable[[int], float], warmup: int) -> Callable[[int], float]:
+    """A linear warmup of `warmup` steps that starts at 1/(warmup+1) instead of 0: transformers' schedules give step 0
+    the factor 0/warmup, which wastes the first optimizer step (half of a two-step stage). Step s < warmup gets
+    (s+1)/(warmup+1); from step `warmup` on, `factor` is unchanged (its decay starts at 1)."""
+
+    def shifted(step: int) -> float:
+        return (step + 1) / (warmup + 1) if step < warmup else factor(step)
+
+    return shifted
 
 
 class TrainingDivergedError(RuntimeError):
@@ -92,6 +104,21 @@ class WingsTrainer(Trainer):
         optimizer_kwargs.pop("lr", None)  # every group carries its own
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """transformers' schedule, with a warmup that never spends an optimizer step at learning rate 0."""
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if warmup > 0 and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.lr_lambdas = [warmup_from_above_zero(factor, warmup) for factor in scheduler.lr_lambdas]
+            step = scheduler.last_epoch
+            last_lr = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, lr in zip(scheduler.optimizer.param_groups, last_lr):  # the first step's rate, set at creation
+                group["lr"] = lr
+            scheduler._last_lr = last_lr
+        return scheduler
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
