@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -59,3 +60,74 @@ def image_file(tmp_path) -> Path:
     path = tmp_path / "red.png"
     path.write_bytes(png_bytes())
     return path
+
+
+def wait_until(condition, checks: int = 6000) -> bool:
+    """Poll `condition` up to `checks` times, 5 ms apart (a hang guard; tests assert counts, never durations)."""
+    import time
+
+    for _ in range(checks):
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+class StepGate:
+    """Lets the model run only as many forward passes (one per decoding step) as the test releases."""
+
+    def __init__(self, model, monkeypatch):
+        import threading
+
+        self.permits = threading.Semaphore(0)
+        original = model.forward
+
+        def forward(*args, **kwargs):
+            if not self.permits.acquire(timeout=300):  # a hang guard only: a test always releases its steps
+                raise RuntimeError("step gate never opened")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", forward)
+
+    def release(self, steps: int = 1) -> None:
+        self.permits.release(steps)
+
+
+@pytest.fixture
+def gate(engine, monkeypatch):
+    """A `StepGate` on the engine's model, with eos disabled so that only the gate, a stop or a cancel ends a run."""
+    gate = StepGate(engine.model, monkeypatch)
+    monkeypatch.setattr(engine, "eos_token_ids", [])
+    yield gate
+    gate.release(10_000)  # whatever is still running finishes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` with uvicorn on a free loopback port; yields the port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(2000):  # bounded wait for the socket to open
+        if server.started:
+            break
+        time.sleep(0.01)
+    assert server.started, "the test server did not start"
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -161,6 +161,7 @@ class GenerationRecord:
     steps: int = 0
     cancelled: bool = False
     finished: bool = False
+    cancel: threading.Event | None = field(default=None, repr=False)  # the request's cancellation, once asked
 
 
 class _Progress(StoppingCriteria):
@@ -173,7 +174,7 @@ class _Progress(StoppingCriteria):
         self.eos = set(engine.eos_token_ids)
         self.cancel = cancel
         self.on_step = on_step
-        self.record = GenerationRecord(rows)
+        self.record = GenerationRecord(rows, cancel=cancel)
 
     def done(self, row: int) -> bool:
         return self.ended_by_eos[row] or self.texts[row].stop_at is not None
