@@ -64,6 +64,8 @@ def test_clear_errors(tiny_dirs, tmp_path):
         run_eval(["--model", str(tmp_path / "no-such-model"), "--tasks", "retention_mc"])
     with pytest.raises(FileNotFoundError, match="--data-dir .* is not a directory"):
         run_eval(["--model", str(tiny_dirs["base"]), "--tasks", "arc_easy", "--data-dir", str(tmp_path / "nope")])
+    with pytest.raises(FileNotFoundError, match="task arc_easy: split 'test' is not under --data-dir"):  # before any model
+        run_eval(["--model", str(tmp_path / "no-such-model"), "--tasks", "arc_easy", "--data-dir", str(tmp_path)])
 
 
 def test_forgetting_and_table_from_results():

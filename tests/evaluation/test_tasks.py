@@ -108,9 +108,47 @@ def test_unknown_task_and_missing_files(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         get_task(f"mc:{tmp_path / 'nope.jsonl'}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="task ARC-Easy: no local data for split 'validation' under --data-dir"):
+    with pytest.raises(FileNotFoundError, match="task arc_easy: split 'validation' is not under --data-dir"):
         TASKS["arc_easy"].load(tmp_path, "validation")
+    with pytest.raises(FileNotFoundError, match="task piqa: no --data-dir given and the hub is not usable "
+                                                "\\(HF_HUB_OFFLINE is set\\); pass --data-dir"):  # fmt: skip
+        TASKS["piqa"].load(None, "validation")
     assert expand_task_names(["arc_easy,retention", "arc_easy"]) == ["arc_easy", "retention_mc", "retention_lm"]
+
+
+def test_easy_vqa_is_spelled_as_the_data_command_spells_it():
+    assert expand_task_names(["easy-vqa,easy-vqa:data/easy-vqa"]) == ["easy_vqa", "easyvqa:data/easy-vqa"]
+
+
+class NoHub:
+    """A stand-in `datasets` module: any hub request fails the test."""
+
+    @staticmethod
+    def load_dataset(*args, **kwargs):
+        raise AssertionError(f"the hub was asked for {args}")
+
+
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_a_split_missing_from_data_dir_is_one_line_naming_the_files_and_the_splits_there(tmp_path, monkeypatch,
+                                                                                         offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    monkeypatch.setitem(__import__("sys").modules, "datasets", NoHub)  # online too: --data-dir means local only
+    (tmp_path / "arc").mkdir()
+    for split in ("train", "validation"):
+        (tmp_path / "arc" / f"ARC-Easy-{split}.jsonl").write_text("")
+    (tmp_path / "mmlu" / "dev").mkdir(parents=True)
+    (tmp_path / "mmlu" / "dev" / "anatomy_dev.csv").write_text("")
+    with pytest.raises(FileNotFoundError) as error:
+        TASKS["arc_easy"].load(tmp_path, "test")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == (f"task arc_easy: split 'test' is not under --data-dir {tmp_path} (looked for "
+                       "arc/ARC-Easy-test.jsonl, ARC-Easy-test.jsonl, ARC-Easy/test.jsonl); splits there: train, "
+                       "validation (pass --split validation)")  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="task mmlu_anatomy: split 'test' .* splits there: dev \\(pass --split dev"):
+        TASKS["mmlu_anatomy"].load(tmp_path, "test")
+    with pytest.raises(FileNotFoundError, match="task hellaswag: .*; no split of it is there; put a copy of Rowan/hellaswag"):
+        TASKS["hellaswag"].load(tmp_path, "validation")
 
 
 def test_retention_questions_are_well_formed():

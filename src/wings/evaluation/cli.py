@@ -1,7 +1,7 @@
 """`wings eval`: score models and their base LLM on the same tasks and write the forgetting report.
 
     wings eval --model runs/wings-smollm2 --tasks arc_easy,retention --data-dir ../shared/data --split validation
-    wings eval --model runs/wings-easyvqa --tasks easyvqa:data/easy_vqa,iit:runs/iit.jsonl
+    wings eval --model runs/wings-easyvqa --tasks easy-vqa:data/easy-vqa,iit:runs/iit.jsonl
     wings eval --model A --model B --base smollm2-135m-instruct --tasks mmlu --num-fewshot 5
 
 Without `--base`, a WINGS model's base LLM is the one it was built from (its config's `base_llm`);
@@ -27,8 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
                         help="registry name, HF causal-LM directory or id, or WINGS checkpoint directory (repeatable)")  # fmt: skip
     parser.add_argument("--base", help="the base LLM to compare against (default: the WINGS model's own base LLM)")
     parser.add_argument("--tasks", nargs="+", default=["retention"],
-                        help=f"task names or comma lists: {', '.join(sorted(n for n in TASKS if not n.startswith('mmlu_')))}, "
-                             "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE, easy_vqa (with --data-dir), easyvqa:DIR, "
+                        help=f"task names or comma lists: {', '.join(sorted(n for n in TASKS if not n.startswith('mmlu_') and n != 'easy_vqa'))}, "
+                             "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE, easy-vqa (with --data-dir), easy-vqa:DIR, "
                              "vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE (default: retention)")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, help="local copies of the benchmarks, in their published layouts")
     parser.add_argument("--split", help="evaluate this split instead of each task's default (e.g. validation)")
@@ -59,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from wings.evaluation.report import markdown_table, write_report
     from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
 
-    for task_name in expand_task_names(args.tasks):  # fail on an unknown task before loading any model
-        get_task(task_name)
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise FileNotFoundError(f"--data-dir {args.data_dir} is not a directory")
+    for task_name in expand_task_names(args.tasks):  # unknown tasks and missing data fail before any model loads
+        task = get_task(task_name)
+        if task.kind == "multiple_choice" and task.load is not None:
+            task.load(args.data_dir, args.split or task.split)
     dtype = getattr(torch, args.dtype)
     models = [load_eval_model(name, dtype=dtype, device=args.device) for name in args.model]
     base_name = args.base

@@ -108,20 +108,39 @@ def _find(data_dir: Path | None, task: str, candidates: list[str]) -> Path | Non
     return None
 
 
-def _hub_records(task: str, hub_path: str, hub_name: str | None, split: str, looked: list[str], data_dir: Path | None):
-    """Records from the Hugging Face hub, or a clear error naming where local files were looked for."""
-    where = f"under --data-dir {data_dir} (looked for {', '.join(looked)})" if data_dir else "(no --data-dir given)"
+SPLIT_NAMES = ("train", "validation", "test", "dev", "val", "valid")  # spellings looked for when a split is missing
+
+
+def local_splits(data_dir: Path | None, task: str, names_of: Callable[[str], list[str]]) -> list[str]:
+    """The splits of a benchmark that `data_dir` holds (one name per file found)."""
+    found: dict[Path, str] = {}
+    for split in SPLIT_NAMES:
+        path = _find(data_dir, task, names_of(split))
+        if path is not None:
+            found.setdefault(path, split)
+    return list(found.values())
+
+
+def _hub_records(task: str, hub_path: str, hub_name: str | None, split: str, names_of: Callable[[str], list[str]],
+                 data_dir: Path | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Records from the Hugging Face hub when no --data-dir is given and the hub may be used; otherwise (offline,
+    or a --data-dir without this split) a one-line error naming the files looked for and the splits that are there."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if data_dir is not None:
+        present = local_splits(data_dir, task, names_of)
+        suggested = next((name for name in present if name != "train"), present[0]) if present else None
+        there = (f"splits there: {', '.join(present)} (pass --split {suggested})" if present
+                 else f"no split of it is there; put a copy of {hub_path} there")  # fmt: skip
+        raise FileNotFoundError(f"task {task}: split '{split}' is not under --data-dir {data_dir} "
+                                f"(looked for {', '.join(names_of(split))}); {there}")  # fmt: skip
     try:
         import datasets
     except ImportError:
         datasets = None
     if offline or datasets is None:
         why = "HF_HUB_OFFLINE is set" if offline else "the `datasets` package is not installed"
-        raise FileNotFoundError(
-            f"task {task}: no local data for split '{split}' {where}, and the hub is not usable ({why}); "
-            f"pass --data-dir pointing at a copy of {hub_path}"
-        )
+        raise FileNotFoundError(f"task {task}: no --data-dir given and the hub is not usable ({why}); "
+                                f"pass --data-dir with a local copy of {hub_path} (split '{split}')")  # fmt: skip
     return [dict(row) for row in datasets.load_dataset(hub_path, hub_name, split=split)]
 
 
@@ -129,10 +148,15 @@ def _hub_records(task: str, hub_path: str, hub_name: str | None, split: str, loo
 
 
 def _arc_loader(subset: str) -> Callable[[Path | None, str], list[Doc]]:
+    task = subset.lower().replace("-", "_")
+
+    def names_of(split: str) -> list[str]:
+        return [f"arc/{subset}-{split}.jsonl", f"{subset}-{split}.jsonl", f"{subset}/{split}.jsonl"]
+
     def load(data_dir: Path | None, split: str) -> list[Doc]:
-        names = [f"arc/{subset}-{split}.jsonl", f"{subset}-{split}.jsonl", f"{subset}/{split}.jsonl"]
-        path = _find(data_dir, subset, names)
-        records = _read_jsonl(path) if path else _hub_records(subset, "allenai/ai2_arc", subset, split, names, data_dir)
+        path = _find(data_dir, subset, names_of(split))
+        records = (_read_jsonl(path) if path
+                   else _hub_records(task, "allenai/ai2_arc", subset, split, names_of, data_dir))  # fmt: skip
         docs = []
         for index, record in enumerate(records):
             where = f"{path or 'allenai/ai2_arc'} record {index + 1}"
@@ -166,10 +190,10 @@ def _mmlu_loader(subjects: tuple[str, ...]) -> Callable[[Path | None, str], list
                       "scoring those (per-subject scores are in the results)", file=sys.stderr)
             chosen = tuple(local) or subjects
         for subject in chosen:
-            names = names_of(subject, split)
-            path = _find(data_dir, "mmlu", names)
+            path = _find(data_dir, "mmlu", names_of(subject, split))
             if path is None:
-                hub = _hub_records(f"mmlu_{subject}", "cais/mmlu", subject, split, names, data_dir)
+                of_subject = lambda name: names_of(subject, name)  # noqa: E731
+                hub = _hub_records(f"mmlu_{subject}", "cais/mmlu", subject, split, of_subject, data_dir)
                 rows = [[r["question"], *r["choices"], "ABCD"[int(r["answer"])]] for r in hub]
             else:
                 with open(path, encoding="utf-8", newline="") as handle:
@@ -190,12 +214,16 @@ def _mmlu_description(doc: Doc) -> str:
     return f"The following are multiple choice questions (with answers) about {subject}.\n\n"
 
 
+def _piqa_names(split: str) -> list[str]:
+    stem = {"validation": "valid"}.get(split, split)
+    return [f"piqa/{stem}.jsonl", f"{stem}.jsonl"]
+
+
 def _load_piqa(data_dir: Path | None, split: str) -> list[Doc]:
     stem = {"validation": "valid"}.get(split, split)
-    names = [f"piqa/{stem}.jsonl", f"{stem}.jsonl"]
-    path = _find(data_dir, "piqa", names)
+    path = _find(data_dir, "piqa", _piqa_names(split))
     if path is None:
-        records = _hub_records("piqa", "baber/piqa", None, split, names, data_dir)
+        records = _hub_records("piqa", "baber/piqa", None, split, _piqa_names, data_dir)
     else:
         records = _read_jsonl(path)
         labels_path = path.with_name(f"{stem}-labels.lst")
@@ -224,11 +252,15 @@ def _hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
+def _hellaswag_names(split: str) -> list[str]:
+    return [f"hellaswag/hellaswag_{split.replace('validation', 'val')}.jsonl", f"hellaswag/{split}.jsonl",
+            f"hellaswag_{split.replace('validation', 'val')}.jsonl"]  # fmt: skip
+
+
 def _load_hellaswag(data_dir: Path | None, split: str) -> list[Doc]:
-    names = [f"hellaswag/hellaswag_{split.replace('validation', 'val')}.jsonl", f"hellaswag/{split}.jsonl",
-             f"hellaswag_{split.replace('validation', 'val')}.jsonl"]  # fmt: skip
-    path = _find(data_dir, "hellaswag", names)
-    records = _read_jsonl(path) if path else _hub_records("hellaswag", "Rowan/hellaswag", None, split, names, data_dir)
+    path = _find(data_dir, "hellaswag", _hellaswag_names(split))
+    records = (_read_jsonl(path) if path
+               else _hub_records("hellaswag", "Rowan/hellaswag", None, split, _hellaswag_names, data_dir))  # fmt: skip
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'Rowan/hellaswag'} record {index + 1}"
@@ -239,10 +271,14 @@ def _load_hellaswag(data_dir: Path | None, split: str) -> list[Doc]:
     return docs
 
 
+def _openbookqa_names(split: str) -> list[str]:
+    return [f"openbookqa/{split}.jsonl", f"openbookqa/main/{split}.jsonl"]
+
+
 def _load_openbookqa(data_dir: Path | None, split: str) -> list[Doc]:
-    names = [f"openbookqa/{split}.jsonl", f"openbookqa/main/{split}.jsonl"]
-    path = _find(data_dir, "openbookqa", names)
-    records = _read_jsonl(path) if path else _hub_records("openbookqa", "allenai/openbookqa", "main", split, names, data_dir)
+    path = _find(data_dir, "openbookqa", _openbookqa_names(split))
+    records = _read_jsonl(path) if path else _hub_records("openbookqa", "allenai/openbookqa", "main", split,
+                                                          _openbookqa_names, data_dir)  # fmt: skip
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'allenai/openbookqa'} record {index + 1}"
@@ -254,14 +290,17 @@ def _load_openbookqa(data_dir: Path | None, split: str) -> list[Doc]:
     return docs
 
 
-def _load_winogrande(data_dir: Path | None, split: str) -> list[Doc]:
+def _winogrande_names(split: str) -> list[str]:
     stem = {"validation": "dev", "train": "train_xl"}.get(split, split)
-    names = [f"winogrande/{stem}.jsonl", f"winogrande/{split}.jsonl", f"{stem}.jsonl"]
-    path = _find(data_dir, "winogrande", names)
+    return [f"winogrande/{stem}.jsonl", f"winogrande/{split}.jsonl", f"{stem}.jsonl"]
+
+
+def _load_winogrande(data_dir: Path | None, split: str) -> list[Doc]:
+    path = _find(data_dir, "winogrande", _winogrande_names(split))
     if path is not None:
         records = _read_jsonl(path)
     else:
-        records = _hub_records("winogrande", "allenai/winogrande", "winogrande_xl", split, names, data_dir)
+        records = _hub_records("winogrande", "allenai/winogrande", "winogrande_xl", split, _winogrande_names, data_dir)
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'allenai/winogrande'} record {index + 1}"
@@ -341,8 +380,8 @@ def _load_easy_vqa(data_dir: Path | None, split: str) -> list[Any]:
     from wings.evaluation.vqa import load_easy_vqa
 
     if data_dir is None:
-        raise FileNotFoundError("task easy_vqa: pass --data-dir with the folder of `wings data easy-vqa --out DIR`, "
-                                "or name the folder directly: easyvqa:DIR")  # fmt: skip
+        raise FileNotFoundError("task easy-vqa: pass --data-dir with the folder of `wings data easy-vqa --out DIR`, "
+                                "or name the folder directly: easy-vqa:DIR")  # fmt: skip
     return load_easy_vqa(data_dir)
 
 
@@ -378,6 +417,7 @@ def _visual_task(name: str) -> Task:
 
 def get_task(name: str) -> Task:
     """The task for a registered name, `mc:FILE.jsonl`, `ppl:FILE` or a visual prefix (`VISUAL_PREFIXES`)."""
+    name = canonical_name(name)
     if name.startswith(VISUAL_PREFIXES):
         return _visual_task(name)
     if name.startswith(("mc:", "ppl:")):
@@ -392,15 +432,23 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         known = ", ".join(sorted(set(TASKS) - {f"mmlu_{s}" for s in MMLU_SUBJECTS}) + sorted(TASK_GROUPS))
         raise ValueError(f"unknown task '{name}'; known tasks: {known}, mmlu_<subject>, mc:FILE.jsonl, ppl:FILE, "
-                         "easyvqa:DIR, vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE")
+                         "easy-vqa (with --data-dir), easy-vqa:DIR, vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE")
     return TASKS[name]
+
+
+def canonical_name(name: str) -> str:
+    """The data set is spelled `easy-vqa` as in `wings data easy-vqa`: `easy-vqa` and `easy-vqa:DIR` are the
+    registered `easy_vqa` and `easyvqa:DIR` (the names results are stored under)."""
+    if name == "easy-vqa":
+        return "easy_vqa"
+    return "easyvqa:" + name[len("easy-vqa:") :] if name.startswith("easy-vqa:") else name
 
 
 def expand_task_names(names: list[str]) -> list[str]:
     """Task names with groups expanded and comma lists split, duplicates dropped, order kept."""
     expanded: list[str] = []
     for entry in names:
-        for name in (part.strip() for part in entry.split(",") if part.strip()):
+        for name in (canonical_name(part.strip()) for part in entry.split(",") if part.strip()):
             for task_name in TASK_GROUPS.get(name, [name]):
                 if task_name not in expanded:
                     expanded.append(task_name)
