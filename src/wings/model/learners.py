@@ -7,8 +7,9 @@ where x is the attention's own normalised input, X_v the projector's visual feat
 token embeddings at text positions. Both learners see every key of the sequence through a mask: visual keys
 for L_v, text keys for L_t, causal by true position, padding removed. One mask per forward serves all layers.
 
-Keys and values come from X_v and X_t, which are the same for every layer: the model computes them for all
-layers at once (`keys_and_values`: one matmul for all their A projections). Per layer, the two
+Keys and values come from X_v and X_t, which are the same for every layer: the A projections of all layers run
+as one matmul, each layer expands its own keys and values (`learner_cache.py`, which also caches them). Per layer,
+the two
 learners' queries share x and are computed together; their outputs meet the router's weights in rank space:
     w_v * (O_v A_ov) B_ov + w_t * (O_t A_ot) B_ot = [w_v * O_v A_ov, w_t * O_t A_ot] [B_ov; B_ot]
 so one up-projection serves both. The maths is the paper's; only the order of the operations changes.
@@ -17,8 +18,9 @@ so one up-projection serves both. The maths is the paper's; only the order of th
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,23 +100,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
 
 def keys_and_values(
     learners: list[LowRankResidualAttention], key_input: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]:
-    """Rotated keys and values of `key_input` (B, T, d) for every learner, each (B, T, H, D); cos/sin from
-    `rotary_tables`. Every layer's learners of one kind read the same input: one matmul gives all their A
-    projections. Without autograd (generation) the B projections run as one batch too, and keys and values come
-    as two (n, B, T, H, D) tensors; in training they run per learner (lists), in pieces that stay in the CPU cache
-    and whose gradients need no gathering into one tensor.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated keys and values of `key_input` (B, T, d) for every learner, as two (n, B, T, H, D) tensors, without
+    autograd (the full learner cache); cos/sin from `rotary_tables`. Every layer's learners of one kind read the
+    same input: one matmul gives all their A projections, one batched matmul all their B projections.
     """
     residuals = [learner.key for learner in learners] + [learner.value for learner in learners]
     count, shape = len(learners), (*key_input.shape[:2], learners[0].num_heads, -1)
-    if torch.is_grad_enabled():
-        flat = key_input.reshape(-1, key_input.shape[-1])
-        down = torch.cat([residual.down.weight for residual in residuals])  # every A: (2n r, d)
-        lows = (flat @ down.t()).split(residuals[0].down.out_features, dim=-1)
-        projected = [torch.addmm(flat, low, r.up.weight.t()).view(shape) for low, r in zip(lows, residuals)]
-        return [apply_rotary(keys, cos, sin) for keys in projected[:count]], projected[count:]
     projected = stacked_low_rank_residual(residuals, key_input).view(2 * count, *shape)
-    return apply_rotary(projected[:count], cos, sin), projected[count:]  # (n, B, T, H, D) each: no restacking
+    return apply_rotary(projected[:count], cos, sin), projected[count:]
 
 
 class LowRankResidualAttention(nn.Module):
@@ -207,8 +201,9 @@ class LearnerInputs:
     learner_layers: Collection[int] = frozenset()
     routed: bool = True
     visual_mass: dict[int, torch.Tensor] = field(default_factory=dict)
-    # Per kind ("visual", "text"): keys and values of every learner layer, each (B, H, T, D), the cache's included.
-    learner_keys: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = field(default_factory=dict)
+    # Per kind ("visual", "text"): every learner layer's keys and values, the cache's included; `.layer(n)` gives
+    # layer n's, each (B, H, T, D) (learner_cache.LowRankKeys / FullKeys).
+    learner_keys: dict[str, Any] = field(default_factory=dict)
 
     def wants_visual_mass(self, layer_idx: int) -> bool:
         return self.routed and self.any_visual and layer_idx in self.learner_layers

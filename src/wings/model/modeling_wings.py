@@ -28,14 +28,15 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging as hf_logging
 
 from .attention import register_wings_attention, wings_attention_name
 from .configuration_wings import WingsConfig
 from .feature_cache import DEFAULT_MAX_BYTES, VisionFeatureCache
-from .learners import LearnerInputs, WingsLayer, keys_and_values, rotary_tables
+from .learner_cache import KINDS, AppendLayer, SlotLayer, cache_layer, learner_keys  # noqa: F401 (re-exported)
+from .learners import LearnerInputs, WingsLayer, rotary_tables
 
 IGNORE_INDEX = -100
 PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
@@ -54,57 +55,12 @@ class WingsProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
-class SlotLayer(DynamicLayer):
-    """Cache layer of the visual learner (and of its key positions): one entry per visual token, not per token.
-
-    Cropping the cache (assisted decoding) removes generated tokens, never visual ones: nothing to crop here.
-    """
-
-    def crop(self, tokens_to_remove: int) -> None:
-        return None
-
-
 def additive_mask(key_mask: torch.Tensor, has_key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, L, T) bool -> (B, 1, L, T) additive mask (0 or -inf) for attention, made once per forward: a boolean
     mask would be converted, and kept for the backward, by every layer's attention call. A query without any
     admissible key admits every key instead (no NaN); the WINGS layer zeroes its output."""
     allowed = (key_mask | ~has_key.unsqueeze(-1)).unsqueeze(1)
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
-class AppendLayer(DynamicLayer):
-    """Cache layer that appends in place into spare room (amortised: it copies the cache only when it grows).
-
-    `DynamicLayer` concatenates, i.e. copies the whole layer at every generated token; the learners' layer holds
-    every learner layer's keys with all H heads, several times the LLM's grouped keys, so that copy would cost
-    more than the learners' arithmetic. `keys` / `values` stay views of the first `length` entries, so beam
-    reordering, selection and cropping work unchanged (a reordered copy becomes the next buffer).
-    """
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        if not self.is_initialized or key_states.requires_grad or value_states.requires_grad:
-            return super().update(key_states, value_states, *args, **kwargs)  # autograd forbids in-place writes
-        length, new = self.get_seq_length(), key_states.shape[-2]
-        self.keys = self._append(self.keys, key_states, length, new)
-        self.values = self._append(self.values, value_states, length, new)
-        return self.keys, self.values
-
-    @staticmethod
-    def _append(stored: torch.Tensor, new_states: torch.Tensor, length: int, new: int) -> torch.Tensor:
-        room = getattr(stored, "_wings_buffer", None)
-        fits = (
-            room is not None and room.shape[-2] >= length + new and room.data_ptr() == stored.data_ptr()
-            and room.shape[:-2] == new_states.shape[:-2] and stored.numel() > 0
-        )
-        if not fits:
-            capacity = max(2 * (length + new), 64)
-            room = new_states.new_empty(*new_states.shape[:-2], capacity, new_states.shape[-1])
-            if length:
-                room[..., :length, :].copy_(stored)
-        room[..., length : length + new, :].copy_(new_states)
-        view = room[..., : length + new, :]
-        view._wings_buffer = room
-        return view
 
 
 class LearnerRuntime:
@@ -183,6 +139,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
     With `config.learners == "none"` it is the LLaVA-style baseline on the same code.
     """
+
+    learner_cache = "auto"  # form of the learners' KV cache: auto, full or compact (learner_cache.py)
 
     def __init__(
         self,
@@ -494,47 +452,20 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         inputs.learner_keys = self._learner_keys(inputs, cache)
         return inputs
 
-    def _learner_keys(self, inputs: LearnerInputs, cache: Cache | None) -> dict[str, tuple[tuple[torch.Tensor, ...], ...]]:
-        """Keys and values of every layer's learners (computed for all layers at once; cached as one (B, n_layers,
-        H, T, D) cache layer per kind), handed out per layer: each (B, H, T, D)."""
+    def _learner_keys(self, inputs: LearnerInputs, cache: Cache | None) -> dict[str, Any]:
+        """Every learner layer's keys and values per kind, this step's and the cache's (learner_cache.py)."""
         layers = list(self.wings_layers._modules.values())  # in learner_layers order
-        keys = {}
-        if inputs.visual_key_input is not None:
-            keys["visual"] = keys_and_values(
-                [layer.visual_learner for layer in layers], inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin
-            )
+        learners = {"visual": [layer.visual_learner for layer in layers]}
+        new = {"text": (inputs.key_input, inputs.cos, inputs.sin)}
         if self.config.learners == "wings":
-            keys["text"] = keys_and_values(
-                [layer.textual_learner for layer in layers], inputs.key_input, inputs.cos, inputs.sin
-            )
-        if cache is None:  # per layer (B, H, T, D)
-            return {kind: tuple([t.transpose(1, 2) for t in x] for x in kv) for kind, kv in keys.items()}
-
-        def layer_major(per_layer: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-            """(n, B, T, H, D), or n (B, T, H, D) tensors, as (B, n, H, T, D)."""
-            if isinstance(per_layer, torch.Tensor):
-                return per_layer.permute(1, 0, 3, 2, 4)  # a view: the cache copies it in place
-            return torch.stack(per_layer, dim=1).transpose(2, 3)
-
-        # The cache keeps (B, n_layers, H, T, D) per kind, batch first, so beam search can reorder it.
-        keys = {
-            kind: cache.update(*(layer_major(x) for x in kv), self._cache_index(kind)) for kind, kv in keys.items()
-        }
-        visual_cache = cache.layers[self._cache_index("visual")]
-        if "visual" not in keys and inputs.any_visual and visual_cache.is_initialized:  # no new visual token
-            keys["visual"] = (visual_cache.keys, visual_cache.values)
-        return {kind: (k.unbind(1), v.unbind(1)) for kind, (k, v) in keys.items()}
-
-    def _new_cache_layer(self, index: int) -> DynamicLayer:
-        per_visual_token = index in (self._cache_index("visual"), self._cache_index("visual_positions"))
-        return SlotLayer() if per_visual_token else AppendLayer()
+            learners["text"] = [layer.textual_learner for layer in layers]
+        if inputs.visual_key_input is not None:
+            new["visual"] = (inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin)
+        return learner_keys(learners, new, cache, self._cache_index("text"))
 
     def _cache_index(self, kind: str) -> int:
         """Where learner state lives in the HF cache: after the LLM's own layers, one cache layer per kind."""
-        kinds = ("text", "visual", "meta", "visual_positions")
-        # text / visual: every learner layer's keys and values, (B, n_layers, H, T, D); meta: which keys are
-        # visual; visual_positions: the absolute index of every cached visual key (-1: an empty slot).
-        return self.config.text_config.num_hidden_layers + kinds.index(kind)
+        return self.config.text_config.num_hidden_layers + KINDS.index(kind)
 
     def _register_zero3_external_parameters(self) -> None:
         """Under DeepSpeed ZeRO-3, tell DeepSpeed which learner weights are read outside their own module's forward
@@ -566,7 +497,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             return None
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         position = self._learner_position[layer_index]
-        keys = {kind: (k[position], v[position]) for kind, (k, v) in inputs.learner_keys.items()}
+        keys = {kind: source.layer(position) for kind, source in inputs.learner_keys.items()}  # expanded here
         layer = self.wings_layers._modules[str(layer_index)]  # (the dict itself: a decoding step counts microseconds)
         return (layer(x, output[0], keys, inputs, inputs.visual_mass.get(layer_index)), *output[1:])
 
@@ -636,7 +567,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             cache = None
         if cache is not None and self.wings_layers:
             while len(cache.layers) <= self._cache_index("visual_positions"):  # learner slots after the LLM's
-                cache.layers.append(self._new_cache_layer(len(cache.layers)))
+                kind = KINDS[len(cache.layers) - self._cache_index("text")]
+                cache.layers.append(cache_layer(kind, self.learner_cache, inputs_embeds.device))
         past_length = cache.get_seq_length() if cache is not None else 0
         batch, length = is_visual.shape
         if attention_mask is None:

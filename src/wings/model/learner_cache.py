@@ -1,0 +1,230 @@
+"""The learners' keys and values: made from their inputs when a layer's attention needs them, and cached.
+
+Every learner layer of one kind reads the same input X (the visual features X_v; the LLM's input embeddings
+X_t), so layer n's keys and values are `rot(X + (X A_k) B_k)` and `X + (X A_v) B_v`: X is shared by all layers,
+only the rank-r parts X A differ. The A projections of every layer run as one matmul per forward; the rest runs
+in each layer (`LowRankKeys.layer`), inside its forward, so gradient checkpointing frees and recomputes a
+layer's keys and values with the layer instead of keeping every layer's for the whole forward.
+
+The cache keeps the learners' state after the LLM's own layers, one cache layer per kind, in one of two forms
+(the form of a cache is fixed when its learner layers are made, `cache_layer`):
+- full: every layer's rotated keys and values, (B, n, H, T, D): 2 n d numbers per token, nothing to recompute
+  at a decoding step;
+- compact: X with the rotary tables of its positions once, (B, 1, T, d + 2 D), and every layer's
+  [X A_k | X A_v], (B, 1, T, 2 n r): d + 2 D + 2 n r numbers per token; each layer expands its keys and values
+  at every step (about 2 T r d multiply-adds per layer and step; rotary comes after the expansion, so the low-rank
+  part cannot be folded into the query).
+`FORMS["auto"]` picks compact on CUDA (memory-bound decoding, long conversations) and full on a CPU, where the
+expansion costs more than the memory saved (docs/gpu.md has the measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .learners import LowRankResidualAttention, apply_rotary, keys_and_values, stacked_weights
+
+FORMS = ("auto", "full", "compact")
+KINDS = ("text", "visual", "meta", "visual_positions")  # learner cache layers, in order after the LLM's own
+# text / visual: the learners' keys and values (or their inputs, compact); meta: which keys are visual;
+# visual_positions: the absolute index of every cached visual key (-1: an empty slot).
+
+
+class AppendLayer(DynamicLayer):
+    """Cache layer that appends in place into spare room (amortised: it copies the cache only when it grows).
+
+    `DynamicLayer` concatenates, i.e. copies the whole layer at every generated token; the learners' layer holds
+    every learner layer's state, so that copy would cost more than the learners' arithmetic. `keys` / `values`
+    stay views of the first `length` entries, so beam reordering, selection and cropping work unchanged (a
+    reordered copy becomes the next buffer). The room grows by a quarter (at least 64 entries) when it is full.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized or key_states.requires_grad or value_states.requires_grad:
+            return super().update(key_states, value_states, *args, **kwargs)  # autograd forbids in-place writes
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        self.keys = self._append(self.keys, key_states, length, new)
+        self.values = self._append(self.values, value_states, length, new)
+        return self.keys, self.values
+
+    @staticmethod
+    def _append(stored: torch.Tensor, new_states: torch.Tensor, length: int, new: int) -> torch.Tensor:
+        room = getattr(stored, "_wings_buffer", None)
+        fits = (
+            room is not None and room.shape[-2] >= length + new and room.data_ptr() == stored.data_ptr()
+            and room.shape[:-2] == new_states.shape[:-2] and stored.numel() > 0
+        )
+        if not fits:
+            capacity = length + new + max((length + new) // 4, 64)
+            room = new_states.new_empty(*new_states.shape[:-2], capacity, new_states.shape[-1])
+            if length:
+                room[..., :length, :].copy_(stored)
+        room[..., length : length + new, :].copy_(new_states)
+        view = room[..., : length + new, :]
+        view._wings_buffer = room
+        return view
+
+
+class SlotLayer(DynamicLayer):
+    """Cache layer of the visual learner (and of its key positions): one entry per visual token, not per token.
+
+    Cropping the cache (assisted decoding) removes generated tokens, never visual ones: nothing to crop here.
+    """
+
+    def crop(self, tokens_to_remove: int) -> None:
+        return None
+
+
+class CompactLayer(AppendLayer):
+    """The textual learners' cache in the compact form: X | cos | sin as keys, every layer's X A as values."""
+
+
+class CompactSlotLayer(SlotLayer):
+    """The visual learners' cache in the compact form (one entry per visual token)."""
+
+
+def cache_layer(kind: str, form: str, device: torch.device) -> DynamicLayer:
+    """A new learner cache layer of `kind` in `form` ("auto": compact on CUDA, full elsewhere)."""
+    if form not in FORMS:
+        raise ValueError(f"learner_cache={form!r} is not one of {FORMS}.")
+    compact = form == "compact" or (form == "auto" and device.type == "cuda")
+    if kind == "text":
+        return CompactLayer() if compact else AppendLayer()
+    if kind == "visual":
+        return CompactSlotLayer() if compact else SlotLayer()
+    return SlotLayer() if kind == "visual_positions" else AppendLayer()
+
+
+@dataclass
+class LowRankKeys:
+    """Keys and values of every learner layer of one kind, held as X and the rank-r parts X A.
+
+    `inputs` (B, T, d); `low` (B, T, 2 n r): [X A_k of every layer, X A_v of every layer]; `cos` / `sin` the
+    rotary tables of the T keys' positions (B, T, 1, D), as `rotary_tables` gives them.
+    """
+
+    learners: list[LowRankResidualAttention]
+    inputs: torch.Tensor
+    low: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def project(
+        cls, learners: list[LowRankResidualAttention], inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> "LowRankKeys":
+        """The A projections of every layer's keys and values: one matmul."""
+        down = stacked_weights([learner.key for learner in learners] + [learner.value for learner in learners])[0]
+        low = (inputs.reshape(-1, inputs.shape[-1]) @ down.t()).view(*inputs.shape[:2], -1)
+        return cls(learners, inputs, low, cos, sin)
+
+    def layer(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `position`'s rotated keys and values, each (B, H, T, D)."""
+        learner, count = self.learners[position], len(self.learners)
+        rank = learner.key.down.out_features
+        flat = self.inputs.reshape(-1, self.inputs.shape[-1])
+        low = self.low.reshape(-1, self.low.shape[-1])
+        shape = (*self.inputs.shape[:2], learner.num_heads, -1)
+        key_low = low[:, rank * position : rank * (position + 1)].to(flat.dtype)
+        value_low = low[:, rank * (count + position) : rank * (count + position + 1)].to(flat.dtype)
+        keys = torch.addmm(flat, key_low, learner.key.up.weight.t()).view(shape)
+        values = torch.addmm(flat, value_low, learner.value.up.weight.t()).view(shape)
+        return apply_rotary(keys, self.cos, self.sin).transpose(1, 2), values.transpose(1, 2)
+
+
+@dataclass
+class FullKeys:
+    """Keys and values of every learner layer of one kind, already expanded: per layer (B, H, T, D)."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    def layer(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[position], self.values[position]
+
+
+LearnerKeys = LowRankKeys | FullKeys
+
+
+def compact_entries(keys: LowRankKeys) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the compact cache stores of `keys`: (B, 1, T, d + 2 D) inputs and rotary tables, (B, 1, T, 2 n r)."""
+    dtype = keys.inputs.dtype
+    tables = torch.cat([keys.inputs, keys.cos.squeeze(-2).to(dtype), keys.sin.squeeze(-2).to(dtype)], -1)
+    return tables.unsqueeze(1), keys.low.unsqueeze(1)
+
+
+def from_compact(learners: list[LowRankResidualAttention], tables: torch.Tensor, low: torch.Tensor) -> LowRankKeys:
+    """`LowRankKeys` of a compact cache layer's contents."""
+    dim = learners[0].key.down.in_features
+    head_dim = (tables.shape[-1] - dim) // 2
+    tables = tables[:, 0]
+    cos, sin = tables[..., dim : dim + head_dim].unsqueeze(-2), tables[..., dim + head_dim :].unsqueeze(-2)
+    return LowRankKeys(learners, tables[..., :dim], low[:, 0], cos, sin)
+
+
+def full_entries(
+    learners: list[LowRankResidualAttention], inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the full cache stores: every layer's keys and values, (B, n, H, T, D) each."""
+    if torch.is_grad_enabled():
+        keys = LowRankKeys.project(learners, inputs, cos, sin)
+        per_layer = [keys.layer(position) for position in range(len(learners))]
+        return torch.stack([k for k, _ in per_layer], 1), torch.stack([v for _, v in per_layer], 1)
+    # Without autograd all layers' B projections run as one batch, and the cache copies the views in place.
+    projected_keys, values = keys_and_values(learners, inputs, cos, sin)
+    return projected_keys.permute(1, 0, 3, 2, 4), values.permute(1, 0, 3, 2, 4)
+
+
+def learner_keys(
+    learners: dict[str, list[LowRankResidualAttention]],
+    inputs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None],
+    cache: Cache | None,
+    first_layer: int,
+) -> dict[str, LearnerKeys]:
+    """Every learner layer's keys and values per kind ("text", "visual"), the cache's included.
+
+    `inputs[kind]`: this step's (X, cos, sin), or None when the kind has no new key (then only the cache's, if
+    any); `first_layer`: where the learners' layers start in `cache`.
+    """
+    result: dict[str, LearnerKeys] = {}
+    for kind, kind_learners in learners.items():
+        new = inputs.get(kind)
+        if cache is None:
+            if new is not None:
+                result[kind] = LowRankKeys.project(kind_learners, *new)
+            continue
+        layer = cache.layers[first_layer + KINDS.index(kind)]
+        compact = isinstance(layer, (CompactLayer, CompactSlotLayer))
+        if new is None:  # no new key of this kind: the cache's keys (if any)
+            if layer.is_initialized and layer.get_seq_length():
+                result[kind] = from_compact(kind_learners, layer.keys, layer.values) if compact else FullKeys(
+                    layer.keys.unbind(1), layer.values.unbind(1)
+                )
+            continue
+        index = first_layer + KINDS.index(kind)
+        if compact:
+            stored = cache.update(*compact_entries(LowRankKeys.project(kind_learners, *new)), index)
+            result[kind] = from_compact(kind_learners, *stored)
+        else:
+            stored_keys, stored_values = cache.update(*full_entries(kind_learners, *new), index)
+            result[kind] = FullKeys(stored_keys.unbind(1), stored_values.unbind(1))
+    return result
+
+
+def cache_bytes(cache: Cache, first_layer: int) -> tuple[int, int]:
+    """(the LLM's, the learners') cache bytes: the memory the layers' tensors hold, spare room included."""
+
+    def held(tensor: torch.Tensor | None) -> int:
+        if tensor is None or not isinstance(tensor, torch.Tensor):
+            return 0
+        room = getattr(tensor, "_wings_buffer", tensor)
+        return room.numel() * room.element_size()
+
+    totals = [0, 0]
+    for index, layer in enumerate(cache.layers):
+        totals[index >= first_layer] += held(getattr(layer, "keys", None)) + held(getattr(layer, "values", None))
+    return totals[0], totals[1]
