@@ -15,6 +15,8 @@ from typing import Any
 
 from wings.analysis.attention_shift import SEGMENTS, pearson
 
+# (line style, marker) per model, in order: curves that coincide stay visible as different dashes and markers.
+MODEL_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P")]
 SEGMENT_TITLES = {"V_before": "text before the image", "V_itself": "the image", "V_after": "text after the image"}
 
 
@@ -40,17 +42,20 @@ def plot_laws(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
     plt = _pyplot()
     path = Path(path).with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(1, len(SEGMENTS), figsize=(4.2 * len(SEGMENTS), 3.4), sharex=True)
+    figure, axes = plt.subplots(1, len(SEGMENTS), figsize=(4.2 * len(SEGMENTS), 3.8), sharex=True)
     for axis, segment in zip(axes, SEGMENTS):
-        for model_name, model_curves in curves.items():
+        for index, (model_name, model_curves) in enumerate(curves.items()):
             values = list(model_curves[segment])
-            axis.plot(range(len(values)), values, marker="o", markersize=2.5, label=model_name)
+            linestyle, marker = MODEL_STYLES[index % len(MODEL_STYLES)]
+            axis.plot(range(len(values)), values, linestyle=linestyle, marker=marker, markersize=max(3.0, 7.0 - index),
+                      linewidth=1.4, markerfacecolor="none", color=f"C{index % 10}", label=model_name)  # fmt: skip
         axis.set_title(f"{segment}: {SEGMENT_TITLES[segment]}")
         axis.set_xlabel("layer")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("attention proportion")
-    axes[-1].legend(fontsize="small")
-    figure.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels: never over a curve
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize="small", frameon=False)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     json_path = _write_json({"segments": list(SEGMENTS), "curves": {m: dict(c) for m, c in curves.items()}},

@@ -115,7 +115,9 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     table = markdown_summary(rows)
     (out / "report.md").write_text(_markdown(pipeline, table, priors, verdicts, identity))
-    print("\n" + table)
+    print("\n" + table + "\n" + BASE_FOOTNOTE)
+    if short_run_note(pipeline.settings):
+        print("\n" + short_run_note(pipeline.settings))
     for kind, prior in priors.items():
         if prior:
             print(f"\neasy-vqa {PRIOR_TEXT[kind]}: acc {100 * prior['acc']:.1f}, "
@@ -149,6 +151,24 @@ PRIOR_TEXT = {
 }
 
 
+BASE_FOOTNOTE = ("Base LLM row: the base LLM has no vision tower and sees the easy-vqa question text alone, so its "
+                 "easy-vqa columns (0.0 when its free-text answers never match easy-vqa's words) say what the text "
+                 "gives without an image, not how well it sees.")
+
+
+def short_run_note(settings: Any) -> str | None:
+    """For runs shorter than the default preset (`--quick`): what they check and what they cannot show."""
+    from wings.demo.pipeline import DemoSettings
+
+    default = DemoSettings.default()
+    if settings.align_steps >= default.align_steps and settings.instruct_steps >= default.instruct_steps:
+        return None
+    return (f"This run trains {settings.align_steps} + {settings.instruct_steps} steps, fewer than the default "
+            f"preset's {default.align_steps} + {default.instruct_steps} (`--quick`): it checks that the pipeline runs "
+            "end to end, not the method. Its models are far from converged, so accuracies at or below the question "
+            "prior and ties between models are expected; `wings demo` without --quick measures the method.")
+
+
 def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, identity: dict) -> str:
     s = pipeline.settings
     lines = [
@@ -156,7 +176,8 @@ def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, 
         f"SmolLM2 LLM `{s.llm}` + vision tower `{s.vision}` (from scratch), easy-vqa conversations of up to "
         f"{s.max_turns} question(s), max_length {s.max_length}, batch {s.batch_size}; stage 1 {s.align_steps} steps, "
         f"stage 2 {s.instruct_steps} steps for every model; LoRRA rank {s.lorra_rank}.", "",
-        "## Summary", "", table, "",
+        "## Summary", "", *([f"**{short_run_note(s)}**", ""] if short_run_note(s) else []), table, "",
+        BASE_FOOTNOTE, "",
         f"Accuracies in percent on the first {s.vqa_limit or 'all'} easy-vqa test questions; retention: "
         f"`retention_mc` accuracy ({s.retention_limit or 'all'} questions), KL(base || model) per token and perplexity "
         "on the base LLM's greedy continuations (`retention_lm`); attention shift = 1 - pearson(LAWS_before, "
