@@ -71,7 +71,9 @@ def test_skip_invalid_counts_what_was_skipped_and_why(folder, chatml_processor):
     dataset = ConversationDataset(write(folder, records), chatml_processor, skip_invalid=True)
     assert dataset.indices.tolist() == [0, 4]  # the unreadable image is only found when the sample is loaded
     assert dataset.skipped == {"missing image": 1, "empty turn": 1, "placeholders": 1}
-    assert dataset.summary() == "2 of 5 records used; skipped 1 (missing image), 1 (empty turn), 1 (placeholders)"
+    assert dataset.summary() == ("2 of 5 records pass the checks so far (images are opened when used); "
+                                 "skipped 1 (missing image), 1 (empty turn), 1 (placeholders)")
+    assert dataset.skipped_records == {"missing image": [1], "empty turn": [2], "placeholders": [3]}
     replacement = dataset[1]  # record 4's image is corrupt: the next usable sample comes instead
     assert not replacement["image_token_mask"].any() and dataset.skipped["unreadable image"] == 1
     strict = ConversationDataset(write(folder, [records[4]], "strict.jsonl"), chatml_processor)

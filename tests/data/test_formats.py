@@ -121,7 +121,7 @@ def test_record_file_errors(tmp_path):
     lines.write_text('{"messages": []}\n\n{"messages": [oops]}\n')
     index = RecordFile(lines)
     assert len(index) == 2  # blank lines are not records
-    with pytest.raises(RecordError, match=rf"^{lines}: record 1: <record>: invalid JSON"):
+    with pytest.raises(RecordError, match=rf"^{lines}: record 1: <record>: line 3: invalid JSON"):
         index.record(1)
     truncated = tmp_path / "cut.json"
     truncated.write_text('[{"messages": []}, {"messages": [')
@@ -137,3 +137,19 @@ def test_record_file_errors(tmp_path):
     assert len(RecordFile(truncated)) == 0
     with pytest.raises(FileNotFoundError, match="data file not found"):
         RecordFile(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("suffix, line", [(".jsonl", 2), (".json", 3)])
+def test_bytes_that_are_not_utf8_name_file_record_and_line(tmp_path, suffix, line):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    bad = good.replace("yo", "caf\u00e9").encode("utf-8").replace("é".encode("utf-8"), b"\xe9")  # Latin-1 é
+    path = tmp_path / f"latin1{suffix}"
+    if suffix == ".jsonl":
+        path.write_bytes(good.encode() + b"\n" + bad + b"\n" + good.encode() + b"\n")
+    else:
+        path.write_bytes(b"[\n" + good.encode() + b",\n" + bad + b",\n" + good.encode() + b"\n]")
+    records = RecordFile(path)
+    assert len(records) == 3 and records.record(2) == records.record(0)
+    with pytest.raises(RecordError, match=rf"^{path}: record 1: <record>: line {line}: not UTF-8 text \(byte 0xe9 .*"
+                                          r"re-encode the file as UTF-8 or skip such records"):
+        records.record(1)

@@ -3,14 +3,17 @@
 A `ConversationDataset` checks every record's structure once when built (cheap: no image is
 opened) and fails fast on the first bad one, naming file, record and field, unless
 `skip_invalid=True`, which skips bad records and reports how many and why. Images are opened
-and samples tokenized only in `__getitem__`, i.e. in the data loader's workers.
+and samples tokenized only in `__getitem__`, i.e. in the data loader's workers; what is skipped or
+dropped there is also appended to `events_dir` (one JSON line per event and process), so that the
+run's provenance can say exactly which records it trained without (`read_data_events`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -68,13 +71,16 @@ class ConversationDataset(Dataset):
         self.skip_invalid = skip_invalid
         self.skipped: Counter = Counter()  # reason -> count, for bad records (with skip_invalid)
         self.dropped: Counter = Counter()  # reason -> count, for samples that cannot fit max_length
+        self.skipped_records: dict[str, list[int]] = defaultdict(list)  # reason -> record indices
+        self.dropped_records: dict[str, list[int]] = defaultdict(list)
+        self.events_dir: str | None = None  # where skips and drops met while loading are logged (set by training)
         self.indices, self.lengths, self.has_images = self._scan(check_image_files)
         if self.skipped or self.dropped:
             logger.warning("%s: %s", self.path, self.summary())
 
     def summary(self) -> str:
-        """One line: how many samples are used, skipped and dropped, and why."""
-        parts = [f"{len(self)} of {len(self.records)} records used"]
+        """One line: how many records passed the checks made so far, skipped and dropped, and why."""
+        parts = [f"{len(self)} of {len(self.records)} records pass the checks so far (images are opened when used)"]
         if self.skipped:
             parts.append("skipped " + ", ".join(f"{n} ({reason})" for reason, n in self.skipped.most_common()))
         if self.dropped:
@@ -96,11 +102,11 @@ class ConversationDataset(Dataset):
                         f"{self.path}: {problems[0]}. Fix it (`wings data check {self.path}` lists every "
                         "problem) or pass skip_invalid=True (--skip-invalid-samples) to skip such records"
                     )
-                self.skipped[problems[0].kind] += 1
+                self._note("skipped", problems[0].kind, index, log=False)
                 continue
             image_tokens = len(conversation.images) * image_seq_length
             if self.max_length is not None and image_tokens > self.max_length:
-                self.dropped[IMAGES_ALONE_TOO_LONG] += 1
+                self._note("dropped", IMAGES_ALONE_TOO_LONG, index, log=False)
                 continue
             indices.append(index)
             lengths.append(image_tokens + conversation.num_text_chars // CHARS_PER_TOKEN + 4 * len(conversation.messages))
@@ -124,7 +130,8 @@ class ConversationDataset(Dataset):
             try:
                 return self.processor.encode_conversation(conversation.to_chat(), conversation.images, self.max_length)
             except SampleDropped as error:
-                self.dropped[NO_ANSWER_LEFT if "assistant" in str(error) else IMAGES_ALONE_TOO_LONG] += 1
+                self._note("dropped", NO_ANSWER_LEFT if "assistant" in str(error) else IMAGES_ALONE_TOO_LONG,
+                           record_index)
                 logger.warning("%s: record %d dropped: %s", self.path, record_index, error)
             except (ImageLoadError, ValueError) as error:
                 if not self.skip_invalid:
@@ -132,9 +139,35 @@ class ConversationDataset(Dataset):
                         f"{self.path}: record {record_index}: {error}. Fix it or pass skip_invalid=True "
                         "(--skip-invalid-samples) to skip such records"
                     ) from error
-                self.skipped["unreadable image" if isinstance(error, ImageLoadError) else "encoding"] += 1
+                self._note("skipped", "unreadable image" if isinstance(error, ImageLoadError) else "encoding",
+                           record_index)
                 logger.warning("%s: record %d skipped: %s", self.path, record_index, error)
         raise InvalidSampleError(f"{self.path}: no usable sample left ({self.summary()})")
+
+    def _note(self, what: str, reason: str, record_index: int, log: bool = True) -> None:
+        """Count a skipped or dropped record; while loading (`log`), also append it to `events_dir`."""
+        (self.skipped if what == "skipped" else self.dropped)[reason] += 1
+        (self.skipped_records if what == "skipped" else self.dropped_records)[reason].append(record_index)
+        if log and self.events_dir is not None:
+            os.makedirs(self.events_dir, exist_ok=True)
+            event = {"path": self.path, "record": record_index, "what": what, "reason": reason}
+            with open(os.path.join(self.events_dir, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(event) + "\n")
+
+
+def read_data_events(events_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """Skips and drops logged while loading: path -> "skipped"/"dropped" -> reason -> sorted record indices."""
+    found: dict[str, dict[str, dict[str, set[int]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(set)))
+    folder = Path(events_dir)
+    for log in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a killed worker
+                continue
+            found[event["path"]][event["what"]][event["reason"]].add(int(event["record"]))
+    return {path: {what: {reason: sorted(indices) for reason, indices in reasons.items()}
+                   for what, reasons in kinds.items()} for path, kinds in found.items()}
 
 
 class MixtureDataset(Dataset):

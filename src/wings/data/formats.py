@@ -225,11 +225,29 @@ class RecordFile:
         return os.pread(self._fd, end - start, start)
 
     def record(self, index: int) -> Any:
-        """The parsed record; `RecordError` (file, index) if it is not valid JSON."""
+        """The parsed record; `RecordError` (file, index, line) if it is not UTF-8 or not valid JSON."""
+        raw = self.raw(index)
         try:
-            return json.loads(self.raw(index))
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RecordError(
+                self.path, index, "<record>",
+                f"line {self.line(index)}: not UTF-8 text (byte {raw[error.start]:#04x} at position {error.start} of "
+                "the record); re-encode the file as UTF-8 or skip such records (--skip-invalid-samples)",
+            ) from error
+        try:
+            return json.loads(text)
         except json.JSONDecodeError as error:
-            raise RecordError(self.path, index, "<record>", f"invalid JSON: {error}") from error
+            raise RecordError(self.path, index, "<record>", f"line {self.line(index)}: invalid JSON: {error}") from error
+        except RecursionError as error:
+            raise RecordError(self.path, index, "<record>", f"line {self.line(index)}: JSON nests too deeply") from error
+
+    def line(self, index: int) -> int:
+        """The 1-based line of the file where record `index` starts (read only when reporting an error)."""
+        start = int(self.starts[index])
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd, self._fd_pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return os.pread(self._fd, start, 0).count(b"\n") + 1
 
     def __iter__(self) -> Iterator[Any]:
         return (self.record(index) for index in range(len(self)))
@@ -243,8 +261,8 @@ class RecordFile:
         with open(self.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             first = re.compile(rb"\s*(?:\xef\xbb\xbf)?\s*(.)", re.DOTALL).match(data)
             opener = first.group(1) if first else b""
-            if opener == b"[":
-                return self._index_array(data[:].decode("utf-8"))
+            if opener == b"[":  # bytes that are not UTF-8 survive indexing; `record` reports them (skippable)
+                return self._index_array(data[:].decode("utf-8", errors="surrogateescape"))
             if opener == b"{":
                 return self._index_lines(data)
         raise ValueError(f"{self.path}: neither a JSON array nor JSON Lines (starts with {opener!r})")
@@ -272,7 +290,7 @@ class RecordFile:
             nonlocal byte_position, char_position
             if is_ascii:
                 return char
-            byte_position += len(text[char_position:char].encode("utf-8"))
+            byte_position += len(text[char_position:char].encode("utf-8", errors="surrogateescape"))
             char_position = char
             return byte_position
 

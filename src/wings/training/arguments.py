@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import shlex
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,7 @@ class TrainConfig:
     training: dict[str, Any] = field(default_factory=dict)  # transformers TrainingArguments fields
 
     def validate(self) -> None:
+        check_values(self)  # types and ranges first: the checks below compare values
         if self.stage not in STAGES:
             raise ValueError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
         if not self.model.init_from and not self.model.llm:
@@ -154,6 +158,109 @@ class TrainConfig:
 
 
 SECTIONS = {"model": ModelArguments, "data": DataArguments, "optim": OptimArguments}
+
+# Ranges of numeric options, as (lowest, whether the lowest is allowed): checked before anything loads.
+RANGES: dict[str, tuple[float, bool]] = {
+    "model.lorra_rank": (1, True),
+    "data.max_length": (1, True),
+    "optim.loraplus_lr_ratio": (0, False),
+    "training.learning_rate": (0, False),
+    "training.per_device_train_batch_size": (1, True),
+    "training.gradient_accumulation_steps": (1, True),
+    "training.num_train_epochs": (0, False),
+    "training.save_steps": (0, False),
+    "training.logging_steps": (0, False),
+    "training.eval_steps": (0, False),
+    "training.warmup_steps": (0, True),
+    "training.weight_decay": (0, True),
+    "training.max_grad_norm": (0, True),
+    "training.dataloader_num_workers": (0, True),
+    "training.save_total_limit": (1, True),
+    "training.seed": (0, True),
+}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why `value` does not fit the type `hint` (None when it does, or when the hint is not a simple one)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if value is None:
+        return None if type(None) in options else "must be given (not null)"
+    simple = [option for option in options if option in (bool, int, float, str)]
+    containers = [typing.get_origin(option) for option in options if typing.get_origin(option) in (list, dict)]
+    if len(simple) + len(containers) < len([o for o in options if o is not type(None)]):
+        return None  # an enum or a class: transformers checks it
+    if bool in simple and isinstance(value, bool):
+        return None
+    if int in simple and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if float in simple and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if math.isfinite(value) else "must be a finite number"
+    if str in simple and isinstance(value, str):
+        return None
+    if list in containers and isinstance(value, list):
+        element = next(typing.get_args(o) for o in options if typing.get_origin(o) is list)
+        bad = [item for item in value if element and _type_problem(item, element[0])]
+        return f"has items of the wrong type ({bad[0]!r})" if bad else None
+    if dict in containers and isinstance(value, dict):
+        key_type, value_type = next(typing.get_args(o) for o in options if typing.get_origin(o) is dict) or (Any, Any)
+        bad = [item for item in value.values() if value_type is not Any and _type_problem(item, value_type)]
+        return f"has values of the wrong type ({bad[0]!r})" if bad else None
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+    wanted = " or ".join(sorted({names.get(typing.get_origin(o) or o, str(o)) for o in options if o is not type(None)}))
+    return f"must be {wanted}, got {type(value).__name__} {value!r}"
+
+
+def check_values(config: "TrainConfig") -> None:
+    """Every option's type and range, with the option's name in the message (before any model or data loads)."""
+    from transformers import TrainingArguments
+
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            problem = _type_problem(getattr(getattr(config, name), item.name), hints[item.name])
+            if problem:
+                raise ValueError(f"{name}.{item.name} {problem}")
+    known = {item.name for item in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(config.training) - known)
+    if unknown:
+        raise ValueError(f"training: unknown keys {unknown}; the training section takes transformers "
+                         "TrainingArguments fields (learning_rate, max_steps, per_device_train_batch_size, ...)")
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in config.training.items():
+        problem = _type_problem(value, hints.get(key, Any))
+        if problem:
+            raise ValueError(f"training.{key} {problem}")
+    values = {f"training.{key}": value for key, value in config.training.items()}
+    values.update({"model.lorra_rank": config.model.lorra_rank, "data.max_length": config.data.max_length,
+                   "optim.loraplus_lr_ratio": config.optim.loraplus_lr_ratio})
+    for section in ("learning_rates", "weight_decay"):
+        for group, value in getattr(config.optim, section).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"optim.{section}.{group} must be a number >= 0, got {value!r}")
+    for name, value in values.items():
+        if name in RANGES and value is not None:
+            lowest, inclusive = RANGES[name]
+            if value < lowest or (value == lowest and not inclusive):
+                raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value!r}")
+    max_steps = config.training.get("max_steps", -1)
+    if max_steps is not None and max_steps != -1 and max_steps < 1:
+        raise ValueError(f"training.max_steps must be >= 1 (or -1: train for num_train_epochs), got {max_steps!r}")
+    seed = config.training.get("seed")
+    if isinstance(seed, int) and seed >= 2**32:  # numpy's generator, seeded by transformers, takes 32 bits
+        raise ValueError(f"training.seed must be < 2**32, got {seed}")
+    for number, layer in enumerate(config.model.wings_layers or []):
+        if layer < 0:
+            raise ValueError(f"model.wings_layers[{number}] must be a layer index >= 0, got {layer}")
+    for number, source in enumerate(config.data.datasets):
+        if not isinstance(source, dict):
+            continue  # `validate` names it
+        ratio = source.get("ratio", 1.0)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
+            raise ValueError(f"data.datasets[{number}].ratio must be a number >= 0, got {ratio!r}")
+        for key in ("path", "image_folder"):
+            if source.get(key) is not None and not isinstance(source[key], str):
+                raise ValueError(f"data.datasets[{number}].{key} must be a path (text), got {source[key]!r}")
 
 
 def with_numbers(value: Any) -> Any:

@@ -33,6 +33,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.skip_invalid_samples:
         overrides += ["--data.skip_invalid_samples", "true"]
+    if args.resume_from:
+        overrides += ["--training.resume_from_checkpoint", args.resume_from]
     config = load_config(args.config, overrides)
     problem = missing_data(config.data.datasets)
     if problem:  # before the model loads: seconds, not a minute, to the one line that says what to do
@@ -86,6 +88,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--force", action="store_true", help="retrain even if the output directory is finished")
     parser.add_argument("--skip-invalid-samples", action="store_true",
                         help="skip (and count) invalid samples instead of stopping at the first")
+    parser.add_argument("--resume-from", metavar="CHECKPOINT",
+                        help="resume from this checkpoint folder (default: the newest complete one in output_dir)")
     add_threads_argument(parser)
     # Any further `--section.key value` pairs override the YAML file (collected by wings.cli as `overrides`).
     parser.set_defaults(func=run_train, accepts_overrides=True)

@@ -64,7 +64,10 @@ def code_version() -> dict[str, Any]:
 
 
 def data_fingerprint(sources: list[dict[str, Any]], dataset: Any) -> list[dict[str, Any]]:
-    """Each data file with its hash, record count, what was used, skipped and dropped."""
+    """Each data file with its hash, record count, what was used, skipped and dropped (counts and record indices).
+
+    At the start of a run this holds what the checks before training found; `add_data_events` adds what
+    loading met later (unreadable images, samples with nothing left after truncation)."""
     records = []
     parts = getattr(dataset, "datasets", [dataset])
     for source, part in zip(sources, parts):
@@ -72,8 +75,26 @@ def data_fingerprint(sources: list[dict[str, Any]], dataset: Any) -> list[dict[s
             "path": source["path"], "image_folder": source.get("image_folder"), "ratio": source.get("ratio", 1.0),
             "sha256": file_sha256(source["path"]), "records": len(part.records), "used": len(part),
             "skipped": dict(part.skipped), "dropped": dict(part.dropped),
+            "skipped_records": {reason: sorted(set(indices)) for reason, indices in part.skipped_records.items()},
+            "dropped_records": {reason: sorted(set(indices)) for reason, indices in part.dropped_records.items()},
         })
     return records
+
+
+def add_data_events(data: list[dict[str, Any]], events: dict[str, dict[str, dict[str, list[int]]]]) -> None:
+    """Merge skips and drops logged while loading (`wings.data.dataset.read_data_events`) into `data_fingerprint`
+    records: record indices per reason, counts of distinct records, and `used` = records never skipped or dropped."""
+    for entry in data:
+        logged = events.get(entry["path"], {})
+        for what in ("skipped", "dropped"):
+            merged = {reason: set(indices) for reason, indices in entry.get(f"{what}_records", {}).items()}
+            for reason, indices in logged.get(what, {}).items():
+                merged.setdefault(reason, set()).update(indices)
+            entry[f"{what}_records"] = {reason: sorted(indices) for reason, indices in merged.items()}
+            entry[what] = {reason: len(indices) for reason, indices in merged.items()}
+        excluded = {index for what in ("skipped", "dropped") for indices in entry[f"{what}_records"].values()
+                    for index in indices}
+        entry["used"] = entry["records"] - len(excluded)
 
 
 def read_provenance(directory: str | Path) -> dict[str, Any] | None:

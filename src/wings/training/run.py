@@ -1,29 +1,40 @@
-"""One training stage from a `TrainConfig`: model, data, Trainer, resume, final model with its provenance."""
+"""One training stage from a `TrainConfig`: model, data, Trainer, resume, final model with its provenance.
+
+Resuming picks the newest checkpoint whose files are whole (a truncated `model.safetensors` or `optimizer.pt`,
+say after a full disk, is named and skipped with a warning, and the previous complete checkpoint is used), or
+the one `training.resume_from_checkpoint` (`wings train --resume-from`) names.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from wings.data.collator import WingsCollator
-from wings.data.dataset import build_dataset
+from wings.data.dataset import build_dataset, read_data_events
 from wings.model.builder import VISION_PRESETS, build_wings
 from wings.model.modeling_wings import WingsForConditionalGeneration
 from wings.model.processing_wings import WingsProcessor
 from wings.model.registry import resolve_llm
 
 from .arguments import TrainConfig
-from .provenance import data_fingerprint, model_fingerprint, stage_record
+from .provenance import add_data_events, data_fingerprint, model_fingerprint, stage_record
 from .stages import Stage, get_stage, prepare_model_for_stage
 from .trainer import PROVENANCE_FILE, WingsTrainer
+
+logger = logging.getLogger(__name__)
+DATA_EVENTS = ".data-events"  # skips and drops met while loading, one JSON-lines file per process
 
 
 def load_for_stage(config: TrainConfig, stage: Stage) -> tuple[WingsForConditionalGeneration, WingsProcessor, str]:
@@ -97,6 +108,11 @@ def save_final(trainer: WingsTrainer, output_dir: Path, metrics: dict[str, Any])
     if not trainer.args.should_save:
         return
     trainer.provenance["status"] = "complete"
+    add_data_events(trainer.provenance["data"], read_data_events(output_dir / DATA_EVENTS))
+    for entry in trainer.provenance["data"]:
+        if entry["skipped"] or entry["dropped"]:
+            print(f"data {entry['path']}: trained on {entry['used']} of {entry['records']} records; skipped "
+                  f"{entry['skipped'] or 'none'}, dropped {entry['dropped'] or 'none'} (record indices in {PROVENANCE_FILE})")
     trainer.write_provenance(str(staging), metrics)
     last = ("config.json", PROVENANCE_FILE)
     names = sorted(os.listdir(staging), key=lambda name: name in last)
@@ -158,12 +174,99 @@ def run_stage(
         loraplus_lr_ratio=config.optim.loraplus_lr_ratio, callbacks=callbacks,
     )
     record["distributed"] = trainer.accelerator.distributed_type.value  # e.g. MULTI_GPU, DEEPSPEED, FSDP
-    resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resume = choose_checkpoint(output_dir, config.training.get("resume_from_checkpoint"))
     if resume:
         print(f"resuming from {resume}")
+    elif args.should_save:  # a fresh start: skips logged by an earlier run of this folder are not this run's
+        shutil.rmtree(output_dir / DATA_EVENTS, ignore_errors=True)
+    for part in dataset.datasets:
+        part.events_dir = str(output_dir / DATA_EVENTS)
     result = trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, output_dir, result.metrics)
     return output_dir
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` cannot be resumed from, naming the damaged file (None: every file is whole).
+
+    Checks that trainer_state.json parses, that every safetensors file is as long as its header says, and that
+    every torch file (optimizer.pt, scheduler.pt, rng_state*.pth, training_args.bin) has its zip directory,
+    which a file cut short lacks. Reads headers only, never the tensors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "no such checkpoint folder"
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"trainer_state.json is damaged ({error})"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(folder.glob("*.bin")) and not any(folder.glob("global_step*")):
+        return "no model weights (model.safetensors) in it"
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem:
+            return f"{path.name} is damaged ({problem})"
+    for path in sorted([*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError) as error:
+            return f"{path.name} is damaged ({error}; cut short?)"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes: no header"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"its header says {length} bytes but the file has {size}"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            return f"unreadable header ({error})"
+    if 8 + length + end != size:
+        return f"{size} bytes where its header says {8 + length + end}"
+    return None
+
+
+def choose_checkpoint(output_dir: Path, requested: str | None = None) -> str | None:
+    """The checkpoint to resume from: `requested` (which must be whole), else the newest whole one in `output_dir`.
+
+    A damaged newer checkpoint is skipped with a warning that names its damaged file. Raises ValueError when
+    checkpoints exist but none is whole (delete them to start over, or name one)."""
+    if requested:
+        problem = checkpoint_problem(requested)
+        if problem:
+            raise ValueError(f"training.resume_from_checkpoint (--resume-from) {requested}: {problem}")
+        return str(requested)
+    if not output_dir.is_dir():
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted(((int(match.group(1)), path) for path in output_dir.iterdir()
+                    if (match := pattern.match(path.name)) and path.is_dir()), reverse=True)
+    damaged = []
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for name, reason in damaged:
+                message = f"checkpoint {name} is damaged: {reason}; resuming from the previous complete one, {path}"
+                logger.warning(message)
+                print(f"warning: {message}")
+            return str(path)
+        damaged.append((path, problem))
+    if damaged:
+        listing = "; ".join(f"{path}: {problem}" for path, problem in damaged)
+        raise ValueError(f"no complete checkpoint to resume from ({listing}); delete the damaged checkpoint folders "
+                         "to start over, or name a good one with --resume-from")
+    return None
 
 
 def set_image_statistics(processor: WingsProcessor, datasets: list[Any], limit: int = 1000) -> None:
