@@ -121,3 +121,37 @@ def test_models_without_logits_to_keep_score_the_same(tiny_model, tiny_tokenizer
     full = loglikelihoods(PlainForward(tiny_model), tiny_tokenizer, REQUESTS, batch_size=4)
     assert [s for s, _ in kept] == pytest.approx([s for s, _ in full], abs=1e-5)
     assert [g for _, g in kept] == [g for _, g in full]
+
+
+class RowCounter(torch.nn.Module):
+    """The model, counting the rows it is asked to run."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, input_ids, attention_mask, logits_to_keep=None):
+        self.rows += input_ids.shape[0]
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+
+
+# Four choices of one token each after a shared context (in the tiny vocabulary " the", " is", " of", " a" are).
+MMLU_LIKE = [Doc(str(i), f"Question {i}: which word comes next?\nAnswer:", ["the", "is", "of", "a"], i % 4)
+             for i in range(6)]  # fmt: skip
+
+
+def test_one_token_choices_after_a_shared_context_run_the_context_once_with_the_same_scores(tiny_model,
+                                                                                              tiny_tokenizer):
+    requests = [r for rs in build_requests(Task("mmlu_like", "multiple_choice"), MMLU_LIKE, [[]] * 6) for r in rs]
+    requests += REQUESTS  # multi-token continuations and one shared context of two of them, mixed in
+    shared, separate = RowCounter(tiny_model), RowCounter(tiny_model)
+    fast = loglikelihoods(shared, tiny_tokenizer, requests, batch_size=4)
+    slow = loglikelihoods(separate, tiny_tokenizer, requests, batch_size=4, share_inputs=False)
+    assert (shared.rows, separate.rows) == (6 + len(REQUESTS), 6 * 4 + len(REQUESTS))
+    assert [greedy for _, greedy in fast] == [greedy for _, greedy in slow]
+    assert [score for score, _ in fast] == pytest.approx([score for score, _ in slow], abs=1e-5)
+    for (context, continuation), (score, _) in zip(requests, fast):
+        assert score == pytest.approx(by_hand(tiny_model, tiny_tokenizer, context, continuation), abs=1e-4)
+    fast_scores = score_docs(MMLU_LIKE, [[s for s, _ in fast[4 * i : 4 * i + 4]] for i in range(6)])
+    slow_scores = score_docs(MMLU_LIKE, [[s for s, _ in slow[4 * i : 4 * i + 4]] for i in range(6)])
+    assert fast_scores == slow_scores

@@ -81,8 +81,14 @@ def loglikelihoods(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool | str = False,
+    share_inputs: bool = True,
 ) -> list[tuple[float, bool]]:
-    """Summed log-probability of each continuation given its context, and whether it is the greedy output."""
+    """Summed log-probability of each continuation given its context, and whether it is the greedy output.
+
+    With `share_inputs`, requests whose model inputs are the same tokens run as one row: when every choice is one
+    token after a shared context (MMLU's " A"/" B"/" C"/" D"), one forward of the context scores them all, as
+    lm-evaluation-harness does. A request's inputs are its context and continuation without the last token, so the
+    scores are the ones each request would get from a row of its own (the same positions of the same tokens)."""
     max_length = max_length or model_max_length(model)
     device = next(model.parameters()).device
     encoded = []
@@ -92,31 +98,38 @@ def loglikelihoods(
             raise ValueError(f"continuation {continuation!r} encodes to no tokens after context {context[-60:]!r}")
         # Left-truncate as lm-eval does: the last max_length+1 tokens, minus the final one (it is only a target).
         tokens = (context_ids + continuation_ids)[-(max_length + 1) :]
-        encoded.append((tokens[:-1], tokens[len(tokens) - len(continuation_ids) :]))
+        encoded.append((tuple(tokens[:-1]), tokens[len(tokens) - len(continuation_ids) :]))
+    rows: dict[tuple[int, ...], list[int]] = {}  # model inputs -> the requests scored from that row
+    for index, (inputs, _) in enumerate(encoded):
+        rows.setdefault(inputs if share_inputs else (index, *inputs), []).append(index)
+    row_inputs = [encoded[members[0]][0] for members in rows.values()]
+    row_members = list(rows.values())
+    span = [max(len(encoded[i][1]) for i in members) for members in row_members]  # positions each row needs
     # Longest first: batches of similar length waste little padding, and an out-of-memory error comes early.
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0]), i))
+    order = sorted(range(len(row_inputs)), key=lambda r: (-len(row_inputs[r]), r))
     results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     label = progress if isinstance(progress, str) else "loglikelihood"
     for batch in tqdm(batches, desc=label, disable=not progress, leave=False):
-        width = max(len(encoded[i][0]) for i in batch)
+        width = max(len(row_inputs[r]) for r in batch)
         input_ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, index in enumerate(batch):
-            inputs = encoded[index][0]
-            input_ids[row, : len(inputs)] = torch.tensor(inputs)
-            attention_mask[row, : len(inputs)] = 1
+        for row, r in enumerate(batch):
+            input_ids[row, : len(row_inputs[r])] = torch.tensor(row_inputs[r])
+            attention_mask[row, : len(row_inputs[r])] = 1
         # Logits and softmax only where continuation tokens are predicted: the vocabulary is the costly axis.
-        first = min(len(encoded[i][0]) - len(encoded[i][1]) for i in batch)
+        first = min(len(row_inputs[r]) - span[r] for r in batch)
         logits = positions_logits(model, input_ids.to(device), attention_mask.to(device), first, width)
-        for row, index in enumerate(batch):
-            inputs, targets = encoded[index]
-            end = len(inputs) - first
-            positions = torch.log_softmax(logits[row, end - len(targets) : end].float(), dim=-1)
-            target_tensor = torch.tensor(targets, device=positions.device)
-            score = positions.gather(-1, target_tensor[:, None]).sum().item()
-            greedy = bool((positions.argmax(-1) == target_tensor).all().item())
-            results[index] = (score, greedy)
+        for row, r in enumerate(batch):
+            end = len(row_inputs[r]) - first
+            log_probs = torch.log_softmax(logits[row, end - span[r] : end].float(), dim=-1)
+            for index in row_members[r]:
+                targets = encoded[index][1]
+                positions = log_probs[span[r] - len(targets) :]
+                target_tensor = torch.tensor(targets, device=positions.device)
+                score = positions.gather(-1, target_tensor[:, None]).sum().item()
+                greedy = bool((positions.argmax(-1) == target_tensor).all().item())
+                results[index] = (score, greedy)
     return results
 
 
@@ -183,15 +196,18 @@ def evaluate_multiple_choice(
     batch_size: int = 16,
     limit: int | None = None,
     progress: bool = False,
+    share_inputs: bool = True,
 ) -> dict[str, Any]:
-    """Score a multiple-choice task: its metrics (mean and standard error), per-group scores, sample count."""
+    """Score a multiple-choice task: its metrics (mean and standard error), per-group scores, sample count
+    (`share_inputs`: see `loglikelihoods`; False only to measure what the sharing saves)."""
     docs = docs[:limit] if limit else docs
     if not docs:
         raise ValueError(f"task {task.name}: no documents to evaluate")
     fewshot = _fewshot_docs(task, docs, fewshot_pool or [], num_fewshot)
     per_doc = build_requests(task, docs, fewshot)
     flat = [request for requests in per_doc for request in requests]
-    results = loglikelihoods(model, tokenizer, flat, batch_size=batch_size, progress=progress and task.name)
+    results = loglikelihoods(model, tokenizer, flat, batch_size=batch_size, progress=progress and task.name,
+                             share_inputs=share_inputs)  # fmt: skip
     lls, start = [], 0
     for requests in per_doc:
         lls.append([score for score, _ in results[start : start + len(requests)]])
