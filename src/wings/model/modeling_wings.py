@@ -99,6 +99,34 @@ def check_llm_layout(llm: nn.Module) -> None:
         )
 
 
+def load_llm(
+    source: str, expected: Any, dtype: torch.dtype | str | None, attn_implementation: str | None
+) -> PreTrainedModel:
+    """The LLM a checkpoint names in `llm_checkpoint` (a registry name, an HF causal-LM directory or a WINGS
+    checkpoint), loaded by transformers; raises when it is not there or not the LLM `expected` describes."""
+    from .registry import resolve_llm  # the registry imports the GGUF tooling lazily
+
+    path = resolve_llm(source)
+    if not Path(path, "config.json").is_file():
+        raise FileNotFoundError(
+            f"this checkpoint reads its LLM weights from {source!r}, which is not available here "
+            f"({path} has no config.json): make it available, or use a checkpoint made by `wings export`."
+        )
+    options = {"dtype": dtype, "attn_implementation": (attn_implementation or "sdpa").removeprefix("wings_")}
+    if json.loads(Path(path, "config.json").read_text()).get("model_type") == WingsConfig.model_type:
+        llm = WingsForConditionalGeneration.from_pretrained(path, **options).language_model
+    else:
+        llm = AutoModelForCausalLM.from_pretrained(path, **options)
+    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    if [getattr(llm.config, f) for f in shape] != [getattr(expected, f) for f in shape]:
+        raise ValueError(
+            f"llm_checkpoint {source!r} holds an LLM with {shape} = {[getattr(llm.config, f) for f in shape]}, but "
+            f"this checkpoint was trained on {[getattr(expected, f) for f in shape]}: point llm_checkpoint in its "
+            "config.json at the LLM it was trained on."
+        )
+    return llm
+
+
 def as_vision_model(vision: PreTrainedModel) -> PreTrainedModel:
     """A vision-only tower: a full CLIP/SigLIP model (text + vision) is reduced to its vision part."""
     vision_config = getattr(vision.config, "vision_config", None)
@@ -181,40 +209,33 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     # ----- construction -----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, plus the LLM's weights from `config.llm_checkpoint` when the
-        checkpoint leaves them out (saved while the LLM was frozen)."""
+        """`PreTrainedModel.from_pretrained`. A checkpoint that leaves the LLM's weights out (saved while the LLM was
+        frozen) gets it from `config.llm_checkpoint`, loaded first as that LLM loads alone; the rest is built on
+        the meta device around it and filled from the checkpoint: no weight is initialised randomly or held twice."""
         config = kwargs.get("config")
         if not isinstance(config, WingsConfig):
             config = WingsConfig.from_pretrained(pretrained_model_name_or_path)
-        if not config.llm_checkpoint:
+        if not config.llm_checkpoint or "language_model" in kwargs:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        # The LLM's weights (and its tied head) come from llm_checkpoint below: not "missing" or "corrupted".
+        dtype = kwargs.get("dtype")
+        dtype = config.dtype if dtype in (None, "auto") else dtype
+        llm = load_llm(config.llm_checkpoint, config.text_config, dtype, kwargs.get("attn_implementation"))
+        for parameter in llm.parameters():
+            parameter._is_hf_initialized = True  # loaded: transformers must not initialise it again
+        buffers = {name: buffer.clone() for name, buffer in llm.named_buffers()}  # (re-made empty by the loader)
+        # The LLM's weights (and its tied head) are not "missing" from the checkpoint: they came with `llm`.
         cls._keys_to_ignore_on_load_missing = [r"^language_model\."]
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, language_model=llm, **kwargs)
         finally:
             cls._keys_to_ignore_on_load_missing = None
             hf_logging.set_verbosity(verbosity)
-        model.load_llm_weights(model.config.llm_checkpoint)
+        with torch.no_grad():
+            for name, buffer in model.language_model.named_buffers():
+                buffer.copy_(buffers[name])
         return model
-
-    def load_llm_weights(self, source: str) -> None:
-        """Copy the LLM's weights from a registry name, an HF causal-LM directory or a WINGS checkpoint."""
-        from .registry import resolve_llm  # the registry imports the GGUF tooling lazily
-
-        path = resolve_llm(source)
-        if not Path(path, "config.json").is_file():
-            raise FileNotFoundError(
-                f"this checkpoint reads its LLM weights from {source!r}, which is not available here "
-                f"({path} has no config.json): make it available, or use a checkpoint made by `wings export`."
-            )
-        if json.loads(Path(path, "config.json").read_text()).get("model_type") == WingsConfig.model_type:
-            state = type(self).from_pretrained(path).language_model.state_dict()
-        else:
-            state = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).state_dict()
-        self.language_model.load_state_dict(state, strict=True)
 
     @classmethod
     def from_llm_and_vision(
