@@ -7,9 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,37 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# A hang guard, not a time limit: the run is stopped only after this long without any progress (no new output, no
+# file written), which a busy machine slows but never stops; plus a cap that keeps a broken run from holding CI.
+IDLE_LIMIT_S = 900
+HARD_LIMIT_S = 3 * 3600
+
+
+def _progress(log: Path, output_dir: Path) -> tuple:
+    files = [log, *output_dir.rglob("*")] if output_dir.is_dir() else [log]
+    return tuple(sorted((str(path), path.stat().st_size) for path in files if path.exists()))
+
+
+def run_watched(command: list[str], env: dict, log: Path, output_dir: Path) -> tuple[int, str]:
+    """Run `command` (its output to `log`); kill its process group only when it stops making progress."""
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
+                                   start_new_session=True)
+    started = last_change = time.monotonic()
+    seen = None
+    while process.poll() is None:
+        time.sleep(1)
+        now, state = time.monotonic(), _progress(log, output_dir)
+        if state != seen:
+            seen, last_change = state, now
+        if now - last_change > IDLE_LIMIT_S or now - started > HARD_LIMIT_S:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"no progress for {now - last_change:.0f} s (or over {HARD_LIMIT_S} s in all): killed\n"
+                        + log.read_text()[-6000:])
+    return process.returncode, log.read_text()
+
+
 def run_two_processes(tmp_path: Path, raw: dict, launcher: list[str] | None = None) -> dict:
     raw["data"]["group_by_length"] = False  # sequential order: rank 0 reads images, rank 1 text-only records
     config = tmp_path / "config.yaml"
@@ -36,8 +69,8 @@ def run_two_processes(tmp_path: Path, raw: dict, launcher: list[str] | None = No
     launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     port = "--main_process_port" if "accelerate" in " ".join(launcher) else "--master_port"
     command = [*launcher, port, str(free_port()), "-m", "wings.cli", "train", "--config", str(config)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    returncode, output = run_watched(command, env, tmp_path / "log.txt", Path(raw["training"]["output_dir"]))
+    assert returncode == 0, output[-6000:]
     record = json.loads((Path(raw["training"]["output_dir"]) / "provenance.json").read_text())
     assert record["world_size"] == 2 and record["global_step"] == 2 and record["status"] == "complete"
     return record

@@ -207,7 +207,7 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     with pytest.raises(ValueError, match=r"model.router_init_visual_weight must be in \(0, 1\)"):
         load_config(str(path), ["--model.router_init_visual_weight", "1.5"])
     assert load_config(str(path), ["--optim.loraplus_lr_ratio", "16"]).optim.loraplus_lr_ratio == 16
-    with pytest.raises(ValueError, match="optim.loraplus_lr_ratio must be positive"):
+    with pytest.raises(ValueError, match="optim.loraplus_lr_ratio must be > 0, got 0"):
         load_config(str(path), ["--optim.loraplus_lr_ratio", "0"])
     with pytest.raises(ValueError, match="model.image_normalization must be tower or data"):
         load_config(str(path), ["--model.image_normalization", "imagenet"])
