@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wings.data.images import ImageLoadError, load_image, pad_to_square, pixel_statistics, to_rgb
+from wings.data.images import (
+    ImageLoadError,
+    fit_within,
+    image_header,
+    load_image,
+    pad_to_square,
+    pixel_statistics,
+    to_rgb,
+)
 
 
 def saved(tmp_path, image: Image.Image, name: str, **options) -> str:
@@ -111,3 +119,56 @@ def test_pixel_statistics_per_channel_over_all_pixels(tmp_path):
         pixel_statistics([], size=8)
     with pytest.raises(ImageLoadError, match="missing.png"):
         pixel_statistics([tmp_path / "missing.png"], size=8)
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_the_five_formats_open(tmp_path, format):
+    path = saved(tmp_path, Image.new("RGB", (6, 4), (0, 0, 255)), f"image.{format.lower()}", format=format)
+    assert load_image(path).size == (6, 4)
+    assert image_header(path) == (format, 6, 4)
+
+
+@pytest.mark.parametrize("format", ["TIFF", "ICO", "PPM", "TGA"])
+def test_other_formats_are_refused_naming_the_list(tmp_path, format):
+    path = saved(tmp_path, Image.new("RGB", (16, 16), (0, 0, 255)), f"image.{format.lower()}", format=format)
+    assert Image.open(path).format == format  # PIL would open it
+    with pytest.raises(ImageLoadError, match=r"accepted formats: PNG, JPEG, WebP, GIF or BMP\)$"):
+        load_image(path)
+
+
+def test_an_eps_payload_never_reaches_a_decoder():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    with pytest.raises(ImageLoadError, match="accepted formats: PNG, JPEG, WebP, GIF or BMP"):
+        load_image(eps)
+
+
+def test_the_header_gives_the_size_without_decoding(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(buffer, format="PNG")
+    cut = buffer.getvalue()[:200]  # the header survives, the pixels do not
+    assert image_header(cut) == ("PNG", 300, 200)
+    with pytest.raises(ImageLoadError, match="over the limit of 59,999"):
+        load_image(cut, max_pixels=59_999)  # refused from the header: the missing pixels are never read
+
+
+def test_fit_within_shrinks_only_large_images_keeping_their_shape():
+    assert fit_within(Image.new("RGB", (16000, 1000)), 384).size == (384, 24)
+    assert fit_within(Image.new("RGB", (160000, 100)), 384).size == (384, 1)  # never an empty side
+    small = Image.new("RGB", (100, 30))
+    assert fit_within(small, 384) is small
+
+
+@pytest.mark.parametrize("preprocess", ["pad", "resize"])
+def test_the_processor_never_pads_more_than_the_tower_size(preprocess, monkeypatch):
+    from tests.data.chat_tokenizers import build_processor
+    import wings.model.processing_wings as processing
+
+    processor = build_processor("chatml", image_preprocess=preprocess)
+    padded = []
+    original = processing.pad_to_square
+    monkeypatch.setattr(processing, "pad_to_square", lambda image, fill: padded.append(original(image, fill).size)
+                        or original(image, fill))
+    pixels = processor.preprocess_images([Image.new("RGB", (20000, 50), (255, 0, 0))])
+    side = processor.image_size
+    assert pixels.shape == (1, 3, side, side)
+    assert padded == ([(side, side)] if preprocess == "pad" else [])
