@@ -215,13 +215,14 @@ def learner_keys(
     return result
 
 
-def cache_bytes(cache: Cache, first_layer: int) -> tuple[int, int]:
-    """(the LLM's, the learners') cache bytes: the memory the layers' tensors hold, spare room included."""
+def cache_bytes(cache: Cache, first_layer: int, spare_room: bool = True) -> tuple[int, int]:
+    """(the LLM's, the learners') cache bytes: the memory the layers' tensors hold, with the learners' spare room
+    for appending in place or (`spare_room=False`) without it."""
 
     def held(tensor: torch.Tensor | None) -> int:
         if tensor is None or not isinstance(tensor, torch.Tensor):
             return 0
-        room = getattr(tensor, "_wings_buffer", tensor)
+        room = getattr(tensor, "_wings_buffer", tensor) if spare_room else tensor
         return room.numel() * room.element_size()
 
     totals = [0, 0]
