@@ -1,5 +1,5 @@
 """`wings serve` under load, on loopback: concurrent clients, mixed text and image requests, with and without a
-client that keeps leaving in the middle of a long streamed answer.
+client that keeps leaving in the middle of a long streamed answer; then bursts of large (4000x4000) images.
 
     python -m benchmarks.server_load [--model DIR] [--clients 8 32] [--requests-per-client 4] [--threads 1]
 
@@ -196,6 +196,43 @@ async def run_burst(server: Server, model: str, clients: int, per_client: int, d
     return burst
 
 
+async def run_image_burst(server: Server, model: str, requests: int, images: int, side: int) -> tuple[dict, float, float]:
+    """`requests` concurrent requests of `images` flat `side` x `side` PNGs each (small bodies, huge pixel counts):
+    their status codes, the server's peak RSS during them and its RSS after (MB)."""
+    import httpx
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 120, 40)).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}] * images + [{"type": "text", "text": "What?"}]
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0}
+    statuses: dict[int, int] = {}
+
+    async def send(client) -> None:
+        response = await client.post(f"{server.base}/v1/chat/completions", json=body)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    reset_peak(server.process.pid)
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*(send(client) for _ in range(requests)))
+    peak = memory_mb(server.process.pid, "VmHWM")
+    await asyncio.sleep(1.0)
+    return statuses, peak, memory_mb(server.process.pid, "VmRSS")
+
+
+def render_images(rows: list[tuple[int, int, int, dict, float, float]], baseline_mb: float) -> str:
+    lines = ["### Large images: pixels checked from headers, images decoded one at a time and shrunk at once", "",
+             "| requests at once | images per request | image size | answers | peak RSS (MB) | RSS after (MB) |",
+             "|---|---|---|---|---|---|"]
+    for requests, images, side, statuses, peak, after in rows:
+        answers = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
+        lines.append(f"| {requests} | {images} | {side}x{side} | {answers} | {peak:,.0f} | {after:,.0f} |")
+    lines += ["", f"- server RSS before: {baseline_mb:,.0f} MB; server limits at their defaults (16 Mpixel per image, "
+              "32 Mpixel per request): 8 images of 16 Mpixel are refused (400) from their headers, 2 are decoded."]
+    return "\n".join(lines) + "\n"
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
@@ -253,9 +290,15 @@ def main(argv: list[str] | None = None) -> None:
                                                         disconnecting, args.burst_limit_s, image)))
                     print(f"({clients} clients{' + leaver' if disconnecting else ''}: {bursts[-1].seconds:.0f} s)",
                           file=sys.stderr, flush=True)
+            image_baseline = memory_mb(server.process.pid, "VmRSS")
+            image_rows = []
+            for images in (8, 2):
+                statuses, peak, after = asyncio.run(run_image_burst(server, model_id, 4, images, 4000))
+                image_rows.append((4, images, 4000, statuses, peak, after))
         finally:
             server.stop()
     print(render(bursts, baseline, args.model or "tiny random checkpoint (tests' tiny_checkpoint)", args))
+    print(render_images(image_rows, image_baseline))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class ServerLimits:
     max_stop_strings: int = 4  # as OpenAI
     max_stop_chars: int = 128  # per stop string
     retry_after_s: int = 1  # Retry-After of a 429
+    concurrent_decodes: int = 2  # images decoded at once, all requests together (each up to max_image_pixels)
     remote_image_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -156,6 +157,7 @@ class RequestTranslator:
         self.allow_local_images = allow_local_images
         self.allow_remote_images = allow_remote_images
         self.placeholder = engine.processor.image_token
+        self._decoding = threading.BoundedSemaphore(limits.concurrent_decodes)
 
     def options(self, request: ChatCompletionRequest) -> SamplingOptions:
         if request.n != 1:
@@ -245,13 +247,14 @@ class RequestTranslator:
         for index, (ref, payload) in enumerate(zip(parsed.images, payloads)):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("the request was cancelled while its images were decoded")
-            try:
-                image = load_image(payload, self.limits.max_image_pixels)
-            except ImageLoadError as error:
-                raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
+            with self._decoding:  # full-size pixels exist for at most `concurrent_decodes` images at a time
+                try:
+                    image = load_image(payload, self.limits.max_image_pixels)
+                except ImageLoadError as error:
+                    raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
+                if processor.image_preprocess == "pad":  # what the processor does first: keep only the small image
+                    image = fit_within(image, processor.image_size)
             payloads[index] = None  # the encoded bytes are no longer needed
-            if processor.image_preprocess == "pad":  # what the processor does first: keep only the small image
-                image = fit_within(image, processor.image_size)
             images.append(image)
         return Prompt(parsed.messages, images)
 
