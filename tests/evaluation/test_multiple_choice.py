@@ -155,3 +155,35 @@ def test_one_token_choices_after_a_shared_context_run_the_context_once_with_the_
     fast_scores = score_docs(MMLU_LIKE, [[s for s, _ in fast[4 * i : 4 * i + 4]] for i in range(6)])
     slow_scores = score_docs(MMLU_LIKE, [[s for s, _ in slow[4 * i : 4 * i + 4]] for i in range(6)])
     assert fast_scores == slow_scores
+
+
+ARC_LIKE = [Doc(str(i), f"Question: what does the {'quick brown fox' if i % 2 else 'cat'} do?\nAnswer:",
+                ["jumps over the lazy dog", "sat on the mat", "lived by the sea", "is the capital of France"], i % 4)
+            for i in range(5)]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_choices_sharing_a_context_run_it_once_with_a_kv_cache_and_score_the_same(family, tiny_tokenizer,
+                                                                                  monkeypatch):
+    from tests.evaluation.conftest import make_model
+    from wings.evaluation import multiple_choice, shared_prefix
+
+    model = make_model(len(tiny_tokenizer), seed=3, family=family)
+    calls = []
+
+    def spy(*args):
+        logits = shared_prefix.prefix_shared_logits(*args)
+        calls.append(logits is not None)
+        return logits
+
+    monkeypatch.setattr(multiple_choice, "prefix_shared_logits", spy)
+    requests = [r for rs in build_requests(Task("arc_like", "multiple_choice"), ARC_LIKE, [[]] * 5) for r in rs]
+    shared = loglikelihoods(model, tiny_tokenizer, requests, batch_size=8)
+    whole = loglikelihoods(model, tiny_tokenizer, requests, batch_size=8, share_inputs=False)
+    assert calls and all(calls)  # the cache was shared in every batch
+    assert [s for s, _ in shared] == pytest.approx([s for s, _ in whole], abs=1e-5)
+    assert [g for _, g in shared] == [g for _, g in whole]
+    for (context, continuation), (score, _) in zip(requests, shared):
+        assert score == pytest.approx(by_hand(model, tiny_tokenizer, context, continuation), abs=1e-4)
+    per_doc = lambda scores: [[s for s, _ in scores[4 * i : 4 * i + 4]] for i in range(5)]  # noqa: E731
+    assert score_docs(ARC_LIKE, per_doc(shared)) == score_docs(ARC_LIKE, per_doc(whole))

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from wings.evaluation.shared_prefix import can_share_prefixes, prefix_shared_logits
 from wings.evaluation.tasks import Doc, Task
 
 FEWSHOT_SEED = 1234  # lm-eval's default `fewshot_random_seed`
@@ -88,7 +89,9 @@ def loglikelihoods(
     With `share_inputs`, requests whose model inputs are the same tokens run as one row: when every choice is one
     token after a shared context (MMLU's " A"/" B"/" C"/" D"), one forward of the context scores them all, as
     lm-evaluation-harness does. A request's inputs are its context and continuation without the last token, so the
-    scores are the ones each request would get from a row of its own (the same positions of the same tokens)."""
+    scores are the ones each request would get from a row of its own (the same positions of the same tokens).
+    Rows that share the tokens before their scored positions (the choices of one question) share one forward of
+    those tokens too, with a KV cache (`shared_prefix`, for models whose cache allows it)."""
     max_length = max_length or model_max_length(model)
     device = next(model.parameters()).device
     encoded = []
@@ -105,12 +108,29 @@ def loglikelihoods(
     row_inputs = [encoded[members[0]][0] for members in rows.values()]
     row_members = list(rows.values())
     span = [max(len(encoded[i][1]) for i in members) for members in row_members]  # positions each row needs
-    # Longest first: batches of similar length waste little padding, and an out-of-memory error comes early.
-    order = sorted(range(len(row_inputs)), key=lambda r: (-len(row_inputs[r]), r))
+    prefix = [row_inputs[r][: len(row_inputs[r]) - span[r]] for r in range(len(row_inputs))]  # before any score
+    sharing = share_inputs and can_share_prefixes(model)
+    # Longest first: batches of similar length waste little padding, and an out-of-memory error comes early; the
+    # rows of one prefix next to each other, so that they land in the same batch and share its forward.
+    longest = {}
+    for r in range(len(row_inputs)):
+        longest[prefix[r]] = max(longest.get(prefix[r], 0), len(row_inputs[r]))
+    order = sorted(range(len(row_inputs)), key=lambda r: (-longest[prefix[r]], prefix[r], -len(row_inputs[r]), r))
     results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     label = progress if isinstance(progress, str) else "loglikelihood"
     for batch in tqdm(batches, desc=label, disable=not progress, leave=False):
+        shared = dict.fromkeys(prefix[r] for r in batch)
+        if sharing and len(shared) < len(batch) and all(shared):  # some rows share a prefix: run it once
+            prefixes = list(shared)
+            logits = prefix_shared_logits(model, prefixes, [row_inputs[r][len(prefix[r]) :] for r in batch],
+                                          [prefixes.index(prefix[r]) for r in batch])  # fmt: skip
+            if logits is not None:
+                for row, r in enumerate(batch):
+                    _score_row(torch.log_softmax(logits[row, : span[r]].float(), dim=-1), row_members[r], encoded,
+                               results)  # fmt: skip
+                continue
+            sharing = False  # this model's cache cannot be shared: every later batch runs its rows whole
         width = max(len(row_inputs[r]) for r in batch)
         input_ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -122,15 +142,20 @@ def loglikelihoods(
         logits = positions_logits(model, input_ids.to(device), attention_mask.to(device), first, width)
         for row, r in enumerate(batch):
             end = len(row_inputs[r]) - first
-            log_probs = torch.log_softmax(logits[row, end - span[r] : end].float(), dim=-1)
-            for index in row_members[r]:
-                targets = encoded[index][1]
-                positions = log_probs[span[r] - len(targets) :]
-                target_tensor = torch.tensor(targets, device=positions.device)
-                score = positions.gather(-1, target_tensor[:, None]).sum().item()
-                greedy = bool((positions.argmax(-1) == target_tensor).all().item())
-                results[index] = (score, greedy)
+            _score_row(torch.log_softmax(logits[row, end - span[r] : end].float(), dim=-1), row_members[r], encoded,
+                       results)  # fmt: skip
     return results
+
+
+def _score_row(log_probs: torch.Tensor, members: list[int], encoded: list, results: list) -> None:
+    """The score and greedy flag of every request read from one row's log-probabilities at its scored positions."""
+    for index in members:
+        targets = encoded[index][1]
+        positions = log_probs[len(log_probs) - len(targets) :]
+        target_tensor = torch.tensor(targets, device=positions.device)
+        score = positions.gather(-1, target_tensor[:, None]).sum().item()
+        greedy = bool((positions.argmax(-1) == target_tensor).all().item())
+        results[index] = (score, greedy)
 
 
 def _fewshot_docs(task: Task, docs: list[Doc], pool: list[Doc], num_fewshot: int) -> list[list[Doc]]:
