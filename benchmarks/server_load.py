@@ -222,7 +222,7 @@ async def run_image_burst(server: Server, model: str, requests: int, images: int
 
 
 def render_images(rows: list[tuple[int, int, int, dict, float, float]], baseline_mb: float) -> str:
-    lines = ["### Large images: pixels checked from headers, images decoded one at a time and shrunk at once", "",
+    lines = ["### Large images: pixels checked from headers, at most two images decoded at once, each shrunk at once", "",
              "| requests at once | images per request | image size | answers | peak RSS (MB) | RSS after (MB) |",
              "|---|---|---|---|---|---|"]
     for requests, images, side, statuses, peak, after in rows:
