@@ -14,8 +14,10 @@ The cache keeps the learners' state after the LLM's own layers, one cache layer 
   [X A_k | X A_v], (B, 1, T, 2 n r): d + 2 D + 2 n r numbers per token; each layer expands its keys and values
   at every step (about 2 T r d multiply-adds per layer and step; rotary comes after the expansion, so the low-rank
   part cannot be folded into the query).
-`FORMS["auto"]` picks compact on CUDA (memory-bound decoding, long conversations) and full on a CPU, where the
-expansion costs more than the memory saved (docs/gpu.md has the measurements).
+"auto" (`WingsForConditionalGeneration.learner_cache`, the default) picks compact on CUDA, where long
+conversations run out of memory and arithmetic is cheap, and full on a CPU, where the expansion costs more than
+the decoding step itself (docs/gpu.md has the measurements). The compact form saves capacity, not memory
+traffic: the expanded keys and values are written and read again at every step.
 """
 
 from __future__ import annotations

@@ -99,6 +99,17 @@ def check_llm_layout(llm: nn.Module) -> None:
         )
 
 
+class AsIs:
+    """A module handed to `__init__` by `from_pretrained`, which deep-copies its keyword arguments (a passing second
+    copy of a 7B LLM): this one goes through as it is."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> "AsIs":
+        return self
+
+
 def load_llm(
     source: str, expected: Any, dtype: torch.dtype | str | None, attn_implementation: str | None
 ) -> PreTrainedModel:
@@ -178,6 +189,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     ):
         super().__init__(config)
         register_wings_attention()
+        language_model = language_model.module if isinstance(language_model, AsIs) else language_model
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         check_llm_layout(self.language_model)
         config.text_config = self.language_model.config
@@ -215,11 +227,14 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         config = kwargs.get("config")
         if not isinstance(config, WingsConfig):
             config = WingsConfig.from_pretrained(pretrained_model_name_or_path)
-        if not config.llm_checkpoint or "language_model" in kwargs:
+        if config.llm_checkpoint and "language_model" not in kwargs:
+            dtype = config.dtype if kwargs.get("dtype") in (None, "auto") else kwargs["dtype"]
+            kwargs["language_model"] = load_llm(
+                config.llm_checkpoint, config.text_config, dtype, kwargs.get("attn_implementation")
+            )
+        if "language_model" not in kwargs:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        dtype = kwargs.get("dtype")
-        dtype = config.dtype if dtype in (None, "auto") else dtype
-        llm = load_llm(config.llm_checkpoint, config.text_config, dtype, kwargs.get("attn_implementation"))
+        llm = kwargs.pop("language_model")
         for parameter in llm.parameters():
             parameter._is_hf_initialized = True  # loaded: transformers must not initialise it again
         buffers = {name: buffer.clone() for name, buffer in llm.named_buffers()}  # (re-made empty by the loader)
@@ -228,7 +243,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, language_model=llm, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, language_model=AsIs(llm), **kwargs)
         finally:
             cls._keys_to_ignore_on_load_missing = None
             hf_logging.set_verbosity(verbosity)
