@@ -37,3 +37,8 @@ def test_the_figures_are_written(tmp_path):
     assert plot_forgetting(VALUES, tmp_path / "forgetting.png").stat().st_size > 10_000
     curves = {"wings-align": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], "llava-instruct": []}
     assert plot_training_curves(curves, tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_a_measure_where_every_model_ties_the_base_still_gets_a_readable_axis():
+    panel = forgetting_panel("retention MC acc", {"base LLM": 0.5625, "WINGS": 0.5625, "LLaVA": 0.5625})
+    assert panel["heights"] == [0.0, 0.0] and panel["least_range"] == 1.0  # one point either side, not 1e-13

@@ -55,7 +55,8 @@ def forgetting_panel(measure: str, scores: Mapping[str, float]) -> dict:
     differences = [(value - base) * scale for value in scores.values()]
     shown = f"{base * scale:.1f}%" if scale == 100.0 else f"{base:.5g}"
     return {"models": list(scores), "heights": differences, "log": False, "labels": [f"{d:+.2g}" for d in differences],
-            "title": f"{measure}: model - base LLM{unit}\n(base LLM {shown}; 0 = no change)"}  # fmt: skip
+            "title": f"{measure}: model - base LLM{unit}\n(base LLM {shown}; 0 = no change)",
+            "least_range": 1.0 if scale == 100.0 else 1e-4 * abs(base) or 1e-9}  # an axis, even when all are 0
 
 
 def plot_forgetting(values: Mapping[str, Mapping[str, float]], path: Path) -> Path:
@@ -77,7 +78,7 @@ def plot_forgetting(values: Mapping[str, Mapping[str, float]], path: Path) -> Pa
         else:
             axis.axhline(0, color="black", linewidth=0.8)
             low, high = min(panel["heights"] + [0]), max(panel["heights"] + [0])
-            margin = 0.25 * (high - low or max(abs(high), 1e-12))
+            margin = max(0.25 * (high - low), panel.get("least_range", 0.0))
             axis.set_ylim(low - margin, high + margin)  # zoomed on the differences, room for the labels
         axis.bar_label(bars, panel["labels"], fontsize="x-small", padding=2)
         axis.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize="small")
