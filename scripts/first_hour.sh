@@ -24,11 +24,13 @@ git clone -q "$REPOSITORY" "$WORK/wings" || { echo "cannot clone $REPOSITORY"; e
 cd "$WORK/wings"
 echo "fresh clone of $REPOSITORY at $WORK/wings ($(git log --oneline -1))"
 
-# step NAME EXPECTED_STATUS OUTPUT_PATTERN COMMAND: run COMMAND in bash, check its status and that its output
-# (stdout and stderr) matches the extended regular expression OUTPUT_PATTERN.
+# step NAME EXPECTED_STATUS OUTPUT_PATTERN COMMAND [README_TEXT]: run COMMAND in bash, check its status and that
+# its output (stdout and stderr) matches the extended regular expression OUTPUT_PATTERN; README_TEXT (default: the
+# command without `time` and DEMO_ARGS) is what the README should show.
 step() {
-    local name=$1 expected=$2 pattern=$3 command=$4 start status seconds verdict literal
-    literal=$(grep -qF -- "${command%% DEMO_ARGS=*}" README.md && echo "in README" || echo "NOT IN README")
+    local name=$1 expected=$2 pattern=$3 command=$4 start status seconds verdict literal shown
+    shown=${5:-${command#time }}
+    literal=$(grep -qF -- "${shown%% DEMO_ARGS=*}" README.md && echo "in README" || echo "NOT IN README")
     echo; echo "== $name: \$ $command   ($literal)"
     start=$(date +%s.%N)
     bash -c "$command" > "$WORK/$name.log" 2>&1 < "${STDIN:-/dev/null}"
@@ -52,7 +54,7 @@ step demo 0 "Chat with the trained model" "make demo DEMO_ARGS=$DEMO_ARGS"
 echo "   runs: $(du -sh runs | cut -f1)"
 chat=$(grep -A1 "Chat with the trained model" "$WORK/demo.log" | tail -n 1 | sed 's/^ *//')
 printf 'What colour is the shape?\n/quit\n' > "$WORK/chat.in"
-STDIN=$WORK/chat.in step chat 0 "wings> +[^ ]" "$chat --max-new-tokens 8 --temperature 0"
+STDIN=$WORK/chat.in step chat 0 "wings> +[^ ]" "$chat --max-new-tokens 8 --temperature 0" ".venv/bin/wings chat --model"
 step quickstart 0 "same answer: True" "make quickstart"
 step eval-missing-split 1 "split 'test' is not under --data-dir.*splits there: .*validation" \
     ".venv/bin/wings eval --model smollm2-135m-instruct --tasks arc_easy --data-dir ../shared/data"
