@@ -31,7 +31,8 @@ def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], pa
         axis.set_xlabel("step")
         axis.set_ylabel("training loss")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
+        if axis.get_legend_handles_labels()[0]:  # a stage without logged losses has no legend to show
+            axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
