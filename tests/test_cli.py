@@ -127,3 +127,10 @@ def test_train_names_the_command_that_makes_missing_data_and_blames_a_bad_overri
 def test_iit_configurations_are_readable_in_help():
     parser = _subparser(build_parser("iit"), ["iit", "build"])
     assert "T | T,T | T,T,T | T,T,V | T,V | V" in " ".join(parser.format_help().split())
+
+
+def test_an_llm_written_as_a_path_that_does_not_exist_is_no_such_folder(tmp_path):
+    from wings.model.registry import load_llm
+
+    with pytest.raises(FileNotFoundError, match=f"LLM {tmp_path / 'gone'}: no such folder"):
+        load_llm(tmp_path / "gone")

@@ -99,6 +99,9 @@ def load_llm(
     device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `(model, tokenizer)` for a registry name, a local Hugging Face directory or a hub id, in eval mode."""
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) and not Path(text).expanduser().is_dir():  # written as a path: say so
+        raise FileNotFoundError(f"LLM {text}: no such folder")
     path = resolve_llm(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
