@@ -117,3 +117,17 @@ def test_head_size_256_runs_under_flash_and_equals_sdpa():
     assert flash.language_model.model.layers[0].self_attn.head_dim == 256
     torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
+
+
+def test_training_config_offers_the_flash_backends_and_rejects_others(tmp_path):
+    from wings.training.arguments import build_config
+
+    def config(backend: str) -> dict:
+        return {"model": {"llm": "smollm2-135m-instruct", "vision": "siglip-scratch-32", "attn_implementation": backend},
+                "data": {"datasets": [{"path": str(tmp_path / "train.json")}]},
+                "training": {"output_dir": str(tmp_path / "out")}}
+
+    for backend in ("sdpa", "eager", *FLASH):
+        assert build_config(config(backend)).model.attn_implementation == backend
+    with pytest.raises(ValueError, match="model.attn_implementation must be one of .*flash_attention_2.*got 'flash'"):
+        build_config(config("flash"))
