@@ -120,7 +120,11 @@ class LowRankKeys:
         cls, learners: list[LowRankResidualAttention], inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> "LowRankKeys":
         """The A projections of every layer's keys and values: one matmul."""
-        down = stacked_weights([learner.key for learner in learners] + [learner.value for learner in learners])[0]
+        residuals = [learner.key for learner in learners] + [learner.value for learner in learners]
+        if torch.is_grad_enabled():  # (the kept stack is for generation; it would also stack every B here)
+            down = torch.cat([residual.down.weight for residual in residuals])
+        else:
+            down = stacked_weights(residuals)[0]
         low = (inputs.reshape(-1, inputs.shape[-1]) @ down.t()).view(*inputs.shape[:2], -1)
         return cls(learners, inputs, low, cos, sin)
 
