@@ -110,7 +110,7 @@ class AsIs:
         return self
 
 
-def load_llm(
+def load_llm_checkpoint(
     source: str, expected: Any, dtype: torch.dtype | str | None, attn_implementation: str | None
 ) -> PreTrainedModel:
     """The LLM a checkpoint names in `llm_checkpoint` (a registry name, an HF causal-LM directory or a WINGS
@@ -229,7 +229,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             config = WingsConfig.from_pretrained(pretrained_model_name_or_path)
         if config.llm_checkpoint and "language_model" not in kwargs:
             dtype = config.dtype if kwargs.get("dtype") in (None, "auto") else kwargs["dtype"]
-            kwargs["language_model"] = load_llm(
+            kwargs["language_model"] = load_llm_checkpoint(
                 config.llm_checkpoint, config.text_config, dtype, kwargs.get("attn_implementation")
             )
         if "language_model" not in kwargs:
