@@ -13,7 +13,9 @@ import os
 import sys
 import time
 
-MODULES = ("training_step", "lm_head", "generation", "flops", "learner_cache", "loading", "checkpointing")
+MODULES = (
+    "training_step", "lm_head", "generation", "flops", "vision_features", "learner_cache", "loading", "checkpointing",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -205,3 +205,14 @@ def test_presets_are_listed_by_kind():
     assert vision_towers.is_scratch_preset("siglip-scratch-32")
     assert not vision_towers.is_scratch_preset("efficientnet-lite0-in1k")
     assert {"efficientnet-lite0-in1k", "siglip-scratch-32", "siglip-scratch-64"} <= set(vision_towers.tower_names())
+
+
+def test_cnn_feature_layer_sets_the_projector_width_and_must_be_at_the_final_stride():
+    head = tiny_wings("qwen2", "cnn")
+    last_block = tiny_wings("qwen2", "cnn", vision_feature_layer=-2)
+    assert head.projector.linear_1.in_features == 24 and last_block.projector.linear_1.in_features == 16
+    _, pixels = sample(last_block, images=1)
+    with torch.no_grad():
+        assert last_block.get_image_features(pixels).shape == (1, 16, 32)
+    with pytest.raises(ValueError, match="vision_feature_layer 1 is a stride-2 map.*one of -3..-1"):
+        tiny_wings("qwen2", "cnn", vision_feature_layer=1)

@@ -71,6 +71,18 @@ class WingsConfig(PreTrainedConfig):
         if self.vision_feature_layer is None:
             is_cnn = getattr(self.vision_config, "model_type", None) == EfficientNetLiteConfig.model_type
             self.vision_feature_layer = -1 if is_cnn else -2
+        shapes = getattr(self.vision_config, "hidden_state_shapes", None)
+        if shapes is not None:  # a CNN: its hidden states differ in width and grid
+            if not -len(shapes) <= self.vision_feature_layer < len(shapes):
+                raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the tower's "
+                                 f"{len(shapes)} hidden states.")  # fmt: skip
+            if shapes[self.vision_feature_layer][1] != self.vision_config.patch_size:
+                final = [i - len(shapes) for i, (_, stride) in enumerate(shapes) if stride == self.vision_config.patch_size]
+                raise ValueError(
+                    f"vision_feature_layer {self.vision_feature_layer} is a stride-{shapes[self.vision_feature_layer][1]} "
+                    f"map; WINGS reads a map at the tower's final stride ({self.vision_config.patch_size}): one of "
+                    f"{final[0]}..-1."
+                )
         # The LLM's own setting decides whether its head shares the embedding matrix.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self.validate_wings_options()
@@ -109,6 +121,12 @@ class WingsConfig(PreTrainedConfig):
     def has_cls_token(self) -> bool:
         """CLIP's vision embeddings start with a class token; SigLIP's do not."""
         return getattr(self.vision_config, "model_type", "").startswith("clip")
+
+    @property
+    def vision_feature_size(self) -> int:
+        """Width of the tower's hidden state that feeds the projector (a CNN's hidden states differ in width)."""
+        shapes = getattr(self.vision_config, "hidden_state_shapes", None)
+        return shapes[self.vision_feature_layer][0] if shapes is not None else self.vision_config.hidden_size
 
     @property
     def image_seq_length(self) -> int:

@@ -70,6 +70,15 @@ class EfficientNetLiteConfig(PreTrainedConfig):
             raise ValueError(f"patch_size {self.patch_size} differs from the network's total stride {stride}.")
 
     @property
+    def hidden_state_shapes(self) -> list[tuple[int, int]]:
+        """(channels, stride) of each entry of `hidden_states`: the stem, every block, the head."""
+        shapes, stride = [(self.stem_channels, 2)], 2
+        for repeats, _, block_stride, _, _, outputs in self.stages:
+            stride *= block_stride
+            shapes += [(outputs, stride)] * repeats
+        return shapes + [(self.hidden_size, stride)]
+
+    @property
     def num_image_tokens(self) -> int:
         """Tokens per image: SAME padding rounds every strided size up (112 px -> 4 x 4)."""
         return math.ceil(self.image_size / self.patch_size) ** 2

@@ -197,9 +197,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if config.vision_config is not None:
             self.vision_tower = vision_tower or AutoModel.from_config(config.vision_config)
             config.vision_config = self.vision_tower.config
-            self.projector = WingsProjector(
-                config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act
-            )
+            self.projector = WingsProjector(config.vision_feature_size, text.hidden_size, config.projector_hidden_act)
         else:
             self.vision_tower = self.projector = None
         self.wings_layers = nn.ModuleDict(
