@@ -13,18 +13,22 @@ from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
 from wings.demo.pipeline import DemoPipeline, DemoSettings, measured_threads, model_runs
 
 COLOURS = ["red", "green", "blue"]
+SHAPES = ["circle", "triangle"]
 
 
 def fake_easy_vqa(root: Path) -> Path:
     """easy-vqa 1.0's raw layout: answers.txt, {train,test}/questions.json and images/<id>.png."""
-    (root / "answers.txt").write_text("\n".join(["yes", "no", *COLOURS, "circle"]) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "answers.txt").write_text("\n".join(["yes", "no", *COLOURS, *SHAPES]) + "\n")
     for split, count in (("train", 6), ("test", 3)):
         (root / split / "images").mkdir(parents=True)
         questions = []
         for image_id in range(count):
             colour = COLOURS[image_id % 3]
             Image.new("RGB", (64, 64), colour).save(root / split / "images" / f"{image_id}.png")
-            questions += [["what color is the shape?", colour, image_id], ["is there a circle?", "yes", image_id]]
+            shape = SHAPES[image_id % 2]
+            questions += [["what color is the shape?", colour, image_id], ["what shape is in the image?", shape, image_id],
+                          ["is there a circle?", "yes" if shape == "circle" else "no", image_id]]  # fmt: skip
         (root / split / "questions.json").write_text(json.dumps(questions))
     return root
 
@@ -52,9 +56,14 @@ def test_writes_report_results_and_plots(finished):
     results = json.loads((out / "results.json").read_text())
     assert list(results["summary"]) == ["base LLM", "WINGS", "LLaVA", "LLaVA (WINGS LR)", "visual learner only"]
     for row in results["summary"].values():
-        assert set(row) >= {"easy-vqa acc", "yes/no", "open", "retention MC acc", "KL from base", "perplexity",
-                            "attention shift"}  # fmt: skip
-    assert results["summary"]["base LLM"]["KL from base"] == pytest.approx(0.0, abs=1e-6)
+        assert set(row) >= {"easy-vqa acc", "yes/no", "open", "image swap", "retention MC acc", "KL from base",
+                            "perplexity", "attention shift"}  # fmt: skip
+        accuracy, low, high = row["easy-vqa acc"]  # with its 95% interval
+        assert 0 <= low <= accuracy <= high <= 1
+    base = results["summary"]["base LLM"]
+    assert base["KL from base"] == pytest.approx(0.0, abs=1e-6)
+    assert base["attention shift"] is None and base["image swap"] == 0.0  # it sees no image
+    assert all(isinstance(results["summary"][name]["attention shift"], float) for name in ("WINGS", "LLaVA"))
     assert results["answer_prior"]["acc"] >= 0
     assert "wings chat --model" in results["chat"]
     assert set(results["retention_wings_better_than"]) == {"LLaVA", "LLaVA (WINGS LR)", "visual learner only"}
@@ -63,9 +72,37 @@ def test_writes_report_results_and_plots(finished):
         assert set(verdict.values()) <= {"better", "worse", "tie"}
     report_md = (out / "report.md").read_text()
     assert "| WINGS |" in report_md and "answer-prior" in report_md.lower()
+    assert "| base LLM |" in report_md and "| n/a |" in report_md and "image swap" in report_md
+    # the default tower: pretrained, frozen, its features computed once per image
+    provenance = json.loads((out / "wings-align" / "provenance.json").read_text())
+    assert settings.vision == "efficientnet-lite0-in1k" and "(pretrained, frozen)" in report_md
+    assert provenance["learning_rates"].keys() == {"projector", "visual_learners"}
     # Every step that ran says how many intra-op threads it used (measured: settings.threads is None).
     assert set(results["threads"]) == {step.name for step in DemoPipeline(settings).steps()}
     assert all(1 <= threads <= (os.cpu_count() or 1) for threads in results["threads"].values())
+
+
+def test_seeds_give_mean_and_spread_per_model(tmp_path, tiny_llm_dir):  # noqa: F811
+    from wings.demo.report import seed_statistics
+
+    settings = DemoSettings(
+        out=tmp_path / "demo", llm=str(tiny_llm_dir), easy_vqa_source=fake_easy_vqa(tmp_path / "raw"), lorra_rank=4,
+        batch_size=2, align_steps=2, instruct_steps=1, save_steps=1000, vqa_limit=4, retention_limit=3,
+        attention_samples=2, eval_batch_size=4, threads=1, eval_cache=None, progress=False, seeds=2,
+        vision="siglip-scratch-32",
+    )  # fmt: skip
+    report = DemoPipeline(settings).run()
+    names = list(report["summary"])
+    assert names == ["base LLM", "WINGS", "LLaVA", "LLaVA (WINGS LR)", "WINGS [seed 1]", "LLaVA [seed 1]",
+                     "LLaVA (WINGS LR) [seed 1]"]  # fmt: skip
+    assert (tmp_path / "demo" / "wings-instruct-seed1" / "config.json").is_file()
+    stats = seed_statistics(report["summary"])
+    kl = [report["summary"][name]["KL from base"] for name in ("WINGS", "WINGS [seed 1]")]
+    mean, sd, count = stats["WINGS"]["KL from base"]
+    assert count == 2 and mean == pytest.approx(sum(kl) / 2) and sd == pytest.approx(abs(kl[0] - kl[1]) / 2**0.5)
+    assert set(report["wings_differences_against_seed_spread"]) == {"LLaVA", "LLaVA (WINGS LR)"}
+    report_md = (tmp_path / "demo" / "report.md").read_text()
+    assert "| WINGS (2 seeds) |" in report_md and " ± " in report_md and "trained from scratch" in report_md
 
 
 def test_measured_threads_is_one_or_every_core():

@@ -116,3 +116,31 @@ def _conversation(record_id: str, image: str, pairs: list[tuple[str, str]]) -> d
         "conversations": turns,
         "answer_types": [question_type(answer) for _, answer in pairs],
     }
+
+
+def write_align_set(data_dir: str | os.PathLike, seed: int = 0, name: str = "align.json") -> dict[str, int]:
+    """Stage 1's data, from the training questions written by `convert_easy_vqa`: per image one description
+    (its colour question, then its shape question, in one conversation: what a caption says), and as many
+    single yes/no questions drawn at random. Stage 1 is the alignment stage (WINGS.md trains it on image-caption
+    pairs); in easy-vqa's own mix three questions in four are yes/no, whose question text alone predicts 85% of
+    the answers, so a stage trained on that mix sees few colour and shape answers. Returns the counts written."""
+    folder = Path(data_dir)
+    records = json.loads((folder / "train.json").read_text(encoding="utf-8"))
+    colour, shape, yes_no = {}, {}, []
+    for record in records:
+        turns = record["conversations"]
+        for position in range(0, len(turns) - 1, 2):
+            question = turns[position]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+            answer = turns[position + 1]["value"]
+            if question_type(answer) == "yes/no":
+                yes_no.append((record["image"], question, answer))
+            else:
+                (colour if "colo" in question else shape).setdefault(record["image"], (question, answer))
+    described = [image for image in colour if image in shape]
+    shuffler = random.Random(seed)
+    chosen = shuffler.sample(yes_no, min(len(described), len(yes_no)))
+    align = [_conversation(f"align-{n}", image, [colour[image], shape[image]]) for n, image in enumerate(described)]
+    align += [_conversation(f"align-yes-no-{n}", image, [(question, answer)]) for n, (image, question, answer) in enumerate(chosen)]
+    shuffler.shuffle(align)
+    (folder / name).write_text(json.dumps(align, indent=1) + "\n", encoding="utf-8")
+    return {"descriptions": len(described), "yes_no_questions": len(chosen)}

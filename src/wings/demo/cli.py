@@ -3,6 +3,8 @@
     wings demo                  # the default run (runs/demo)
     wings demo --quick          # a minutes-long check of the whole pipeline (runs/demo-quick)
     wings demo --ablations      # also the visual learner alone (no textual learner, no router)
+    wings demo --seeds 3        # every model trained with 3 seeds: mean and spread, differences beyond the spread
+    wings demo --vision siglip-scratch-32   # a small SigLIP trained from scratch instead (runs/demo-siglip-scratch-32)
 
 Every step is skipped when its output exists: run it again to resume or to re-read the report.
 """
@@ -22,6 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--quick", action="store_true", help="the small preset (a few minutes)")
     parser.add_argument("--ablations", action="store_true", help="add the visual-learner-only model")
     parser.add_argument("--out", type=Path, help="output folder (default runs/demo, runs/demo-quick with --quick)")
+    parser.add_argument("--vision", metavar="TOWER",
+                        help="vision tower: a preset (default efficientnet-lite0-in1k, pretrained and frozen; "
+                             "siglip-scratch-32 trains a small SigLIP from scratch) or a SigLIP/CLIP folder")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train every model N times with seeds 0..N-1 and report mean and spread (default 1)")
     add_threads_argument(parser)  # the pipeline applies it, or re-measures, before every step
     parser.add_argument("--no-eval-cache", action="store_true",
                         help="recompute the base LLM's evaluation instead of reading it from ~/.cache/wings/eval")
@@ -34,7 +41,13 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from wings.demo.pipeline import DemoPipeline, DemoSettings
 
-    overrides: dict = {"ablations": args.ablations, "progress": not args.no_progress}
+    if args.seeds < 1:
+        raise SystemExit(f"wings demo: --seeds must be at least 1, got {args.seeds}.")
+    overrides: dict = {"ablations": args.ablations, "progress": not args.no_progress, "seeds": args.seeds}
+    if args.vision is not None:
+        overrides["vision"] = args.vision
+        if args.out is None:  # another tower's models must not be mistaken for the default run's finished steps
+            overrides["out"] = Path(f"runs/demo{'-quick' if args.quick else ''}-{Path(args.vision).name}")
     if args.out is not None:
         overrides["out"] = args.out
     if args.no_eval_cache:

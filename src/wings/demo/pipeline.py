@@ -27,19 +27,22 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from wings.model.vision_towers import is_scratch_preset
 from wings.threads import measured_threads  # noqa: F401  (re-exported: the demo's thread choice)
 from wings.threads import set_threads as _set_threads
 
 # Learning rates of the demo. The authors' rates (WINGS.md) are for ~600k samples per stage; a few hundred
-# steps need larger ones for the modules that start from nothing (tower, projector, learners, routers). The
-# LLM keeps each recipe's own rate (WINGS 2e-6, LLaVA 2e-5), so the recipes differ as in the paper.
+# steps need larger ones for the modules that start from nothing (projector, learners, routers). The
+# LLM keeps each recipe's own rate (WINGS 2e-6, LLaVA 2e-5), so the recipes differ as in the paper. The vision
+# tower is frozen (WINGS.md) unless it is a from-scratch preset, which stage 1 trains at SCRATCH_TOWER_RATE.
+SCRATCH_TOWER_RATE = 1e-3
 WINGS_RATES: dict[str, dict[str, float]] = {
-    "align": {"projector": 1e-3, "visual_learners": 1e-3, "vision_tower": 1e-3},
+    "align": {"projector": 1e-3, "visual_learners": 1e-3},
     "instruct": {"projector": 1e-4, "visual_learners": 1e-4, "textual_learners": 1e-4, "routers": 1e-3,
                  "llm": 2e-6},
 }
 LLAVA_RATES: dict[str, dict[str, float]] = {
-    "llava-align": {"projector": 1e-3, "vision_tower": 1e-3},
+    "llava-align": {"projector": 1e-3},
     "llava-instruct": {"projector": 2e-5, "llm": 2e-5},
 }
 
@@ -50,11 +53,15 @@ class DemoSettings:
 
     out: Path = Path("runs/demo")
     llm: str = "smollm2-135m-instruct"  # registry name, hub id or directory
-    vision: str = "siglip-scratch-32"  # a from-scratch SigLIP preset (16 visual tokens)
+    # EfficientNet-Lite0 pretrained on ImageNet, frozen: 112 px -> 16 visual tokens (`wings.model.vision_towers`)
+    vision: str = "efficientnet-lite0-in1k"
     easy_vqa_source: Path | None = None  # easy-vqa's raw data folder (default: the installed package's)
     # Questions per training conversation. Measured (README): at equal images, 2 per conversation scored lower than
     # 1 and cost 25% more time; distinct images are what the from-scratch tower needs.
     max_turns: int = 1
+    # Stage 1 on each image's description (colour and shape questions) and as many yes/no questions, as the paper
+    # aligns on captions; False: on easy-vqa's own mix (three yes/no questions in four).
+    align_on_descriptions: bool = True
     lorra_rank: int = 8
     router_init_visual_weight: float | None = None  # routers' initial w_v at tokens that see an image (None: config's)
     max_length: int = 64
@@ -65,7 +72,7 @@ class DemoSettings:
     save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
     wings_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in WINGS_RATES.items()})
     llava_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in LLAVA_RATES.items()})
-    vqa_limit: int | None = 200  # easy-vqa test questions scored (None: all 9,673)
+    vqa_limit: int | None = 500  # easy-vqa test questions scored, a seeded sample (None: all 9,673)
     retention_limit: int | None = None  # retention_mc questions and retention_lm prompts (None: all)
     attention_samples: int = 8  # easy-vqa test conversations for the attention shift
     eval_batch_size: int = 64  # larger CPU matrix products: multiple choice ~1.4x faster than at 16
@@ -74,6 +81,7 @@ class DemoSettings:
     threads: int | None = None  # torch intra-op threads; None: measured before each step (`measured_threads`)
     ablations: bool = False  # add the visual-learner-alone model (stage 2 without textual learner and router)
     seed: int = 0
+    seeds: int = 1  # train every model this many times (seeds seed, seed + 1, ...): the report gives mean and spread
     use_cpu: bool = True  # a GPU demo: pass False
     progress: bool = True
 
@@ -85,7 +93,7 @@ class DemoSettings:
     def quick(cls, **overrides: Any) -> DemoSettings:
         """A minutes-long check of the whole pipeline (numbers far from converged)."""
         values = dict(out=Path("runs/demo-quick"), batch_size=4, align_steps=12, instruct_steps=2, save_steps=1000,
-                      vqa_limit=32, retention_limit=16, attention_samples=4)  # fmt: skip
+                      vqa_limit=48, retention_limit=16, attention_samples=4)  # fmt: skip
         return cls(**(values | overrides))
 
 
@@ -96,13 +104,31 @@ class ModelRun:
     name: str
     align: tuple[str, str, dict[str, float]]  # (stage, output folder name, learning rates)
     instruct: tuple[str, str, dict[str, float]]
+    seed: int = 0
+
+
+SEED_TAG = " [seed "  # "WINGS [seed 1]": the same model trained with another seed (--seeds)
+
+
+def seeded_runs(settings: DemoSettings) -> list[ModelRun]:
+    """`model_runs` once per seed: the first seed keeps the plain names and folders, the others are tagged."""
+    runs = []
+    for seed in range(settings.seed, settings.seed + settings.seeds):
+        for run in model_runs(settings):
+            if seed == settings.seed:
+                runs.append(ModelRun(run.name, run.align, run.instruct, seed))
+            else:
+                tag = f"-seed{seed}"
+                runs.append(ModelRun(f"{run.name}{SEED_TAG}{seed}]", (run.align[0], run.align[1] + tag, run.align[2]),
+                                     (run.instruct[0], run.instruct[1] + tag, run.instruct[2]), seed))  # fmt: skip
+    return runs
 
 
 def model_runs(settings: DemoSettings) -> list[ModelRun]:
     """WINGS, the LLaVA-style baseline, the baseline at WINGS' learning rates, and (--ablations) the visual
     learner alone. Stages with the same stage name and learning rates share one output folder."""
     wings, llava = settings.wings_rates, settings.llava_rates
-    matched_align = {group: wings["align"][group] for group in ("projector", "vision_tower")}
+    matched_align = {group: rate for group, rate in wings["align"].items() if group in ("projector", "vision_tower")}
     matched_instruct = {group: wings["instruct"][group] for group in ("projector", "llm")}
     align_folder = "llava-align" if matched_align == llava["llava-align"] else "llava-matched-align"
     runs = [
@@ -164,14 +190,14 @@ class DemoPipeline:
 
     # ------------------------------------------------------------------------------------------ steps
     def steps(self) -> list[Step]:
-        steps = [Step("data", self.data_dir / "answers.json", self.convert_data)]
+        steps = [Step("data", self.data_dir / "align.json", self.convert_data)]
         seen: set[str] = set()
-        for run in model_runs(self.settings):
+        for run in seeded_runs(self.settings):
             for (stage, folder, rates), init in ((run.align, None), (run.instruct, run.align[1])):
                 if folder not in seen:
                     seen.add(folder)
                     steps.append(Step(f"train {folder}", self.out / folder / "provenance.json",
-                                      lambda s=stage, f=folder, r=rates, i=init: self.train(s, f, r, i)))  # fmt: skip
+                                      lambda s=stage, f=folder, r=rates, i=init, seed=run.seed: self.train(s, f, r, i, seed)))  # fmt: skip
         steps += [
             Step("check align", self.out / "eval" / "align_identity.json", self.check_align_identity),
             Step("evaluate", self.out / "eval" / "results.json", self.evaluate),
@@ -215,10 +241,10 @@ class DemoPipeline:
         return True
 
     def model_names(self) -> list[str]:
-        return ["base LLM"] + [run.name for run in model_runs(self.settings)]
+        return ["base LLM"] + [run.name for run in seeded_runs(self.settings)]
 
     def model_dirs(self) -> dict[str, Path]:
-        return {run.name: self.out / run.instruct[1] for run in model_runs(self.settings)}
+        return {run.name: self.out / run.instruct[1] for run in seeded_runs(self.settings)}
 
     # ------------------------------------------------------------------------------------------ data
     def convert_data(self) -> None:
@@ -227,28 +253,37 @@ class DemoPipeline:
         counts = convert_easy_vqa(self.data_dir, self.settings.easy_vqa_source, max_turns=self.settings.max_turns,
                                   seed=self.settings.seed)  # fmt: skip
         print(f"easy-vqa: {counts}")
+        from wings.data.easy_vqa import write_align_set
+
+        print(f"stage 1 data (align.json): {write_align_set(self.data_dir, seed=self.settings.seed)}")
 
     # ------------------------------------------------------------------------------------------ training
-    def train(self, stage: str, folder: str, rates: dict[str, float], init_from: str | None) -> None:
+    def train(self, stage: str, folder: str, rates: dict[str, float], init_from: str | None, seed: int = 0) -> None:
         from wings.training.arguments import build_config
         from wings.training.run import run_stage
 
         s = self.settings
         steps = s.align_steps if init_from is None else s.instruct_steps
         model: dict[str, Any] = {"lorra_rank": s.lorra_rank, "router_init_visual_weight": s.router_init_visual_weight}
+        rates = dict(rates)
+        # Stage 1 aligns on descriptions (align.json, see write_align_set) unless told to use the full mix.
+        data_file = "align.json" if init_from is None and s.align_on_descriptions else "train.json"
         if init_from is None:
-            model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": "vision_tower" in rates}
+            scratch = is_scratch_preset(s.vision)  # trained in stage 1; a pretrained tower stays frozen
+            model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": scratch}
+            if scratch:
+                rates["vision_tower"] = SCRATCH_TOWER_RATE
         else:
             model["init_from"] = str(self.out / init_from)
         raw = {
             "stage": stage,
             "model": model,
-            "data": {"datasets": [{"path": str(self.data_dir / "train.json"), "image_folder": str(self.data_dir)}],
+            "data": {"datasets": [{"path": str(self.data_dir / data_file), "image_folder": str(self.data_dir)}],
                      "max_length": s.max_length},
             "optim": {"learning_rates": dict(rates)},
             "training": {"output_dir": str(self.out / folder), "max_steps": steps, "per_device_train_batch_size":
                          s.batch_size, "logging_steps": max(1, steps // 20), "save_steps": s.save_steps,
-                         "save_total_limit": 1, "report_to": "none", "use_cpu": s.use_cpu, "seed": s.seed,
+                         "save_total_limit": 1, "report_to": "none", "use_cpu": s.use_cpu, "seed": seed,
                          "disable_tqdm": not s.progress},
         }  # fmt: skip
         log = LossLog()

@@ -15,33 +15,81 @@ COLUMNS = [
     ("easy-vqa acc", "easyvqa", "acc", True),
     ("yes/no", "easyvqa", "acc_yes_no", True),
     ("open", "easyvqa", "acc_open", True),
+    ("image swap", "easyvqa", "image_swap_changed", True),
     ("retention MC acc", "retention_mc", "acc", True),
     ("KL from base", "retention_lm", "kl", False),
     ("perplexity", "retention_lm", "perplexity", False),
 ]
 RETENTION = [column for column in COLUMNS if column[1].startswith("retention")]
+# 95% intervals shown beside an accuracy: (column, metric holding [low, high])
+INTERVALS = {"easy-vqa acc": "acc_ci95", "yes/no": "acc_yes_no_ci95", "open": "acc_open_ci95"}
 
 
 def _task_key(results: dict[str, Any], prefix: str) -> str | None:
     return next((task for task in results["tasks"] if task.startswith(prefix)), None)
 
 
-def summary_rows(results: dict[str, Any], shifts: dict[str, float]) -> dict[str, dict[str, float | None]]:
-    """{model: {column: value}} with the attention shift, from `wings eval`'s results."""
-    rows: dict[str, dict[str, float | None]] = {}
+def summary_rows(results: dict[str, Any], shifts: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    """{model: {column: value}} with the attention shift, from `wings eval`'s results; accuracies with a 95%
+    interval hold (value, low, high)."""
+    rows: dict[str, dict[str, Any]] = {}
     for name, scores in results["models"].items():
-        row: dict[str, float | None] = {}
+        row: dict[str, Any] = {}
         for column, prefix, metric, _ in COLUMNS:
             task = _task_key(results, prefix)
             row[column] = scores.get(task, {}).get(metric) if task else None
+            interval = scores.get(task, {}).get(INTERVALS.get(column, ""), None) if task else None
+            if row[column] is not None and interval:
+                row[column] = (row[column], *interval)
         row["attention shift"] = shifts.get(name)
         rows[name] = row
     return rows
 
 
-def _cell(column: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+def value_of(cell: Any) -> float | None:
+    """The number of a summary cell (an accuracy's interval left out)."""
+    return cell[0] if isinstance(cell, tuple) else cell
+
+
+def seed_groups(rows: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Model names by model, the seed tag removed: {"WINGS": ["WINGS", "WINGS [seed 1]", ...]}."""
+    from wings.demo.pipeline import SEED_TAG
+
+    groups: dict[str, list[str]] = {}
+    for name in rows:
+        groups.setdefault(name.split(SEED_TAG)[0], []).append(name)
+    return groups
+
+
+def seed_statistics(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[float, float, int] | None]]:
+    """{model: {column: (mean, standard deviation, seeds)}} over the seeds of each model (sd 0 for one seed)."""
+    stats: dict[str, dict[str, tuple[float, float, int] | None]] = {}
+    for model, names in seed_groups(rows).items():
+        stats[model] = {}
+        for column in rows[names[0]]:
+            values = [value_of(rows[name][column]) for name in names]
+            values = [v for v in values if v is not None and not math.isnan(v)]
+            if not values:
+                stats[model][column] = None
+                continue
+            mean = sum(values) / len(values)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            stats[model][column] = (mean, sd, len(values))
+    return stats
+
+
+def beyond_spread(stats: dict[str, dict[str, Any]], model: str, against: str) -> dict[str, str]:
+    """Per column, whether `model` and `against` differ by more than the sum of their seed standard deviations."""
+    verdicts = {}
+    for column in stats.get(model, {}):
+        a, b = stats[model][column], stats.get(against, {}).get(column)
+        if a is None or b is None or a[2] < 2 or b[2] < 2:
+            continue
+        verdicts[column] = "beyond the spread" if abs(a[0] - b[0]) > a[1] + b[1] else "within the spread"
+    return verdicts
+
+
+def _number(column: str, value: float) -> str:
     if column == "KL from base":
         return f"{value:.2e}"
     if column in ("perplexity", "attention shift"):
@@ -49,11 +97,35 @@ def _cell(column: str, value: float | None) -> str:
     return f"{100 * value:.1f}"
 
 
-def markdown_summary(rows: dict[str, dict[str, float | None]]) -> str:
+def _cell(column: str, value: Any) -> str:
+    if column == "attention shift" and value is None:
+        return "n/a"  # a model that sees no image has no attention shift (WINGS.md)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, tuple):
+        return f"{_number(column, value[0])} [{100 * value[1]:.1f}, {100 * value[2]:.1f}]"
+    return _number(column, value)
+
+
+def markdown_summary(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per model; with several seeds, one row per model with mean +- standard deviation over the seeds."""
     columns = list(next(iter(rows.values())))
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(c, row[c]) for c in columns) + " |")
+    groups = seed_groups(rows)
+    if all(len(names) == 1 for names in groups.values()):
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_cell(c, row[c]) for c in columns) + " |")
+        return "\n".join(lines)
+    stats = seed_statistics(rows)
+    for model, names in groups.items():
+        cells = []
+        for column in columns:
+            stat = stats[model][column]
+            if stat is None:
+                cells.append(_cell(column, None))
+            else:
+                cells.append(f"{_number(column, stat[0])} ± {_number(column, stat[1])}" if stat[2] > 1 else _number(column, stat[0]))
+        lines.append(f"| {model} ({len(names)} seed{'s' * (len(names) > 1)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -62,7 +134,7 @@ def retention_verdicts(rows: dict[str, dict[str, float | None]], model: str, aga
     perplexity), "worse", "tie" or "n/a" (a value is missing)."""
     verdicts: dict[str, str] = {}
     for column, _, _, higher in RETENTION:
-        a, b = rows.get(model, {}).get(column), rows.get(against, {}).get(column)
+        a, b = value_of(rows.get(model, {}).get(column)), value_of(rows.get(against, {}).get(column))
         if a is None or b is None:
             verdicts[column] = "n/a"
         else:
@@ -97,9 +169,14 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
                                       out / "forgetting.png"),  # fmt: skip
         "laws": plot_laws({name: model["laws"] for name, model in analysis["models"].items()}, out / "laws.png")[0],
     }
-    verdicts = {against: retention_verdicts(rows, "WINGS", against) for against in rows if against not in ("WINGS", "base LLM")}
+    models = list(seed_groups(rows))
+    verdicts = {against: retention_verdicts(rows, "WINGS", against) for against in models if against not in ("WINGS", "base LLM")}
+    stats = seed_statistics(rows)
+    spread = {against: beyond_spread(stats, "WINGS", against) for against in verdicts}
     report = {
         "summary": rows,
+        "seed_statistics": stats,
+        "wings_differences_against_seed_spread": spread,
         **priors,
         "retention_wings_better_than": verdicts,
         "align_text_identity": identity,
@@ -114,7 +191,7 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     }
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     table = markdown_summary(rows)
-    (out / "report.md").write_text(_markdown(pipeline, table, priors, verdicts, identity))
+    (out / "report.md").write_text(_markdown(pipeline, table, priors, verdicts, identity, spread))
     print("\n" + table + "\n" + BASE_FOOTNOTE)
     if short_run_note(pipeline.settings):
         print("\n" + short_run_note(pipeline.settings))
@@ -169,20 +246,33 @@ def short_run_note(settings: Any) -> str | None:
             "prior and ties between models are expected; `wings demo` without --quick measures the method.")
 
 
-def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, identity: dict) -> str:
+def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, identity: dict,
+              spread: dict | None = None) -> str:  # fmt: skip
+    from wings.model.vision_towers import is_scratch_preset
+
     s = pipeline.settings
+    tower = "trained from scratch in stage 1" if is_scratch_preset(s.vision) else "pretrained, frozen"
+    seeds = f"; {s.seeds} seeds ({s.seed}..{s.seed + s.seeds - 1}), mean ± standard deviation" if s.seeds > 1 else ""
     lines = [
         "# wings demo", "",
-        f"SmolLM2 LLM `{s.llm}` + vision tower `{s.vision}` (from scratch), easy-vqa conversations of up to "
+        f"SmolLM2 LLM `{s.llm}` + vision tower `{s.vision}` ({tower}), easy-vqa conversations of up to "
         f"{s.max_turns} question(s), max_length {s.max_length}, batch {s.batch_size}; stage 1 {s.align_steps} steps, "
-        f"stage 2 {s.instruct_steps} steps for every model; LoRRA rank {s.lorra_rank}.", "",
+        f"stage 2 {s.instruct_steps} steps for every model; LoRRA rank {s.lorra_rank}{seeds}.", "",
         "## Summary", "", *([f"**{short_run_note(s)}**", ""] if short_run_note(s) else []), table, "",
         BASE_FOOTNOTE, "",
-        f"Accuracies in percent on the first {s.vqa_limit or 'all'} easy-vqa test questions; retention: "
+        f"Accuracies in percent on {s.vqa_limit or 'all'} easy-vqa test questions (a seeded sample), with 95% "
+        "intervals in brackets; image swap: the share of answers that change when each question is asked about "
+        "another image of another shape and colour (a model that does not look scores 0); retention: "
         f"`retention_mc` accuracy ({s.retention_limit or 'all'} questions), KL(base || model) per token and perplexity "
         "on the base LLM's greedy continuations (`retention_lm`); attention shift = 1 - pearson(LAWS_before, "
-        "LAWS_after) (the base LLM sees no image, so its value is 2 by construction).", "",
+        "LAWS_after), n/a for the base LLM, which sees no image (WINGS.md).", "",
     ]  # fmt: skip
+    if spread:
+        lines += ["WINGS against each baseline, difference of the means against the sum of the seed standard "
+                  "deviations:", ""]  # fmt: skip
+        for against, verdict in spread.items():
+            lines.append(f"- {against}: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))
+        lines.append("")
     for kind, prior in priors.items():
         if prior:
             lines += [f"{PRIOR_TEXT[kind][0].upper()}{PRIOR_TEXT[kind][1:]}: acc {100 * prior['acc']:.1f}, "
