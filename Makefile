@@ -39,7 +39,7 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# Prints the benchmark tables (README, "Benchmarks"); `make bench BENCH_ARGS=--quick` for a seconds-long check.
+# Prints the benchmark tables (docs/results/benchmarks.md); `make bench BENCH_ARGS=--quick` for a seconds-long check.
 bench: install
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

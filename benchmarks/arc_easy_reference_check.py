@@ -3,7 +3,7 @@
     python benchmarks/arc_easy_reference_check.py [--model smollm2-135m-instruct] [--limit N]
 
 Needs the `eval` and `demo` extras and ../shared/data (the ARC-Easy validation jsonl). Prints acc and
-acc_norm from both tools and their difference in points (the README records a full run).
+acc_norm from both tools and their difference in points (docs/evaluation.md records a full run).
 """
 
 from __future__ import annotations

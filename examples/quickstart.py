@@ -91,7 +91,7 @@ def main() -> None:
         _, again = generate(reloaded, reloaded_processor, conversation, [shapes_image()])
     print(f"4. saved and reloaded with AutoModelForImageTextToText: same answer: {torch.equal(again, cached)}")
     assert torch.equal(again, cached)
-    print("\nNext: train it (see README), or `.venv/bin/wings build --llm smollm2-135m-instruct "
+    print("\nNext: train it (see docs/training.md), or `.venv/bin/wings build --llm smollm2-135m-instruct "
           "--vision siglip-scratch-64 --out runs/wings-init`.")
 
 

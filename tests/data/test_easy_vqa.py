@@ -72,29 +72,24 @@ def test_the_real_easy_vqa_package(tmp_path):
     assert report.problems == [] and report.assistant_turns == 9673
 
 
-def test_align_set_describes_each_image_and_adds_as_many_yes_no_questions(tmp_path):
+def test_align_set_has_every_colour_question_half_the_shapes_and_as_many_yes_no(tmp_path):
     from wings.data.easy_vqa import _conversation, write_align_set
 
     records = [
         _conversation("a", "images/train/0.png", [("what color is the shape?", "red"), ("is it blue?", "no"),
                                                    ("what is the red shape?", "circle"), ("is it red?", "yes")]),
-        _conversation("b", "images/train/1.png", [("what shape is in the image?", "triangle")]),  # no colour: left out
+        _conversation("b", "images/train/1.png", [("what shape is in the image?", "triangle")]),
         _conversation("c", "images/train/2.png", [("what is the color of the shape?", "teal"),
-                                                   ("what shape is this?", "triangle"), ("is there a square?", "no")]),
+                                                   ("what shape is this?", "triangle"), ("is there a square?", "no"),
+                                                   ("does the image contain a circle?", "no")]),
     ]  # fmt: skip
     (tmp_path / "train.json").write_text(json.dumps(records))
-    assert write_align_set(tmp_path, seed=0) == {"descriptions": 2, "yes_no_questions": 2}
+    assert write_align_set(tmp_path, seed=0) == {"colour": 2, "shape": 1, "yes/no": 3}
     align = read_conversations(tmp_path / "align.json")
-    described = sorted(c.images[0].rsplit("/", 1)[-1] for c in align if len(c.messages) == 4)
-    pairs = sorted([m.content for m in c.messages] for c in align if len(c.messages) == 4)
-    assert pairs == [
-        ["<image>\nwhat color is the shape?", "red", "what is the red shape?", "circle"],
-        ["<image>\nwhat is the color of the shape?", "teal", "what shape is this?", "triangle"],
-    ]
-    singles = [c for c in align if len(c.messages) == 2]
-    assert len(singles) == 2 and all(c.messages[1].content in ("yes", "no") for c in singles)
-    assert all(c.messages[0].content.startswith("<image>\n") for c in align) and described == ["0.png", "2.png"]
-    # a fixed seed gives the same file
+    assert all(len(c.messages) == 2 and c.messages[0].content.startswith("<image>\n") for c in align)
+    answers = sorted(c.messages[1].content for c in align)
+    assert answers.count("yes") + answers.count("no") == 3 and {"red", "teal"} <= set(answers)
+    assert len({"circle", "triangle"} & set(answers)) == 1  # half of the three shape questions, rounded down
     first = (tmp_path / "align.json").read_text()
-    write_align_set(tmp_path, seed=0)
+    write_align_set(tmp_path, seed=0)  # a fixed seed gives the same file
     assert (tmp_path / "align.json").read_text() == first

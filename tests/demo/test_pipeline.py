@@ -56,7 +56,7 @@ def test_writes_report_results_and_plots(finished):
     results = json.loads((out / "results.json").read_text())
     assert list(results["summary"]) == ["base LLM", "WINGS", "LLaVA", "LLaVA (WINGS LR)", "visual learner only"]
     for row in results["summary"].values():
-        assert set(row) >= {"easy-vqa acc", "yes/no", "open", "image swap", "retention MC acc", "KL from base",
+        assert set(row) >= {"easy-vqa acc", "yes/no", "open", "image swap", "image swap, open", "retention MC acc", "KL from base",
                             "perplexity", "attention shift"}  # fmt: skip
         accuracy, low, high = row["easy-vqa acc"]  # with its 95% interval
         assert 0 <= low <= accuracy <= high <= 1

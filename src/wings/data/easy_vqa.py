@@ -119,28 +119,28 @@ def _conversation(record_id: str, image: str, pairs: list[tuple[str, str]]) -> d
 
 
 def write_align_set(data_dir: str | os.PathLike, seed: int = 0, name: str = "align.json") -> dict[str, int]:
-    """Stage 1's data, from the training questions written by `convert_easy_vqa`: per image one description
-    (its colour question, then its shape question, in one conversation: what a caption says), and as many
-    single yes/no questions drawn at random. Stage 1 is the alignment stage (WINGS.md trains it on image-caption
-    pairs); in easy-vqa's own mix three questions in four are yes/no, whose question text alone predicts 85% of
-    the answers, so a stage trained on that mix sees few colour and shape answers. Returns the counts written."""
+    """Stage 1's data, one question per conversation, from the training questions written by `convert_easy_vqa`:
+    every colour question, half of the shape questions (a seeded half) and as many yes/no questions as those two
+    together. Stage 1 is the alignment stage (WINGS.md trains it on image-caption pairs: what the image shows). In
+    easy-vqa's own mix three questions in four are yes/no, whose question text alone predicts 85% of the answers,
+    so a stage trained on it sees few colour and shape answers; shape is learnt from far fewer than colour
+    (measured: docs/results/demo.md). Returns the counts written."""
     folder = Path(data_dir)
     records = json.loads((folder / "train.json").read_text(encoding="utf-8"))
-    colour, shape, yes_no = {}, {}, []
+    kinds: dict[str, list[tuple[str, str, str]]] = {"colour": [], "shape": [], "yes/no": []}
     for record in records:
         turns = record["conversations"]
         for position in range(0, len(turns) - 1, 2):
             question = turns[position]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
             answer = turns[position + 1]["value"]
-            if question_type(answer) == "yes/no":
-                yes_no.append((record["image"], question, answer))
-            else:
-                (colour if "colo" in question else shape).setdefault(record["image"], (question, answer))
-    described = [image for image in colour if image in shape]
+            kind = "yes/no" if question_type(answer) == "yes/no" else ("colour" if "colo" in question else "shape")
+            kinds[kind].append((record["image"], question, answer))
     shuffler = random.Random(seed)
-    chosen = shuffler.sample(yes_no, min(len(described), len(yes_no)))
-    align = [_conversation(f"align-{n}", image, [colour[image], shape[image]]) for n, image in enumerate(described)]
-    align += [_conversation(f"align-yes-no-{n}", image, [(question, answer)]) for n, (image, question, answer) in enumerate(chosen)]
+    chosen = {"colour": kinds["colour"], "shape": shuffler.sample(kinds["shape"], len(kinds["shape"]) // 2)}
+    opened = len(chosen["colour"]) + len(chosen["shape"])
+    chosen["yes/no"] = shuffler.sample(kinds["yes/no"], min(opened, len(kinds["yes/no"])))
+    align = [_conversation(f"align-{kind.replace('/', '-')}-{n}", image, [(question, answer)])
+             for kind, questions in chosen.items() for n, (image, question, answer) in enumerate(questions)]  # fmt: skip
     shuffler.shuffle(align)
     (folder / name).write_text(json.dumps(align, indent=1) + "\n", encoding="utf-8")
-    return {"descriptions": len(described), "yes_no_questions": len(chosen)}
+    return {kind: len(questions) for kind, questions in chosen.items()}

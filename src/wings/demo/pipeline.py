@@ -56,23 +56,27 @@ class DemoSettings:
     # EfficientNet-Lite0 pretrained on ImageNet, frozen: 112 px -> 16 visual tokens (`wings.model.vision_towers`)
     vision: str = "efficientnet-lite0-in1k"
     easy_vqa_source: Path | None = None  # easy-vqa's raw data folder (default: the installed package's)
-    # Questions per training conversation. Measured (README): at equal images, 2 per conversation scored lower than
-    # 1 and cost 25% more time; distinct images are what the from-scratch tower needs.
+    # Questions per training conversation. Measured (docs/results/demo.md): 2 per conversation scored lower than 1
+    # with both towers (the pretrained one: an image's colour answer then gave its shape question away).
     max_turns: int = 1
-    # Stage 1 on each image's description (colour and shape questions) and as many yes/no questions, as the paper
-    # aligns on captions; False: on easy-vqa's own mix (three yes/no questions in four).
+    # Stage 1 on what the images show (colour and shape questions) and as many yes/no questions, as the paper
+    # aligns on captions (`write_align_set`); False: on easy-vqa's own mix (three yes/no questions in four).
     align_on_descriptions: bool = True
+    # Stage 1 trains the learners' zero-initialised B at this multiple of their rate (LoRA+): measured, colour
+    # questions learn several times faster (docs/results/demo.md).
+    loraplus_lr_ratio: float = 10.0
     lorra_rank: int = 8
     router_init_visual_weight: float | None = None  # routers' initial w_v at tokens that see an image (None: config's)
     max_length: int = 64
     batch_size: int = 8
     # Stage 1 carries the visual learning (LLM frozen, ~2 s a step); stage 2 trains the LLM (~4 s a step).
-    align_steps: int = 100
+    align_steps: int = 250
     instruct_steps: int = 8
     save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
     wings_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in WINGS_RATES.items()})
     llava_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in LLAVA_RATES.items()})
     vqa_limit: int | None = 500  # easy-vqa test questions scored, a seeded sample (None: all 9,673)
+    swap_limit: int | None = 200  # of those, asked again about another image (the image-swap column)
     retention_limit: int | None = None  # retention_mc questions and retention_lm prompts (None: all)
     attention_samples: int = 8  # easy-vqa test conversations for the attention shift
     eval_batch_size: int = 64  # larger CPU matrix products: multiple choice ~1.4x faster than at 16
@@ -280,7 +284,7 @@ class DemoPipeline:
             "model": model,
             "data": {"datasets": [{"path": str(self.data_dir / data_file), "image_folder": str(self.data_dir)}],
                      "max_length": s.max_length},
-            "optim": {"learning_rates": dict(rates)},
+            "optim": {"learning_rates": dict(rates), "loraplus_lr_ratio": s.loraplus_lr_ratio if init_from is None else 1.0},
             "training": {"output_dir": str(self.out / folder), "max_steps": steps, "per_device_train_batch_size":
                          s.batch_size, "logging_steps": max(1, steps // 20), "save_steps": s.save_steps,
                          "save_total_limit": 1, "report_to": "none", "use_cpu": s.use_cpu, "seed": seed,
@@ -343,7 +347,8 @@ class DemoPipeline:
         s = self.settings
         base, models = self.load_models()
         common = dict(batch_size=s.eval_batch_size, vqa_max_new_tokens=4, progress=s.progress, cache_dir=s.eval_cache)
-        vqa = evaluate_models(models, base, EvalSettings([f"easyvqa:{self.data_dir}"], limit=s.vqa_limit, **common))
+        vqa = evaluate_models(models, base, EvalSettings([f"easyvqa:{self.data_dir}"], limit=s.vqa_limit,
+                                                         vqa_swap_limit=s.swap_limit, **common))  # fmt: skip
         _set_threads(s.threads)  # the load may have changed since the step began
         text = evaluate_models(models, base, EvalSettings(["retention"], limit=s.retention_limit, **common))
         results = dict(text)

@@ -16,6 +16,7 @@ COLUMNS = [
     ("yes/no", "easyvqa", "acc_yes_no", True),
     ("open", "easyvqa", "acc_open", True),
     ("image swap", "easyvqa", "image_swap_changed", True),
+    ("image swap, open", "easyvqa", "image_swap_changed_open", True),
     ("retention MC acc", "retention_mc", "acc", True),
     ("KL from base", "retention_lm", "kl", False),
     ("perplexity", "retention_lm", "perplexity", False),
@@ -261,8 +262,10 @@ def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, 
         "## Summary", "", *([f"**{short_run_note(s)}**", ""] if short_run_note(s) else []), table, "",
         BASE_FOOTNOTE, "",
         f"Accuracies in percent on {s.vqa_limit or 'all'} easy-vqa test questions (a seeded sample), with 95% "
-        "intervals in brackets; image swap: the share of answers that change when each question is asked about "
-        "another image of another shape and colour (a model that does not look scores 0); retention: "
+        "intervals in brackets; image swap: the share of answers that change when the question is asked about "
+        f"another image of another shape and colour (the first {s.swap_limit or 'all'} of those questions that have "
+        "such an image; a model that does not look scores 0), and among the open ones, whose right answer always "
+        "changes; retention: "
         f"`retention_mc` accuracy ({s.retention_limit or 'all'} questions), KL(base || model) per token and perplexity "
         "on the base LLM's greedy continuations (`retention_lm`); attention shift = 1 - pearson(LAWS_before, "
         "LAWS_after), n/a for the base LLM, which sees no image (WINGS.md).", "",

@@ -125,6 +125,7 @@ class EvalSettings:
     ppl_max_tokens: int | None = None  # `ppl:` tasks score only the first N tokens of the file
     vqa_max_new_tokens: int = 8  # open VQA answers are a word or two
     vqa_prompt_suffix: str | None = None  # appended to `vqa:` questions, e.g. "Answer with one word."
+    vqa_swap_limit: int | None = None  # easy-vqa's image-swap test on the first N scored questions (None: all)
     mc_mode: str | None = None  # visual multiple choice: "likelihood" or "letter" (default: letter for MMBench)
     progress: bool = True
     cache_dir: Path | None = None  # keeps the base LLM's scores and reference continuations between runs
@@ -247,7 +248,8 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
         if settings.limit:  # easy-vqa's file runs image by image: a seeded sample spreads the questions over images
             picked = sorted(random.Random(SEED).sample(range(len(every)), min(settings.limit, len(every))))
             questions = [every[index] for index in picked]
-        swapped = vqa.image_swapped(questions, every)  # the same questions about other images: does the model look?
+        # the same questions about other images: does the model look?
+        swapped = vqa.image_swapped(questions[: settings.vqa_swap_limit], every)
         folder = task.path if task.path is not None else settings.data_dir
         try:
             train = vqa.easy_vqa_train_answers(folder)
