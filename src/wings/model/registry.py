@@ -34,18 +34,21 @@ class RegisteredLLM:
 
     def gguf_dir(self) -> Path:
         """The directory holding the GGUF file; found without importing the package (its imports need extras)."""
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"LLM '{self.name}' needs the Python package '{self.package}', which is not installed; "
-                f"install it with: {self.install_command}"
-            )
-        directory = Path(next(iter(spec.submodule_search_locations)))
-        if not (directory / self.gguf_file).is_file():
-            raise FileNotFoundError(
-                f"LLM '{self.name}': {directory / self.gguf_file} is missing; reinstall with: {self.install_command}"
-            )
-        return directory
+        return package_file(self.package, self.gguf_file, f"LLM '{self.name}'", self.install_command).parent
+
+
+def package_file(package: str, relative: str, what: str, install_command: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package; a clear error naming
+    the install command when the package or the file is missing."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{what} needs the Python package '{package}', which is not installed; install it with: {install_command}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} is missing; reinstall with: {install_command}")
+    return path
 
 
 LLM_REGISTRY: dict[str, RegisteredLLM] = {

@@ -10,7 +10,6 @@ under `$WINGS_CACHE/towers/`; every later load reads that folder.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipVisionConfig
 
 from .efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteVisionModel, convert_reference_state_dict
-from .registry import cache_dir
+from .registry import cache_dir, package_file
 
 # Vision towers trained from scratch (stage 1 trains them): no pretrained encoder is needed offline.
 VISION_PRESETS: dict[str, dict[str, Any]] = {
@@ -51,16 +50,7 @@ class PretrainedTower:
     config: dict[str, Any] = field(default_factory=dict)  # EfficientNetLiteConfig fields
 
     def weights_path(self) -> Path:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"vision tower '{self.name}' needs the Python package '{self.package}', which is not installed; "
-                f"install it with: {self.install_command}"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / self.weights_file
-        if not path.is_file():
-            raise FileNotFoundError(f"vision tower '{self.name}': {path} is missing; reinstall with: {self.install_command}")
-        return path
+        return package_file(self.package, self.weights_file, f"vision tower '{self.name}'", self.install_command)
 
 
 PRETRAINED_TOWERS: dict[str, PretrainedTower] = {
