@@ -7,7 +7,8 @@ from pathlib import Path
 
 from wings.threads import add_threads_argument
 
-from .builder import VISION_PRESETS, build_wings
+from .builder import build_wings
+from .vision_towers import tower_names
 from .configuration_wings import LEARNER_MODES
 from .modeling_wings import WingsForConditionalGeneration
 
@@ -56,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--llm", required=True, help="registry name (e.g. smollm2-135m-instruct), hub id or directory")
     parser.add_argument(
         "--vision", required=True,
-        help=f"SigLIP/CLIP hub id or directory, or a from-scratch preset: {', '.join(VISION_PRESETS)}",
+        help=f"SigLIP/CLIP hub id or directory, or a preset (pretrained or from scratch): {', '.join(tower_names())}.",
     )
     parser.add_argument("--learners", choices=LEARNER_MODES, default="wings",
                         help="wings: both learners + router; visual: visual learner alone; none: LLaVA baseline")

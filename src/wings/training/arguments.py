@@ -41,7 +41,8 @@ class ModelArguments:
 
     llm: str | None = option(None, "LLM to build on: registry name (smollm2-135m-instruct), hub id or directory")
     vision: str | None = option(
-        "siglip-scratch-64", "vision tower: SigLIP/CLIP hub id or directory, or a from-scratch preset"
+        "siglip-scratch-64", "vision tower: SigLIP/CLIP hub id or directory, or a preset: efficientnet-lite0-in1k "
+        "(pretrained, frozen), siglip-scratch-32 / -64 (trained in the first stage)"
     )
     init_from: str | None = option(None, "start from this earlier stage's output directory instead of llm/vision")
     lorra_rank: int = option(16, "rank of the learners' low-rank projections (the paper's 7B models use 64)")
