@@ -9,7 +9,8 @@ from wings.demo.report import BASE_FOOTNOTE, short_run_note
 def test_a_quick_run_says_it_checks_the_pipeline_not_the_method():
     note = short_run_note(DemoSettings.quick())
     assert note is not None and "checks that the pipeline runs end to end, not the method" in note
-    assert "12 + 2 steps" in note and "100 + 8" in note
+    default = DemoSettings.default()
+    assert "12 + 2 steps" in note and f"{default.align_steps} + {default.instruct_steps}" in note
     assert short_run_note(DemoSettings.default()) is None
 
 
