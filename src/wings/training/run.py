@@ -103,8 +103,9 @@ def save_final(trainer: WingsTrainer, output_dir: Path, metrics: dict[str, Any])
     """Write the final model beside the checkpoints; config.json and provenance.json land last, so a reader
     never sees a half-written model as complete."""
     staging = output_dir / ".final-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    if trainer.args.should_save:  # the writing process alone: another rank must never remove it under the writer
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))  # every rank calls it (ZeRO-3 gathers the weights); one writes
     if not trainer.args.should_save:
         return
     trainer.provenance["status"] = "complete"
