@@ -154,3 +154,12 @@ def test_demo_rejects_a_bad_thread_count_before_doing_anything(threads, tmp_path
         main(["demo", "--threads", threads, "--out", str(tmp_path / "demo")])
     assert raised.value.code == 2
     assert "--threads" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_demo_rejects_an_unknown_tower_before_doing_anything(tmp_path, capsys):
+    from wings.cli import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["demo", "--quick", "--vision", "efficientnet-typo", "--out", str(tmp_path / "demo")])
+    assert "--vision efficientnet-typo: not a preset (siglip-scratch-32" in str(raised.value.code)
+    assert not (tmp_path / "demo").exists()

@@ -45,6 +45,11 @@ def run_demo(args: argparse.Namespace) -> int:
         raise SystemExit(f"wings demo: --seeds must be at least 1, got {args.seeds}.")
     overrides: dict = {"ablations": args.ablations, "progress": not args.no_progress, "seeds": args.seeds}
     if args.vision is not None:
+        from wings.model.vision_towers import tower_names
+
+        if args.vision not in tower_names() and not Path(args.vision).expanduser().is_dir():  # before any step runs
+            raise SystemExit(f"wings demo: --vision {args.vision}: not a preset ({', '.join(tower_names())}) and no "
+                             "such folder.")  # fmt: skip
         overrides["vision"] = args.vision
         if args.out is None:  # another tower's models must not be mistaken for the default run's finished steps
             overrides["out"] = Path(f"runs/demo{'-quick' if args.quick else ''}-{Path(args.vision).name}")
