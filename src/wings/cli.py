@@ -24,7 +24,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("generate", "wings.serving.batch", "answer a file of conversations in batches (resumable)"),
     ("serve", "wings.serving.serve", "serve a WINGS model over an OpenAI-compatible HTTP API"),
     ("analyze", "wings.analysis.cli", "attention-shift analysis: LAWS curves per layer and the shift/score plot"),
-    ("iit", "wings.analysis.iit_cli", "build the Interleaved Image-Text (IIT) benchmark"),
+    ("iit", "wings.evaluation.iit_cli", "build the Interleaved Image-Text (IIT) benchmark"),
     ("demo", "wings.demo.cli", "train WINGS and the LLaVA-style baseline on easy-vqa, evaluate, write a report"),
 ]
 EPILOG = "`wings COMMAND --help` for a command's options. Computing commands take --threads N (default: measured)."

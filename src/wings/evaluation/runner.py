@@ -211,7 +211,7 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
             if priors is not None:
                 baselines[task.name] = priors
         elif task.kind == "iit":
-            from wings.analysis.iit import evaluate_iit
+            from wings.evaluation.iit import evaluate_iit
 
             for entry in everyone:
                 seed_everything()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from wings.analysis.iit import (
+from wings.evaluation.iit import (
     CONFIGURATIONS,
     build_iit,
     dialogue_context,

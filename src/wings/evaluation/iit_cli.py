@@ -1,7 +1,7 @@
 """`wings iit build`: the Interleaved Image-Text benchmark file.
 
     wings iit build --text arc_easy mmlu --visual vqa_mc.jsonl --data-dir ../shared/data --out runs/iit.jsonl
-    # scoring: wings.analysis.iit.evaluate_iit (the hook for `wings eval --tasks iit:FILE`)
+    # scoring: wings.evaluation.iit.evaluate_iit (the hook for `wings eval --tasks iit:FILE`)
 
 Text sources are evaluation tasks (names, `mc:FILE.jsonl`); visual sources are JSONL files of
 {"image", "question", "choices", "answer"} (optionally prefixed `vmc:`). Earlier turns are chosen by TF-IDF
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wings.analysis.iit import CONFIGURATIONS, build_iit, load_sources, write_iit
+from wings.evaluation.iit import CONFIGURATIONS, build_iit, load_sources, write_iit
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from wings.data.formats import IMAGE_PLACEHOLDER
+
 CONFIGURATIONS: tuple[str, ...] = ("T", "T,T", "T,T,T", "T,T,V", "T,V", "V")
-IMAGE_PLACEHOLDER = "<image>"
 TURN_DELIMITER = "\n\n"
 Embedder = Callable[[list[str]], np.ndarray]
 
