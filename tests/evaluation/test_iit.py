@@ -1,4 +1,5 @@
-"""The IIT builder: configurations, determinism, no repeated scored question; and IIT scoring."""
+"""The IIT builder: configurations, the same final questions where configurations end alike, determinism, no
+repeated scored question; and IIT scoring, through the chat template where the tokenizer has one."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from transformers import AutoModelForCausalLM
 from wings.evaluation.iit import (
     CONFIGURATIONS,
     build_iit,
-    dialogue_context,
     evaluate_iit,
     load_sources,
+    plain_dialogue_text,
     read_iit,
+    render_dialogue,
     write_iit,
 )
 from wings.cli import main
+from tests.data.chat_tokenizers import build_tokenizer
 from tests.model.tiny import text_config
 
 TOPICS = ["the sky", "a cat", "the sea", "a dog", "the sun", "a fox", "the moon", "a bird"]
@@ -65,6 +68,20 @@ def test_no_dialogue_repeats_its_scored_question_and_earlier_turns_are_similar(s
     assert topic in dialogue["turns"][0]["prompt"]
 
 
+def test_configurations_ending_alike_score_the_same_final_questions(sources):
+    text, visual = sources
+    dialogues = build_iit(text, visual, per_config=5, seed=3)  # 5 of 16 text and 5 of 8 visual questions
+    for final in ("T", "V"):
+        ending = [c for c in CONFIGURATIONS if c.endswith(final)]
+        scored = {config: [(d["id"][-4:], d["turns"][-1]["source_id"]) for d in dialogues if d["config"] == config]
+                  for config in ending}  # fmt: skip
+        assert len(ending) == 3 and len(scored[ending[0]]) == 5
+        assert all(scored[config] == scored[ending[0]] for config in ending), scored  # same questions, same rows
+    # Building fewer configurations changes none of them.
+    alone = build_iit(text, visual, per_config=5, seed=3, configurations=["T,T,V"])
+    assert alone == [d for d in dialogues if d["config"] == "T,T,V"]
+
+
 def test_builder_is_deterministic_with_a_seed(sources, tmp_path):
     text, visual = sources
     first = write_iit(build_iit(text, visual, per_config=4, seed=7), tmp_path / "a.jsonl").read_text()
@@ -92,7 +109,7 @@ def test_iit_cli_and_scoring(sources, tmp_path, tiny_tokenizer):
                  "--out", str(out), "--per-config", "2", "--seed", "1"]) == 0  # fmt: skip
     dialogues = read_iit(out)
     assert len(dialogues) == 12
-    context, images = dialogue_context(dialogues[2], with_images=False)  # (T,T): one answered turn, then the question
+    context, images = plain_dialogue_text(dialogues[2], with_images=False)  # (T,T): one answered turn, then the question
     first, last = dialogues[2]["turns"]
     assert context == f"{first['prompt']} {first['choices'][first['answer']]}\n\n{last['prompt']}" and images == []
 
@@ -104,12 +121,14 @@ def test_iit_cli_and_scoring(sources, tmp_path, tiny_tokenizer):
     assert list(result["configs"]) == list(CONFIGURATIONS)
     assert all(c["num_samples"] == 2 for c in result["configs"].values())
     assert result["num_samples"] == 12 and not result["images_seen"]
+    assert result["chat_template"] is False  # the tiny tokenizer has none: plain text
     accuracies = [c["acc"] for c in result["configs"].values()]
     assert result["acc"] == pytest.approx(sum(accuracies) / 6)
     assert all(a in (0.0, 0.5, 1.0) for a in accuracies)
 
 
-def test_iit_scoring_shows_the_image_to_a_wings_model(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-template"])
+def test_iit_scoring_shows_the_image_to_a_wings_model(tmp_path, tiny_tokenizer, chat):
     from PIL import Image
     from transformers import LlamaConfig
 
@@ -118,16 +137,78 @@ def test_iit_scoring_shows_the_image_to_a_wings_model(tmp_path, tiny_tokenizer):
     from wings.model.processing_wings import WingsProcessor
 
     torch.manual_seed(0)
-    config = WingsConfig(text_config=LlamaConfig(**{**COMMON, "vocab_size": 400}), vision_config=vision_config())
+    config = WingsConfig(text_config=LlamaConfig(**{**COMMON, "vocab_size": 512}), vision_config=vision_config())
     model = WingsForConditionalGeneration(config).eval()
-    processor = WingsProcessor.from_model_config(copy.deepcopy(tiny_tokenizer), config)  # it adds <image>
+    tokenizer = build_tokenizer("chatml") if chat else copy.deepcopy(tiny_tokenizer)
+    processor = WingsProcessor.from_model_config(tokenizer, config)  # it adds <image>
     Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "red.png")
     turns = [{"modality": "T", "prompt": "Question: what colour is the sky?\nAnswer:", "choices": ["blue", "red"],
               "answer": 0, "image": None},
              {"modality": "V", "prompt": "Question: what colour is this?\nAnswer:", "choices": ["blue", "red"],
               "answer": 1, "image": str(tmp_path / "red.png")}]  # fmt: skip
     path = write_iit([{"id": "x", "config": "T,V", "turns": turns}], tmp_path / "iit.jsonl")
-    context, images = dialogue_context(read_iit(path)[0], with_images=True)
-    assert images == [str(tmp_path / "red.png")] and "<image>\nQuestion: what colour is this?" in context
+    rendered = render_dialogue(read_iit(path)[0], processor, with_images=True)
+    assert rendered.images == [str(tmp_path / "red.png")] and rendered.chat_template == chat
+    if chat:
+        assert "<|im_start|>user\n<image>\nQuestion: what colour is this?<|im_end|>\n<|im_start|>assistant\n" in (
+            rendered.context)  # fmt: skip
+    else:
+        assert rendered.context.endswith("blue\n\n<image>\nQuestion: what colour is this?\nAnswer:")
+    seen: list[list[int]] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
+                                    with_kwargs=True)  # fmt: skip
     result = evaluate_iit(model, processor, path)
-    assert result["images_seen"] and result["configs"]["T,V"]["num_samples"] == 1
+    assert result["images_seen"] and result["configs"]["T,V"]["num_samples"] == 1 and result["chat_template"] == chat
+    assert len(seen) == 2 and all(ids.count(config.image_token_id) == config.image_seq_length for ids in seen)
+
+
+def two_turn_dialogue() -> dict:
+    turns = [{"modality": "T", "prompt": "Question: What colour is the sky?\nAnswer:", "choices": ["red", "blue"],
+              "answer": 1, "image": None},
+             {"modality": "T", "prompt": "Question: What colour is the sea?\nAnswer:", "choices": ["blue", "red"],
+              "answer": 0, "image": None}]  # fmt: skip
+    return {"id": "d", "config": "T,T", "turns": turns}
+
+
+def test_a_dialogue_is_rendered_through_the_chat_template():
+    tokenizer = build_tokenizer("chatml")
+    rendered = render_dialogue(two_turn_dialogue(), tokenizer, with_images=False)
+    assert rendered.chat_template and rendered.images == [] and rendered.target_delimiter == ""
+    assert rendered.context == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nQuestion: What colour is the sky?<|im_end|>\n"
+        "<|im_start|>assistant\nblue<|im_end|>\n"  # the earlier turn answered with its gold choice
+        "<|im_start|>user\nQuestion: What colour is the sea?<|im_end|>\n"
+        "<|im_start|>assistant\n"  # the scored choice follows as the assistant's answer
+    )
+    plain = render_dialogue(two_turn_dialogue(), _without_template(tokenizer), with_images=False)
+    assert not plain.chat_template and plain.target_delimiter == " "
+    assert plain.context == ("Question: What colour is the sky?\nAnswer: blue\n\n"
+                             "Question: What colour is the sea?\nAnswer:")  # fmt: skip
+
+
+def _without_template(tokenizer):
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+@pytest.mark.parametrize("style", ["chatml", "llama3"])
+def test_scoring_reads_the_templated_dialogue_and_scores_each_choice_as_the_answer(style, tmp_path):
+    tokenizer = build_tokenizer(style)
+    path = write_iit([two_turn_dialogue()], tmp_path / "iit.jsonl")
+    torch.manual_seed(0)
+    config = text_config("llama")
+    config.vocab_size = len(tokenizer)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    seen: list[list[int]] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
+                                    with_kwargs=True)  # fmt: skip
+    result = evaluate_iit(model, tokenizer, path)
+    assert result["chat_template"] is True and result["num_samples"] == 1
+    context = render_dialogue(two_turn_dialogue(), tokenizer, with_images=False).context
+    for inputs, choice in zip(seen, ["blue", "red"]):  # one forward per choice: the context, then the choice
+        expected = tokenizer.encode(context + choice, add_special_tokens=False)
+        assert inputs == expected[:-1]  # the last token is only a target
+        if style == "llama3":  # the template writes the BOS: exactly one
+            assert inputs[0] == tokenizer.bos_token_id and inputs.count(tokenizer.bos_token_id) == 1
