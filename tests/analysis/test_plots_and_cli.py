@@ -1,4 +1,5 @@
-"""Plots are written with their JSON; `wings analyze attention-shift` runs end to end on saved tiny LLMs."""
+"""Plots are written with their JSON; `wings analyze attention-shift` runs end to end on saved tiny LLMs and says
+what it left out."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from wings.analysis.cli import SampleText, sample_texts, shift_summary, tokenize_samples
 from wings.analysis.plots import plot_laws, plot_shift_vs_score
 from wings.cli import main
 from tests.model.tiny import text_config
@@ -50,28 +52,60 @@ def test_analyze_cli_end_to_end(tmp_path, tiny_tokenizer, capsys):
     data.write_text(
         json.dumps({"text": "Question: what colour is <image> the sky? Answer:", "image": "sky.png"}) + "\n"
         + json.dumps({"id": "cat", "text": "A cat sat on <image> the mat.", "image": "cat.png"}) + "\n"
+        + json.dumps({"id": "two", "text": "The sky <image> and the sea <image> are blue?",
+                      "image": ["sky.png", "sea.png"]}) + "\n"  # fmt: skip
     )
     out = tmp_path / "analysis"
     argv = ["analyze", "attention-shift", "--data", str(data), "--out", str(out), "--query-tokens", "after"]
     for name, score in zip(names, (0.5, 0.4, 0.3)):
         argv += ["--model", name, "--score", f"{name}={score}"]
-    assert main(argv) == 0
+    with pytest.warns(UserWarning, match="1 of 3 samples have several images"):
+        assert main(argv) == 0
     results = json.loads((out / "attention_shift.json").read_text())
     assert list(results["models"]) == names and results["query_tokens"] == "after"
     for result in results["models"].values():
-        assert result["num_samples"] == 2 and [s["id"] for s in result["samples"]] == ["0", "cat"]
+        assert result["num_samples"] == 3 and [s["id"] for s in result["samples"]] == ["0", "cat", "two"]
         assert result["laws"]["V_itself"] == [0.0, 0.0, 0.0]  # base LLMs get the text with the image removed
         assert result["attention_shift"] is None  # a base LLM sees no image: n/a, never 2
+        assert result["num_multi_image"] == 1 and result["samples"][2]["num_images"] == 2
     assert (out / "laws.png").is_file() and (out / "laws.json").is_file()
     # base LLMs have no attention shift: no scatter of shift against score, and the command says why
     assert not (out / "shift_vs_score.png").exists()
-    assert "needs two or more scored models that see images; 0 given" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.count("attention shift n/a (the model sees no image) over 3 samples; 1 with several images") == 3
+    assert "needs two or more scored models that see images; 0 given" in printed
 
 
-def test_analyze_cli_names_the_bad_sample(tmp_path, capsys):
+def test_the_summary_line_reports_what_was_left_out():
+    analysis = {"attention_shift": 0.25, "num_samples": 10, "num_undefined_shift": 2, "num_multi_image": 0}
+    assert shift_summary(analysis) == ("attention shift 0.2500 over 8 of 10 samples; 2 left out (a constant LAWS "
+                                       "curve: no correlation)")  # fmt: skip
+    analysis = {"attention_shift": None, "num_samples": 4, "num_undefined_shift": 0, "num_multi_image": 0}
+    assert shift_summary(analysis) == "attention shift n/a (the model sees no image) over 4 samples"
+
+
+def test_analyze_cli_names_the_bad_sample(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"text": "no image here", "image": "x.png"}) + "\n")
-    from wings.analysis.cli import sample_texts
-
-    with pytest.raises(ValueError, match="bad.jsonl sample 1: needs exactly one <image>"):
+    with pytest.raises(ValueError, match="bad.jsonl sample 1: needs at least one <image> and one image per "):
         sample_texts(data, tokenizer=None)
+    data.write_text(json.dumps({"text": "two <image> and <image> here", "image": "x.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"\(found 2 placeholders, 1 images\)"):
+        sample_texts(data, tokenizer=None)
+    data.write_text(json.dumps({"text": "<image> only after", "image": "x.png"}) + "\n")
+    with pytest.raises(ValueError, match="needs text both before the first and after the last <image>"):
+        sample_texts(data, tokenizer=None)
+
+
+def test_samples_are_cut_at_every_image_and_tokenised_apart(tmp_path, tiny_tokenizer):
+    data = tmp_path / "two.jsonl"
+    data.write_text(json.dumps({"id": "s", "text": "The sky <image> and the sea <image> are blue?",
+                                "image": ["sky.png", "sea.png"]}) + "\n")  # fmt: skip
+    (text,) = sample_texts(data, tiny_tokenizer)
+    assert text == SampleText("s", ["The sky ", " and the sea ", " are blue?"],
+                              [str(tmp_path / "sky.png"), str(tmp_path / "sea.png")])  # fmt: skip
+    (sample,) = tokenize_samples([text], tiny_tokenizer)
+    assert sample.before_ids == tiny_tokenizer.encode("The sky ")
+    assert sample.between == [(tiny_tokenizer.encode(" and the sea ", add_special_tokens=False), text.images[1])]
+    assert sample.after_ids == tiny_tokenizer.encode(" are blue?", add_special_tokens=False)
+    assert sample.images == text.images

@@ -1,13 +1,27 @@
 """MLLM-Laws and the attention shift (WINGS.md, "Measuring forgetting and the attention shift").
 
 For a sample with text before the image (V_before), the image (V_itself) and text after it (V_after), per
-layer l:
+layer l of the LLM's own attention:
 
     a^l_{V*} = mean over heads of sum over query tokens i, key tokens j in V* of A^l[i, j]
 
-normalised so the three segments sum to 1 per layer (the LAWS curves), and
+LAWS_{V*} = [a^1_{V*}, ..., a^L_{V*}], and
 
-    AttentionShift = 1 - pearson(LAWS_{V_before}, LAWS_{V_after})      (averaged over samples)
+    AttentionShift = 1 - mean over samples of pearson_over_layers(LAWS_{V_before}, LAWS_{V_after})
+
+No per-layer normalisation (WINGS.md withdrew it): the curves are divided by the sample's number of query
+tokens only, a constant per sample that changes no correlation and puts samples of different lengths on one
+scale (for a one-image sample the three curves then sum to 1 at every layer). Samples whose before or after
+curve is constant have no correlation: they are left out of the mean and counted (`num_undefined_shift`).
+
+A model that does not see an image has no attention shift: without the image the two text segments sum to a
+constant per layer, which forces pearson = -1 (a "shift" of 2) under any normalisation. Its shift is None
+(n/a), never 2, and its samples are counted in `num_without_image`. Base LLMs get the same text with the image
+removed (V_before tokens then V_after tokens), so their curves can still be plotted beside the MLLMs'.
+
+Several images in one sample: V_before ends at the first image, V_after starts after the last one, every
+image is V_itself, and the text between images belongs to no segment (neither summed as keys nor as queries).
+Such samples are analysed with a warning and counted (`num_multi_image`).
 
 Query tokens: WINGS.md sums over *all* query tokens i, so that is the default (`QUERY_TOKENS = "all"`);
 `"after"` restricts i to the V_after tokens (the paper's figure reads the text after the image). The choice
@@ -19,14 +33,12 @@ channels (1 on the keys of one segment) so any kernel (SDPA, flash, eager) retur
 mass on each segment; we sum those channels over the chosen queries, layer by layer, and keep (layers, 3)
 numbers. It wraps whatever kernel the LLM runs, `wings_sdpa` included, so the WINGS router still gets its
 visual mass. (`_use_wings_attention` leaves names starting with `wings_` alone.)
-
-Base LLMs have no vision: they get the same text with the image removed (V_before tokens then V_after
-tokens), so their V_itself mass is 0 and their curves are still comparable to the MLLMs'.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,10 +84,12 @@ def query_mask(segments: torch.Tensor, query_tokens: str = QUERY_TOKENS) -> torc
 
 
 # ---------------------------------------------------------------------------------------------- metric
-def laws_curves(segment_sums: torch.Tensor) -> torch.Tensor:
-    """(layers, 3) raw segment masses -> the same normalised to sum to 1 per layer (the LAWS curves)."""
-    sums = segment_sums.double()
-    return sums / sums.sum(-1, keepdim=True).clamp_min(1e-30)
+def laws_curves(segment_sums: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """(layers, 3) raw segment masses -> the LAWS curves: the same per query token (no per-layer normalisation;
+    dividing by the sample's constant number of query tokens changes no correlation, WINGS.md)."""
+    if num_queries < 1:
+        raise ValueError("no query tokens to sum over (is the chosen segment empty?)")
+    return segment_sums.double() / num_queries
 
 
 def pearson(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor) -> float:
@@ -197,34 +211,40 @@ def recording_segment_mass(model: torch.nn.Module, recorder: SegmentRecorder) ->
         config._attn_implementation_internal = inner
 
 
-# ---------------------------------------------------------------------------------------------- samples
-@dataclass
-class AnalysisSample:
-    """One sample as token ids: the text before the image, the image, the text after it."""
+# ---------------------------------------------------------------------------------------------- one pass
+def sample_segments(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    before_length: int | None = None,
+    after_start: int | None = None,
+) -> torch.Tensor:
+    """(B, L) segment index per token of `input_ids` as `model` reads them.
 
-    before_ids: list[int]
-    after_ids: list[int]
-    image: Any = None  # a path / PIL image, or already-preprocessed pixel values (3, H, W)
-    id: str = ""
-
-
-def model_inputs(model: torch.nn.Module, sample: AnalysisSample, processor: Any = None) -> dict[str, torch.Tensor]:
-    """What `model` gets for `sample`: with vision, before + image tokens + after; without, before + after."""
-    config = getattr(model, "config", None)
-    vision = getattr(model, "vision_tower", None) is not None and sample.image is not None
-    ids = list(sample.before_ids)
-    inputs: dict[str, torch.Tensor] = {}
-    if vision:
-        ids += [config.image_token_id] * config.image_seq_length
-        pixels = sample.image
-        if not isinstance(pixels, torch.Tensor):
-            if processor is None:
-                raise ValueError(f"sample {sample.id!r}: an image path needs the model's WingsProcessor")
-            pixels = processor.preprocess_images([pixels])[0]
-        inputs["pixel_values"] = pixels[None].to(next(model.parameters()).dtype)
-    ids += list(sample.after_ids)
-    inputs["input_ids"] = torch.tensor([ids])
-    return inputs
+    Visual tokens are `config.image_token_id`; a model without vision needs `before_length` (the number of
+    V_before tokens) and, where images were removed from between text, `after_start` (where V_after starts;
+    default: right after V_before). Tokens in neither are in no segment.
+    """
+    image_token_id = getattr(model.config, "image_token_id", None)
+    if image_token_id is not None and getattr(model, "vision_tower", None) is not None:
+        is_visual = input_ids == image_token_id
+    else:
+        is_visual = torch.zeros_like(input_ids, dtype=torch.bool)
+    if is_visual.any():
+        return segment_ids(is_visual, attention_mask)
+    if before_length is None:  # no image in the sequence: split text by position
+        raise ValueError("a sample without an image needs before_length to tell V_before from V_after")
+    after_start = before_length if after_start is None else after_start
+    if attention_mask is not None:  # left padding: positions count real tokens only
+        positions = attention_mask.long().cumsum(-1) - 1
+    else:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape)
+    segments = torch.full_like(positions, OUTSIDE)
+    segments[positions < before_length] = BEFORE
+    segments[positions >= after_start] = AFTER
+    if attention_mask is not None:
+        segments[attention_mask == 0] = OUTSIDE
+    return segments
 
 
 @torch.no_grad()
@@ -235,27 +255,13 @@ def sample_segment_sums(
     attention_mask: torch.Tensor | None = None,
     query_tokens: str = QUERY_TOKENS,
     before_length: int | None = None,
+    after_start: int | None = None,
 ) -> torch.Tensor:
     """(layers, B, 3) attention mass per segment for a batch, from one forward pass with no KV cache.
 
-    Visual tokens are `config.image_token_id`; a model without vision needs `before_length` (the number of
-    V_before tokens; the rest are V_after).
+    Segments as `sample_segments` finds them (`before_length`, `after_start`: for a model without vision).
     """
-    image_token_id = getattr(model.config, "image_token_id", None)
-    if image_token_id is not None and getattr(model, "vision_tower", None) is not None:
-        is_visual = input_ids == image_token_id
-    else:
-        is_visual = torch.zeros_like(input_ids, dtype=torch.bool)
-    segments = segment_ids(is_visual, attention_mask)
-    if not is_visual.any():  # no image in the sequence: split text by position
-        if before_length is None:
-            raise ValueError("a sample without an image needs before_length to tell V_before from V_after")
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-        if attention_mask is not None:
-            positions = attention_mask.long().cumsum(-1) - 1
-        segments = torch.where(positions < before_length, BEFORE, AFTER)
-        if attention_mask is not None:
-            segments[attention_mask == 0] = OUTSIDE
+    segments = sample_segments(model, input_ids, attention_mask, before_length, after_start)
     device = next(model.parameters()).device
     recorder = SegmentRecorder(segments.to(device), query_mask(segments, query_tokens).to(device))
     kwargs: dict[str, Any] = {"input_ids": input_ids.to(device), "use_cache": False}
@@ -268,21 +274,67 @@ def sample_segment_sums(
     return recorder.stacked()
 
 
+# ---------------------------------------------------------------------------------------------- samples
+@dataclass
+class AnalysisSample:
+    """One sample as token ids: the text before the first image, the image, the text after the last image.
+
+    A sample with several images lists the rest in `between`: (text ids, image) pairs, in order after the
+    first image; that text belongs to no segment.
+    """
+
+    before_ids: list[int]
+    after_ids: list[int]
+    image: Any = None  # a path / PIL image, or already-preprocessed pixel values (3, H, W)
+    id: str = ""
+    between: list[tuple[list[int], Any]] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[Any]:
+        """Every image of the sample, in order."""
+        return ([self.image] if self.image is not None else []) + [image for _, image in self.between]
+
+
+def model_inputs(model: torch.nn.Module, sample: AnalysisSample, processor: Any = None) -> dict[str, torch.Tensor]:
+    """What `model` gets for `sample`: with vision, the text with each image's tokens in place; without, the
+    text alone (before, any text between images, after)."""
+    config = getattr(model, "config", None)
+    vision = getattr(model, "vision_tower", None) is not None and bool(sample.images)
+    image_tokens = [config.image_token_id] * config.image_seq_length if vision else []
+    ids = list(sample.before_ids) + image_tokens
+    for text_ids, _ in sample.between:
+        ids += list(text_ids) + image_tokens
+    ids += list(sample.after_ids)
+    inputs: dict[str, torch.Tensor] = {"input_ids": torch.tensor([ids])}
+    if vision:
+        if processor is None and not all(isinstance(image, torch.Tensor) for image in sample.images):
+            raise ValueError(f"sample {sample.id!r}: an image path needs the model's WingsProcessor")
+        pixels = [image if isinstance(image, torch.Tensor) else processor.preprocess_images([image])[0]
+                  for image in sample.images]  # fmt: skip
+        inputs["pixel_values"] = torch.stack(pixels).to(next(model.parameters()).dtype)  # (images, 3, H, W)
+    return inputs
+
+
 def analyze_sample(
     model: torch.nn.Module, sample: AnalysisSample, processor: Any = None, query_tokens: str = QUERY_TOKENS
 ) -> dict[str, Any]:
-    """LAWS curves (per segment, per layer) and the attention shift of one sample."""
+    """LAWS curves (per segment, per layer) and the attention shift of one sample.
+
+    The shift is None (n/a) when the model saw no image, NaN when a curve is constant over layers.
+    """
     inputs = model_inputs(model, sample, processor)
-    sums = sample_segment_sums(
-        model, inputs["input_ids"], inputs.get("pixel_values"), query_tokens=query_tokens,
-        before_length=len(sample.before_ids),
-    )[:, 0]  # fmt: skip
-    laws = laws_curves(sums)
+    between_length = sum(len(text_ids) for text_ids, _ in sample.between)
+    layout = {"before_length": len(sample.before_ids), "after_start": len(sample.before_ids) + between_length}
+    segments = sample_segments(model, inputs["input_ids"], **layout)
+    sums = sample_segment_sums(model, inputs["input_ids"], inputs.get("pixel_values"), query_tokens=query_tokens,
+                               **layout)[:, 0]  # fmt: skip
+    laws = laws_curves(sums, int(query_mask(segments, query_tokens).sum()))
     # Without an image the two text segments sum to a constant per layer, which forces pearson = -1: a model that
     # does not see the image has no attention shift (WINGS.md), reported as None (n/a), never as 2.
     saw_image = "pixel_values" in inputs
     return {
         "id": sample.id,
+        "num_images": len(sample.images),
         "laws": {name: laws[:, index].tolist() for index, name in enumerate(SEGMENTS)},
         "attention_shift": attention_shift(laws) if saw_image else None,
     }
@@ -294,9 +346,20 @@ def analyze_model(
     processor: Any = None,
     query_tokens: str = QUERY_TOKENS,
 ) -> dict[str, Any]:
-    """Mean LAWS curves and the attention shift averaged over samples (NaN shifts are left out and counted)."""
+    """Mean LAWS curves and the attention shift averaged over samples.
+
+    `attention_shift` is None (n/a) when the model saw no image in any sample; samples with a constant curve
+    are left out of the mean and counted in `num_undefined_shift` (NaN if no sample is left); samples with
+    several images are analysed with a warning and counted in `num_multi_image`.
+    """
     if not samples:
         raise ValueError("no samples to analyse")
+    multi_image = [sample.id for sample in samples if len(sample.images) > 1]
+    if multi_image:
+        shown = ", ".join(repr(sample_id) for sample_id in multi_image[:5]) + (", ..." if len(multi_image) > 5 else "")
+        warnings.warn(f"{len(multi_image)} of {len(samples)} samples have several images ({shown}): V_before ends at "
+                      "the first image, V_after starts after the last, and the text between images belongs to no "
+                      "segment", stacklevel=2)  # fmt: skip
     per_sample = [analyze_sample(model, sample, processor, query_tokens) for sample in samples]
     seen = [s["attention_shift"] for s in per_sample if s["attention_shift"] is not None]
     shifts = [shift for shift in seen if not math.isnan(shift)]
@@ -310,6 +373,7 @@ def analyze_model(
         "num_samples": len(per_sample),
         "num_undefined_shift": len(seen) - len(shifts),  # a constant curve: left out
         "num_without_image": len(per_sample) - len(seen),  # the model saw no image: no shift (n/a)
+        "num_multi_image": len(multi_image),  # text between images in no segment
         "query_tokens": query_tokens,
         "has_vision": getattr(model, "vision_tower", None) is not None,
         "samples": per_sample,

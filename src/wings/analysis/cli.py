@@ -6,10 +6,11 @@
         --out runs/analysis --eval-results runs/eval/results.json --score-task arc_easy
 
 `--data` is JSONL, one sample a line, either `{"text": "before <image> after", "image": "cat.jpg"}` (the
-text is used as written: put any chat template in it) or a LLaVA / messages conversation with one `<image>`
+text is used as written: put any chat template in it) or a LLaVA / messages conversation with `<image>`
 (rendered with the tokenizer's chat template when it has one). Images resolve against the file's folder.
 WINGS models and LLaVA-style baselines see before + image + after; base LLMs see before + after (the
-image removed), so their V_itself proportion is 0.
+image removed), so their V_itself curve is 0 and they have no attention shift (n/a, never 2). A sample with
+several images is analysed with a warning: the text between images belongs to no segment.
 
 Writes to --out: attention_shift.json (everything, per sample too), laws.png/.json, and, with scores for
 two or more models, shift_vs_score.png/.json (the paper's figure 2c).
@@ -19,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from wings.analysis.attention_shift import QUERY_CHOICES, QUERY_TOKENS, AnalysisSample, analyze_model
+from wings.analysis.plots import plot_laws, plot_shift_vs_score
+from wings.data.formats import IMAGE_PLACEHOLDER, normalize_record, resolve_image
+from wings.evaluation.runner import load_eval_model
+from wings.model.processing_wings import WingsProcessor
 from wings.threads import add_threads_argument
-
-IMAGE_PLACEHOLDER = "<image>"
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -71,10 +75,18 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def sample_texts(path: Path, tokenizer: Any, image_folder: Path | None = None) -> list[tuple[str, str, str, str]]:
-    """(id, text before, text after, image path) per sample; one `<image>` each, text on both sides."""
-    from wings.data.formats import normalize_record, resolve_image
+@dataclass(frozen=True)
+class SampleText:
+    """A sample's text cut at its image placeholders: `pieces` has one more entry than `images`."""
 
+    id: str
+    pieces: list[str]
+    images: list[str]
+
+
+def sample_texts(path: Path, tokenizer: Any, image_folder: Path | None = None) -> list[SampleText]:
+    """Each sample's text cut at its `<image>` placeholders, with its images; text before the first image and
+    after the last one is required (several images are allowed: the text between them is in no segment)."""
     folder = image_folder or path.parent
     out = []
     for index, record in enumerate(read_records(path)):
@@ -90,22 +102,26 @@ def sample_texts(path: Path, tokenizer: Any, image_folder: Path | None = None) -
                 text = tokenizer.apply_chat_template(messages, tokenize=False)
             else:
                 text = "\n".join(message["content"] for message in messages)
-        if text.count(IMAGE_PLACEHOLDER) != 1 or len(images) != 1:
-            raise ValueError(f"{where}: needs exactly one {IMAGE_PLACEHOLDER} and one image "
-                             f"(found {text.count(IMAGE_PLACEHOLDER)} placeholders, {len(images)} images)")  # fmt: skip
-        before, after = text.split(IMAGE_PLACEHOLDER)
-        if not before.strip() or not after.strip():
-            raise ValueError(f"{where}: the attention shift needs text both before and after {IMAGE_PLACEHOLDER}")
-        out.append((str(record.get("id", index)), before, after, images[0]))
+        placeholders = text.count(IMAGE_PLACEHOLDER)
+        if placeholders == 0 or placeholders != len(images):
+            raise ValueError(f"{where}: needs at least one {IMAGE_PLACEHOLDER} and one image per placeholder "
+                             f"(found {placeholders} placeholders, {len(images)} images)")  # fmt: skip
+        pieces = text.split(IMAGE_PLACEHOLDER)
+        if not pieces[0].strip() or not pieces[-1].strip():
+            raise ValueError(f"{where}: the attention shift needs text both before the first and after the last "
+                             f"{IMAGE_PLACEHOLDER}")  # fmt: skip
+        out.append(SampleText(str(record.get("id", index)), pieces, images))
     return out
 
 
-def tokenize_samples(texts: list[tuple[str, str, str, str]], tokenizer: Any) -> list[AnalysisSample]:
-    """Before and after are tokenised apart (the boundary is exact); BOS, if any, goes before the first part."""
-    return [
-        AnalysisSample(tokenizer.encode(before), tokenizer.encode(after, add_special_tokens=False), image, sample_id)
-        for sample_id, before, after, image in texts
-    ]
+def tokenize_samples(texts: list[SampleText], tokenizer: Any) -> list[AnalysisSample]:
+    """Pieces are tokenised apart (the boundaries are exact); BOS, if any, goes before the first piece."""
+    samples = []
+    for text in texts:
+        rest = [tokenizer.encode(piece, add_special_tokens=False) for piece in text.pieces[1:]]
+        between = list(zip(rest[:-1], text.images[1:]))
+        samples.append(AnalysisSample(tokenizer.encode(text.pieces[0]), rest[-1], text.images[0], text.id, between))
+    return samples
 
 
 def model_scores(args: argparse.Namespace) -> dict[str, float]:
@@ -133,8 +149,6 @@ def load_processor(entry: Any, name: str) -> Any:
     model = entry.model
     if getattr(model, "vision_tower", None) is None:
         return None
-    from wings.model.processing_wings import WingsProcessor
-
     path = Path(name)
     try:
         return WingsProcessor.from_pretrained(path)
@@ -143,11 +157,23 @@ def load_processor(entry: Any, name: str) -> Any:
                                                 image_processor_path=path if path.is_dir() else None)  # fmt: skip
 
 
+def shift_summary(analysis: dict[str, Any]) -> str:
+    """One line: the shift (n/a for a model that sees no image) and the samples it leaves out or warns about."""
+    shift, total = analysis["attention_shift"], analysis["num_samples"]
+    if shift is None:
+        line = f"attention shift n/a (the model sees no image) over {total} samples"
+    else:
+        used = total - analysis["num_undefined_shift"]
+        line = f"attention shift {shift:.4f} over {used} of {total} samples"
+        if analysis["num_undefined_shift"]:
+            line += f"; {analysis['num_undefined_shift']} left out (a constant LAWS curve: no correlation)"
+    if analysis.get("num_multi_image"):
+        line += f"; {analysis['num_multi_image']} with several images (text between them in no segment)"
+    return line
+
+
 def run_attention_shift(args: argparse.Namespace) -> int:
     """Analyse every model on the same samples; write JSON and plots."""
-    from wings.analysis.plots import plot_laws, plot_shift_vs_score
-    from wings.evaluation.runner import load_eval_model
-
     scores = model_scores(args)
     dtype = getattr(torch, args.dtype)
     results: dict[str, Any] = {"data": str(args.data), "query_tokens": args.query_tokens, "models": {}}
@@ -157,9 +183,7 @@ def run_attention_shift(args: argparse.Namespace) -> int:
         samples = tokenize_samples(texts, entry.tokenizer)
         analysis = analyze_model(entry.model, samples, load_processor(entry, name), args.query_tokens)
         results["models"][name] = analysis
-        shift = analysis["attention_shift"]
-        shown = "n/a (the model sees no image)" if shift is None else f"{shift:.4f}"
-        print(f"{name}: attention shift {shown} over {analysis['num_samples']} samples")
+        print(f"{name}: {shift_summary(analysis)}")
         del entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attention_shift.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -38,7 +38,7 @@ def _write_json(data: Any, path: Path) -> Path:
 
 
 def plot_laws(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path) -> tuple[Path, Path]:
-    """`curves[model][segment]` = per-layer attention proportion; writes PATH.png and PATH.json."""
+    """`curves[model][segment]` = per-layer attention mass per query token; writes PATH.png and PATH.json."""
     plt = _pyplot()
     path = Path(path).with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def plot_laws(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
         axis.set_title(f"{segment}: {SEGMENT_TITLES[segment]}")
         axis.set_xlabel("layer")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("attention proportion")
+    axes[0].set_ylabel("attention per query token")
     handles, labels = axes[0].get_legend_handles_labels()  # below the panels: never over a curve
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize="small", frameon=False)
     figure.tight_layout(rect=(0, 0.1, 1, 1))
