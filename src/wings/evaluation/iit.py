@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wings.data.formats import IMAGE_PLACEHOLDER
-from wings.evaluation.multiple_choice import encode_pair
+from wings.evaluation.multiple_choice import TARGET_DELIMITER, encode_pair  # " " after "Answer:", as lm-eval
 from wings.evaluation.tasks import get_task, load_generic_jsonl
 
 CONFIGURATIONS: tuple[str, ...] = ("T", "T,T", "T,T,T", "T,T,V", "T,V", "V")
@@ -242,7 +242,6 @@ def read_iit(path: str | Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------- rendering
 ANSWER_CUE = re.compile(r"\s*Answer:\s*$")  # the plain prompt's last line; in a dialogue the assistant turn is the cue
-PLAIN_TARGET_DELIMITER = " "  # between "Answer:" and the choice, as lm-evaluation-harness scores it
 
 
 @dataclass(frozen=True)
@@ -285,7 +284,7 @@ def plain_dialogue_text(dialogue: dict[str, Any], with_images: bool) -> tuple[st
             prompt = f"{IMAGE_PLACEHOLDER}\n{prompt}"
             images.append(turn["image"])
         if index < len(dialogue["turns"]) - 1:
-            prompt = f"{prompt}{PLAIN_TARGET_DELIMITER}{turn['choices'][turn['answer']]}"
+            prompt = f"{prompt}{TARGET_DELIMITER}{turn['choices'][turn['answer']]}"
         parts.append(prompt)
     return TURN_DELIMITER.join(parts), images
 
@@ -300,7 +299,7 @@ def render_dialogue(dialogue: dict[str, Any], encoder: Any, with_images: bool) -
     """Through the chat template when the tokenizer has one (WINGS.md: a real dialogue), else plain text."""
     if not has_chat_template(encoder):
         context, images = plain_dialogue_text(dialogue, with_images)
-        return RenderedDialogue(context, images, PLAIN_TARGET_DELIMITER, chat_template=False)
+        return RenderedDialogue(context, images, TARGET_DELIMITER, chat_template=False)
     messages, images = dialogue_messages(dialogue, with_images)
     if hasattr(encoder, "render"):  # a WingsProcessor: its own template, else its tokenizer's
         context = encoder.render(messages, add_generation_prompt=True)
