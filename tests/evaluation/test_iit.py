@@ -22,6 +22,7 @@ from wings.evaluation.iit import (
 )
 from wings.cli import main
 from tests.data.chat_tokenizers import build_tokenizer
+from tests.evaluation.conftest import shared_data
 from tests.model.tiny import text_config
 
 TOPICS = ["the sky", "a cat", "the sea", "a dog", "the sun", "a fox", "the moon", "a bird"]
@@ -80,6 +81,24 @@ def test_configurations_ending_alike_score_the_same_final_questions(sources):
     # Building fewer configurations changes none of them.
     alone = build_iit(text, visual, per_config=5, seed=3, configurations=["T,T,V"])
     assert alone == [d for d in dialogues if d["config"] == "T,T,V"]
+
+
+def test_build_from_the_real_arc_files(tmp_path, capsys):
+    data = shared_data()
+    visual = tmp_path / "visual.jsonl"
+    photo = data / "photos" / "000000039769.png"
+    visual.write_text("".join(json.dumps({"id": f"cats{n}", "image": str(photo), "question": question,
+                                          "choices": ["one", "two", "three"], "answer": "two"}) + "\n"
+                              for n, question in enumerate(["How many cats are there?", "How many remotes?"])))  # fmt: skip
+    out = tmp_path / "iit.jsonl"
+    assert main(["iit", "build", "--text", "arc_easy", "arc_challenge", "--visual", str(visual), "--data-dir",
+                 str(data), "--split", "validation", "--out", str(out), "--per-config", "3"]) == 0  # fmt: skip
+    assert "(T): 3, (T,T): 3, (T,T,T): 3, (T,T,V): 2, (T,V): 2, (V): 2" in capsys.readouterr().out
+    dialogues = read_iit(out)
+    final = {d["id"]: d["turns"][-1]["source_id"] for d in dialogues}
+    assert [final[f"iit-{c}-0002"] for c in ("T", "TT", "TTT")] == [final["iit-T-0002"]] * 3
+    assert {d["turns"][-1]["source"] for d in dialogues if d["config"] == "T"} <= {"arc_easy", "arc_challenge"}
+    assert all(t["similarity"] > 0 for d in dialogues for t in d["turns"][:-1] if t["modality"] == "T")
 
 
 def test_builder_is_deterministic_with_a_seed(sources, tmp_path):
