@@ -7,30 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from tests.demo.fake_easy_vqa import fake_easy_vqa
 from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
-from wings.demo.pipeline import DemoPipeline, DemoSettings, measured_threads, model_runs
-
-COLOURS = ["red", "green", "blue"]
-SHAPES = ["circle", "triangle"]
-
-
-def fake_easy_vqa(root: Path) -> Path:
-    """easy-vqa 1.0's raw layout: answers.txt, {train,test}/questions.json and images/<id>.png."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "answers.txt").write_text("\n".join(["yes", "no", *COLOURS, *SHAPES]) + "\n")
-    for split, count in (("train", 6), ("test", 3)):
-        (root / split / "images").mkdir(parents=True)
-        questions = []
-        for image_id in range(count):
-            colour = COLOURS[image_id % 3]
-            Image.new("RGB", (64, 64), colour).save(root / split / "images" / f"{image_id}.png")
-            shape = SHAPES[image_id % 2]
-            questions += [["what color is the shape?", colour, image_id], ["what shape is in the image?", shape, image_id],
-                          ["is there a circle?", "yes" if shape == "circle" else "no", image_id]]  # fmt: skip
-        (root / split / "questions.json").write_text(json.dumps(questions))
-    return root
+from wings.demo.pipeline import DemoPipeline
+from wings.demo.settings import DemoSettings, model_runs
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +84,6 @@ def test_seeds_give_mean_and_spread_per_model(tmp_path, tiny_llm_dir):  # noqa: 
     assert set(report["wings_differences_against_seed_spread"]) == {"LLaVA", "LLaVA (WINGS LR)"}
     report_md = (tmp_path / "demo" / "report.md").read_text()
     assert "| WINGS (2 seeds) |" in report_md and " ± " in report_md and "trained from scratch" in report_md
-
-
-def test_measured_threads_is_one_or_every_core():
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    assert measured_threads() in {1, cores}
-    assert measured_threads(limit=1) == 1
 
 
 def test_after_align_text_outputs_equal_the_base_llm(finished):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wings.demo.pipeline import DemoSettings
 from wings.demo.report import BASE_FOOTNOTE, short_run_note
+from wings.demo.settings import DemoSettings
 
 
 def test_a_quick_run_says_it_checks_the_pipeline_not_the_method():

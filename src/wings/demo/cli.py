@@ -39,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
 def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from wings.demo.pipeline import DemoPipeline, DemoSettings
+    from wings.demo.pipeline import DemoPipeline
+    from wings.demo.settings import DemoSettings
 
     if args.seeds < 1:
         raise SystemExit(f"wings demo: --seeds must be at least 1, got {args.seeds}.")

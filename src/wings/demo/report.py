@@ -5,10 +5,32 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from wings.demo.pipeline import DemoPipeline
+from wings.analysis.plots import plot_laws
+from wings.commands import (
+    wings_command,  # `.venv/bin/wings` when the environment is not activated
+)
+from wings.demo.plots import plot_forgetting, plot_training_curves
+from wings.demo.settings import (
+    SEED_TAG,
+    DemoSettings,
+    ModelRun,
+    model_runs,
+    settings_dict,
+)
+from wings.model.vision_towers import is_scratch_preset
+
+
+class FinishedRun(Protocol):
+    """What the report reads of a finished pipeline run (`wings.demo.pipeline.DemoPipeline`)."""
+
+    settings: DemoSettings
+    out: Path
+    data_dir: Path
+    timings: dict[str, float]  # seconds per step
+    threads: dict[str, int]  # intra-op threads per step run this time
+    skipped: list[str]  # steps done before, not run this time
 
 # (column, task, metric, higher is better)
 COLUMNS = [
@@ -54,8 +76,6 @@ def value_of(cell: Any) -> float | None:
 
 def seed_groups(rows: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     """Model names by model, the seed tag removed: {"WINGS": ["WINGS", "WINGS [seed 1]", ...]}."""
-    from wings.demo.pipeline import SEED_TAG
-
     groups: dict[str, list[str]] = {}
     for name in rows:
         groups.setdefault(name.split(SEED_TAG)[0], []).append(name)
@@ -143,12 +163,8 @@ def retention_verdicts(rows: dict[str, dict[str, float | None]], model: str, aga
     return verdicts
 
 
-def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
+def write_demo_report(pipeline: FinishedRun) -> dict[str, Any]:
     """Write results.json, report.md and the plots under the demo folder; print the summary; return the numbers."""
-    from wings.analysis.plots import plot_laws
-    from wings.demo.pipeline import model_runs, settings_dict
-    from wings.demo.plots import plot_forgetting, plot_training_curves
-
     out = pipeline.out
     results = json.loads((out / "eval" / "results.json").read_text())
     analysis = json.loads((out / "analysis" / "attention_shift.json").read_text())
@@ -210,10 +226,8 @@ def write_demo_report(pipeline: DemoPipeline) -> dict[str, Any]:
     return report
 
 
-def chat_command(pipeline: DemoPipeline) -> str:
+def chat_command(pipeline: FinishedRun) -> str:
     image = pipeline.data_dir / "images" / "test" / "0.png"
-    from wings.commands import wings_command  # `.venv/bin/wings` when the environment is not activated
-
     return f"{wings_command()} chat --model {pipeline.out / 'wings-instruct'} --image {image}"
 
 
@@ -234,10 +248,8 @@ BASE_FOOTNOTE = ("Base LLM row: the base LLM has no vision tower and sees the ea
                  "gives without an image, not how well it sees.")
 
 
-def short_run_note(settings: Any) -> str | None:
+def short_run_note(settings: DemoSettings) -> str | None:
     """For runs shorter than the default preset (`--quick`): what they check and what they cannot show."""
-    from wings.demo.pipeline import DemoSettings
-
     default = DemoSettings.default()
     if settings.align_steps >= default.align_steps and settings.instruct_steps >= default.instruct_steps:
         return None
@@ -247,10 +259,8 @@ def short_run_note(settings: Any) -> str | None:
             "prior and ties between models are expected; `wings demo` without --quick measures the method.")
 
 
-def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, identity: dict,
+def _markdown(pipeline: FinishedRun, table: str, priors: dict, verdicts: dict, identity: dict,
               spread: dict | None = None) -> str:  # fmt: skip
-    from wings.model.vision_towers import is_scratch_preset
-
     s = pipeline.settings
     tower = "trained from scratch in stage 1" if is_scratch_preset(s.vision) else "pretrained, frozen"
     seeds = f"; {s.seeds} seeds ({s.seed}..{s.seed + s.seeds - 1}), mean ± standard deviation" if s.seeds > 1 else ""
@@ -297,7 +307,5 @@ def _markdown(pipeline: DemoPipeline, table: str, priors: dict, verdicts: dict, 
     return "\n".join(lines)
 
 
-def model_runs_of(pipeline: DemoPipeline) -> list:
-    from wings.demo.pipeline import model_runs
-
+def model_runs_of(pipeline: FinishedRun) -> list[ModelRun]:
     return model_runs(pipeline.settings)

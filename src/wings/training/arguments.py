@@ -56,6 +56,9 @@ class ModelArguments:
     router_init_visual_weight: float | None = option(
         None, "w_v of routers created by this stage, where a token sees an image (default: the model config's)"
     )
+    vision_feature_layer: int | None = option(
+        None, "the tower's hidden state the projector reads (default: the tower's own, e.g. a CNN's head, -1)"
+    )
     image_preprocess: str = option("pad", "pad (to square with the mean colour) or resize")
     image_normalization: str = option(
         "tower", "pixel mean/std: tower (the tower's own; SigLIP 0.5/0.5) or data (per channel, from up to 1,000 "

@@ -42,6 +42,8 @@ def load_for_stage(config: TrainConfig, stage: Stage) -> tuple[WingsForCondition
     options = dict(attn_implementation=config.model.attn_implementation)
     if config.model.router_init_visual_weight is not None:
         options["router_init_visual_weight"] = config.model.router_init_visual_weight
+    if config.model.vision_feature_layer is not None and not config.model.init_from:  # a new model's choice
+        options["vision_feature_layer"] = config.model.vision_feature_layer
     if config.model.init_from:
         source = config.model.init_from
         if not Path(source, "config.json").is_file():

@@ -1,0 +1,259 @@
+"""What the demo's training stages teach on easy-vqa, by question kind (docs/results/demo.md).
+
+Trains one stage through the project's trainer (`wings.training.run.run_stage`, as `wings train` and `wings demo`
+do): by default the demo's stage 1 (`align`: SmolLM2-135M-Instruct frozen; the tower (`--vision`, default the
+pretrained EfficientNet-Lite0, frozen; a from-scratch preset is trained), projector and visual learners at the
+demo's rates), or with `--init-from` a stage 2 (`instruct`) from an earlier stage's output. Then it scores the first
+test questions by the answer the model ranks first among easy-vqa's 13 (teacher-forced: one forward pass, no
+generation), per kind: yes/no, colour, shape.
+
+    python -m experiments.easy_vqa_stage1 --data runs/demo/data/easy-vqa --train-file align.json \\
+        --loraplus-ratio 10 --steps 200 --eval-every 100                  # the demo's stage 1
+    python -m experiments.easy_vqa_stage1 --data DIR --steps 150 --eval-every 50   # on easy-vqa's own mix
+    python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --steps 100 \\
+        --rates '{"visual_learners": 1e-3, "textual_learners": 1e-3}'    # a stage 2 from the demo's stage 1
+    python -m experiments.easy_vqa_stage1 --data DIR --vision siglip-scratch-32 --kinds colour --loraplus-ratio 10 \\
+        --image-normalization data                                         # the from-scratch tower
+    python -m experiments.easy_vqa_stage1 --data DIR --vision siglip-scratch-32 --kinds colour --solid-images
+    python -m experiments.easy_vqa_stage1 --data DIR --caption-baseline   # the frozen base LLM on yes/no, given
+                                                                          # the true caption as text
+
+`--data` is a folder written by `wings data easy-vqa --max-turns 1` (`wings demo` writes one under
+runs/demo/data/easy-vqa). 1.2-3.5 s a stage-1 step on 2 cores (quiet / shared), about twice that in stage 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+
+from wings.data.easy_vqa import write_align_set
+from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
+from wings.model.processing_wings import WingsCollator
+from wings.model.registry import load_llm
+from wings.model.vision_towers import is_scratch_preset
+from wings.training.arguments import build_config
+from wings.training.run import run_stage
+
+KINDS = ("yes/no", "colour", "shape")
+LLM = "smollm2-135m-instruct"  # the demo's
+
+
+def question_kind(question: str, answer: str) -> str:
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "colour" if "color" in question else "shape"
+
+
+def solid_copy(data: Path, out: Path) -> Path:
+    """A copy of the data folder whose every image is filled with its shape's colour: the pixels farthest from
+    the background (the top-left pixel), median per channel. What the model could learn if finding the small
+    shape were free."""
+    shutil.copytree(data, out, ignore=shutil.ignore_patterns("images"), dirs_exist_ok=True)
+    for source in sorted((data / "images").rglob("*.png")):
+        pixels = np.asarray(Image.open(source).convert("RGB")).astype(int)
+        shape = np.abs(pixels - pixels[0, 0]).sum(-1) > 60
+        colour = np.median(pixels[shape], 0) if shape.any() else pixels[0, 0]
+        target = out / source.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.broadcast_to(colour.astype(np.uint8), pixels.shape).copy()).save(target)
+    return out
+
+
+def caption_baseline(data: Path, limit: int = 200, llm: str = LLM) -> dict[str, float]:
+    """The frozen base LLM on yes/no test questions, told the true caption first ("The image shows a red circle.")
+    and asked to answer yes or no: can it make the comparison a yes/no question needs, without any image?"""
+    model, tokenizer = load_llm(llm)
+    questions = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
+    captions: dict[str, dict[str, str]] = {}
+    for q in questions:
+        if q["type"] == "open":
+            captions.setdefault(q["image"], {})[question_kind(q["question"], q["answer"])] = q["answer"]
+    asked = [q for q in questions if q["type"] == "yes/no" and len(captions.get(q["image"], {})) == 2][:limit]
+    yes = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "Yes")]
+    no = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("no", "No")]
+    right, said_yes = 0, 0
+    with torch.no_grad():
+        for q in asked:
+            caption = captions[q["image"]]
+            prompt = f"The image shows a {caption['colour']} {caption['shape']}.\n{q['question']} Answer yes or no."
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)  # fmt: skip
+            logits = model(tokenizer(text, return_tensors="pt").input_ids).logits[0, -1]
+            answer = "yes" if logits[yes].max() > logits[no].max() else "no"
+            right += answer == q["answer"]
+            said_yes += answer == "yes"
+    return {"questions": len(asked), "accuracy": round(100 * right / len(asked), 1),
+            "answered yes": round(100 * said_yes / len(asked), 1)}  # fmt: skip
+
+
+class KindScorer:
+    """Scores a model on the first test questions by the answer it ranks first among easy-vqa's answers."""
+
+    def __init__(self, data: Path, limit: int) -> None:
+        self.data = data
+        self.answers = json.loads((data / "answers.json").read_text())["answers"]
+        lines = (data / "test_questions.jsonl").read_text().splitlines()[:limit]
+        self.questions = [json.loads(line) for line in lines]
+
+    @torch.no_grad()
+    def score(self, model: Any, processor: Any, chunk_size: int = 50) -> dict[str, float]:
+        """{kind: accuracy in percent} and "all"; the model is left in the mode it was in."""
+        training = model.training
+        model.eval()
+        first_token = torch.tensor([processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers])
+        right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+        for start in range(0, len(self.questions), chunk_size):
+            chunk = self.questions[start : start + chunk_size]
+            samples = [processor.encode_conversation([{"role": "user", "content": f"<image>\n{q['question']}"}],
+                                                     [str(self.data / q["image"])], add_generation_prompt=True)
+                       for q in chunk]  # fmt: skip
+            batch = WingsCollator(processor.pad_token_id, padding_side="left")(samples)
+            batch.pop("labels", None)
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
+            for question, choice in zip(chunk, ranked.tolist()):
+                right[question_kind(question["question"], question["answer"])].append(self.answers[choice] == question["answer"])
+        model.train(training)
+        scores = {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
+        scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
+        return scores
+
+
+class ScoreEvery(TrainerCallback):
+    """Scores the model being trained every `every` steps and once at the end, printing and keeping the scores (the
+    model as trained, in its stage's learner mode: stage 1 without the textual learner)."""
+
+    def __init__(self, scorer: KindScorer, every: int) -> None:
+        self.scorer, self.every = scorer, every
+        self.history: list[dict[str, Any]] = []
+        self.final: dict[str, float] = {}
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            scores = self.scorer.score(model, processing_class)
+            self.history.append({"step": state.global_step, **scores})
+            print(f"  step {state.global_step}: {scores}")
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self.final = self.scorer.score(model, processing_class)
+
+
+def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed: int) -> Path:
+    """The conversations of `train_file` whose question is of one of `kinds`, shuffled, written under `out`."""
+    every = json.loads((data / train_file).read_text())
+    records = [r for r in every if question_kind(r["conversations"][0]["value"], r["conversations"][1]["value"]) in kinds]
+    random.Random(seed).shuffle(records)
+    path = out / "train.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path) -> dict[str, Any]:
+    """The `wings train` configuration of the experiment's stage (the demo's settings unless a flag changes one)."""
+    stage = "instruct" if args.init_from else "align"
+    rates = dict(WINGS_RATES[stage]) | json.loads(args.rates or "{}")
+    if args.init_from:
+        model: dict[str, Any] = {"init_from": str(args.init_from)}
+    else:
+        scratch = is_scratch_preset(args.vision)
+        model = {"llm": args.llm, "vision": args.vision, "lorra_rank": args.lorra_rank, "train_vision_tower": scratch,
+                 "vision_feature_layer": args.feature_layer, "image_normalization": args.image_normalization}
+        if scratch:
+            rates.setdefault("vision_tower", SCRATCH_TOWER_RATE)
+    return {
+        "stage": stage,
+        "model": model,
+        "data": {"datasets": [{"path": str(train_path), "image_folder": str(image_folder)}], "max_length": 64},
+        "optim": {"learning_rates": rates, "loraplus_lr_ratio": args.loraplus_ratio},
+        "training": {"output_dir": str(args.out / "model"), "max_steps": args.steps, "per_device_train_batch_size":
+                     args.batch_size, "logging_steps": 20, "save_strategy": "no", "report_to": "none",
+                     "use_cpu": not torch.cuda.is_available(), "seed": args.seed, "disable_tqdm": True},
+    }  # fmt: skip
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="`wings data easy-vqa --max-turns 1` output")
+    parser.add_argument("--out", type=Path, default=Path("runs/easy-vqa-stage1"), help="scratch folder (replaced)")
+    parser.add_argument("--llm", default=LLM, help="LLM of a new model: registry name, hub id or directory")
+    parser.add_argument("--init-from", type=Path, help="train stage 2 (instruct) from this stage's output folder")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rates", help="learning rates by group, JSON, over the demo's rates for the stage "
+                        f"(stage 1 {WINGS_RATES['align']}, stage 2 {WINGS_RATES['instruct']})")  # fmt: skip
+    parser.add_argument("--loraplus-ratio", type=float, default=1.0, help="the learners' B projections' multiple")
+    parser.add_argument("--lorra-rank", type=int, default=8, help="rank of a new model's learners (the demo's)")
+    parser.add_argument("--image-normalization", choices=("tower", "data"), default="tower")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="question kinds trained on (comma-separated)")
+    parser.add_argument("--solid-images", action="store_true", help="fill each image with its shape's colour")
+    parser.add_argument("--caption-baseline", action="store_true", help="score the base LLM on yes/no questions, "
+                        "given the true caption as text; no training")  # fmt: skip
+    parser.add_argument("--test-questions", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision", default="efficientnet-lite0-in1k",
+                        help="tower preset (a from-scratch one is trained, a pretrained one frozen)")
+    parser.add_argument("--feature-layer", type=int, help="the tower's hidden state read by the projector")
+    parser.add_argument("--train-file", default="train.json",
+                        help="training conversations in --data: train.json (easy-vqa's mix) or align.json (the "
+                             "demo's stage-1 set, `write_align_set`)")
+    args = parser.parse_args(argv)
+    needed = ("train.json", "test_questions.jsonl", "answers.json")
+    missing = [name for name in needed if not (args.data / name).is_file()]
+    if missing:
+        parser.error(f"--data {args.data} has no {', '.join(missing)}: write it with "
+                     f"`wings data easy-vqa --out {args.data} --max-turns 1`")  # fmt: skip
+    unknown = set(args.kinds.split(",")) - set(KINDS)
+    if unknown:
+        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if args.steps < 1 or args.batch_size < 1 or args.loraplus_ratio <= 0:
+        parser.error("--steps and --batch-size must be at least 1, --loraplus-ratio positive")
+    if args.init_from is not None and not (args.init_from / "config.json").is_file():
+        parser.error(f"--init-from {args.init_from} holds no model (config.json)")
+    try:
+        rates = json.loads(args.rates or "{}")
+    except json.JSONDecodeError as error:
+        parser.error(f"--rates is not JSON ({error}); e.g. '{{\"visual_learners\": 1e-3}}'")
+    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) for v in rates.values()):
+        parser.error("--rates must map group names to numbers, e.g. '{\"visual_learners\": 1e-3}'")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_arguments(argv)
+    if args.caption_baseline:
+        result = caption_baseline(args.data, args.test_questions, args.llm)
+        print(f"base LLM, true caption as text, yes/no questions: {result}")
+        return result
+    shutil.rmtree(args.out, ignore_errors=True)  # a scratch folder: a finished model there would be reused
+    args.out.mkdir(parents=True)
+    data = solid_copy(args.data, args.out / "solid") if args.solid_images else args.data
+    if args.train_file == "align.json" and not (data / "align.json").is_file():
+        write_align_set(data, seed=args.seed)
+    train_path = training_file(data, args.train_file, set(args.kinds.split(",")), args.out, args.seed)
+    scorer = KindScorer(data, args.test_questions)
+    every = ScoreEvery(scorer, args.eval_every)
+    config = build_config(stage_config(args, train_path, data), "experiments.easy_vqa_stage1")
+    run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
+    final = every.final
+    stage = "stage 2 from " + str(args.init_from) if args.init_from else "stage 1"
+    print(f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
+          f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''} "
+          f"| {json.dumps(final)} |")  # fmt: skip
+    result = {"scores": final, "history": every.history, "learning_rates": config.optim.learning_rates}
+    (args.out / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

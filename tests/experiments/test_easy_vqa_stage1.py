@@ -1,0 +1,81 @@
+"""The easy-vqa stage experiment: it trains through the project's trainer and scores by question kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.easy_vqa_stage1 import KINDS, main, parse_arguments, question_kind
+from tests.demo.fake_easy_vqa import fake_easy_vqa
+from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
+from wings.data.easy_vqa import convert_easy_vqa
+
+
+@pytest.fixture(scope="module")
+def easy_vqa(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("easy-vqa")
+    convert_easy_vqa(data, fake_easy_vqa(tmp_path_factory.mktemp("raw")), max_turns=1)
+    return data
+
+
+def test_question_kinds():
+    assert question_kind("is there a circle?", "yes") == "yes/no"
+    assert question_kind("what color is the shape?", "red") == "colour"
+    assert question_kind("what shape is in the image?", "circle") == "shape"
+
+
+def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
+    out = tmp_path / "stage1"
+    result = main(["--data", str(easy_vqa), "--out", str(out), "--llm", str(tiny_llm_dir), "--steps", "2",
+                   "--batch-size", "2", "--eval-every", "1", "--test-questions", "9", "--train-file", "align.json",
+                   "--loraplus-ratio", "10", "--lorra-rank", "4"])  # fmt: skip
+    assert set(result["scores"]) == {*KINDS, "all"}
+    assert all(0 <= value <= 100 for value in result["scores"].values())
+    assert [entry["step"] for entry in result["history"]] == [1]  # every step before the last; the last is final
+    provenance = json.loads((out / "model" / "provenance.json").read_text())  # written by wings.training.run
+    assert provenance["status"] == "complete" and provenance["stage"] == "align"
+    assert provenance["learning_rates"] == {"projector": 1e-3, "visual_learners": 1e-3}  # the demo's stage 1
+    assert json.loads((out / "scores.json").read_text())["scores"] == result["scores"]
+
+
+def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
+    first = tmp_path / "stage1"
+    main(["--data", str(easy_vqa), "--out", str(first), "--llm", str(tiny_llm_dir), "--steps", "1", "--batch-size",
+          "2", "--test-questions", "3", "--lorra-rank", "4"])  # fmt: skip
+    out = tmp_path / "stage2"
+    result = main(["--data", str(easy_vqa), "--out", str(out), "--init-from", str(first / "model"), "--steps", "1",
+                   "--batch-size", "2", "--test-questions", "3", "--rates", '{"textual_learners": 0.001}'])  # fmt: skip
+    provenance = json.loads((out / "model" / "provenance.json").read_text())
+    assert provenance["stage"] == "instruct" and provenance["status"] == "complete"
+    assert provenance["learning_rates"]["textual_learners"] == 1e-3  # changed; the others are the demo's
+    assert provenance["learning_rates"]["llm"] == 2e-6
+    assert set(result["scores"]) == {*KINDS, "all"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kinds", "colour,size"], "--kinds: unknown ['size']"),
+        (["--rates", "{visual: 1}"], "--rates is not JSON"),
+        (["--rates", '{"visual_learners": "fast"}'], "--rates must map group names to numbers"),
+        (["--steps", "0"], "--steps and --batch-size must be at least 1"),
+    ],
+)
+def test_bad_flags_are_refused_with_the_fix(easy_vqa, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--data", str(easy_vqa), *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_without_the_data_names_the_command_that_writes_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--data", str(tmp_path)])
+    assert "wings data easy-vqa --out" in capsys.readouterr().err
+
+
+def test_init_from_must_hold_a_model(tmp_path, easy_vqa, capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--data", str(easy_vqa), "--init-from", str(tmp_path)])
+    assert "holds no model (config.json)" in capsys.readouterr().err
