@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 
+import wings.threads
 from wings.cli import COMMANDS, build_parser, main
-from wings.threads import THREADS_ENV, choose_threads, set_threads
+from wings.threads import THREADS_ENV, choose_threads, measured_threads, set_threads
 
 COMPUTING = [["build"], ["train"], ["eval"], ["chat"], ["generate"], ["serve"], ["analyze", "attention-shift"],
              ["demo"]]  # fmt: skip
@@ -63,6 +65,34 @@ def test_threads_come_from_the_option_then_the_environment_then_a_measurement(mo
         monkeypatch.setenv(THREADS_ENV, "four")
         with pytest.raises(ValueError, match=f"{THREADS_ENV}='four'"):
             choose_threads(None)
+    finally:
+        torch.set_num_threads(before)
+
+
+class FakeClock:
+    """`time.perf_counter` where a timed product costs `seconds[threads]` at torch's current thread count."""
+
+    def __init__(self, seconds: dict[int, float]):
+        self.seconds, self.now, self.calls = seconds, 0.0, 0
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # the second reading of a pair ends a timing
+            self.now += self.seconds[torch.get_num_threads()]
+        return self.now
+
+
+@pytest.mark.parametrize("all_cores_seconds, chosen", [(0.95, 1), (0.85, 4), (1.5, 1)])
+def test_more_threads_only_when_at_least_ten_percent_faster(monkeypatch, all_cores_seconds, chosen):
+    before = torch.get_num_threads()
+    clock = FakeClock({1: 1.0, 4: all_cores_seconds})
+    monkeypatch.setattr(wings.threads, "cores", lambda: 4)
+    monkeypatch.setattr(wings.threads, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    try:
+        assert measured_threads() == chosen
+        assert clock.calls == 2 * 3 * 2  # 3 interleaved rounds of both candidates, each timed once
+        clock.calls = 0
+        assert measured_threads(limit=1) == 1 and clock.calls == 0  # one candidate: nothing to measure
     finally:
         torch.set_num_threads(before)
 

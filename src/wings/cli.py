@@ -1,10 +1,11 @@
 """The `wings` command: one subcommand per job (data, train, eval, chat, serve, analyze, demo).
 
 Each job lives in its own module and exposes `add_parser(subparsers, name, help_text)`, which registers its
-parser and sets `func`. Only the module of the command being run is imported: `wings --help` lists the table
-below without importing torch or transformers (the `wings` console script reaches this file through
-`wings_cli`, without the package's `__init__`), and a missing optional extra only affects its own command.
-This file imports nothing but the standard library.
+parser and sets `func`. Only the module of the command being run is imported, so a missing optional extra only
+affects its own command. `import wings` registers the model with transformers' Auto classes and so loads torch and
+transformers (5-10 s); `wings --help` avoids it because the `wings` console script (`src/wings_cli.py`) loads this
+file without the package's `__init__` (0.06 s, measured). `python -m wings.cli --help` runs that `__init__` first
+and takes as long as `import wings`. This file therefore imports only the standard library at module level.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("build", "wings.model.cli", "build a WINGS model from an LLM and a vision tower, save it with its processor"),
     ("train", "wings.training.cli", "train one stage (align, instruct, llava-align, llava-instruct) from a YAML config"),
     ("export", "wings.training.cli", "write a standalone HF directory from a checkpoint that leaves out a frozen LLM"),
-    ("data", "wings.data.cli", "check data files and convert data sets"),
+    ("data", "wings.training.data_cli", "check data files and convert data sets"),
     ("eval", "wings.evaluation.cli", "score models and their base LLM on text tasks; write the forgetting report"),
     ("chat", "wings.serving.chat", "talk to a WINGS model in the terminal, with images"),
     ("generate", "wings.serving.batch", "answer a file of conversations in batches (resumable)"),
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if "threads" in vars(args) and not getattr(args, "chooses_threads_per_step", False):
-            from wings.threads import set_threads
+            from wings.threads import set_threads  # here, not above: importing `wings` loads transformers
 
             set_threads(args.threads, announce=True)
         return int(args.func(args) or 0)

@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+import torch
+
 THREADS_ENV = "OMP_NUM_THREADS"
 
 
@@ -54,8 +56,6 @@ def cores() -> int:
 def measured_threads(limit: int | None = None) -> int:
     """The intra-op thread count, 1 or every core (at most `limit`), that runs a matrix product of a small LLM's
     sizes fastest right now. It takes ~0.3 s, so long jobs (`wings demo`) repeat it as the machine's load changes."""
-    import torch
-
     candidates = sorted({1, min(cores(), limit or cores())})
     if len(candidates) == 1:
         return 1
@@ -86,8 +86,6 @@ def choose_threads(threads: int | None = None) -> tuple[int, str]:
 def set_threads(threads: int | None = None, announce: bool = False) -> int:
     """Set torch's intra-op threads to `choose_threads(threads)`; returns the number set. With `announce`, says
     so on stderr (stdout may be piped)."""
-    import torch
-
     number, source = choose_threads(threads)
     torch.set_num_threads(number)
     if announce:

@@ -1,4 +1,4 @@
-"""Datasets (fail fast / skip invalid / drop too long), mixtures by ratio, the collator, the sampler."""
+"""Datasets (fail fast / skip invalid / drop too long), mixtures by ratio, the sampler."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from wings.data.collator import WingsCollator
 from wings.data.dataset import ConversationDataset, InvalidSampleError, MixtureDataset, build_dataset, read_data_config
 from wings.data.sampler import LengthGroupedSampler
+from wings.model.processing_wings import WingsCollator
 
 SEQ = 16
 
@@ -106,23 +106,6 @@ def test_mixture_ratios_and_config(folder, chatml_processor):
         read_data_config({"datasets": [{"path": "x", "weight": 2}]})
     with pytest.raises(ValueError, match="2 data sets but 1 ratios"):
         MixtureDataset([mixture.datasets[0], mixture.datasets[1]], [1.0])
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_collator_pads_either_side(side):
-    def sample(length, images):
-        ids = torch.arange(1, length + 1)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
-                "image_token_mask": ids > 100, "pixel_values": torch.full((images, 3, 2, 2), float(length))}
-
-    batch = WingsCollator(pad_token_id=0, padding_side=side)([sample(3, 1), sample(5, 0), sample(2, 2)])
-    assert batch["input_ids"].shape == (3, 5) and batch["image_token_mask"].dtype == torch.bool
-    row = [1, 2, 0, 0, 0] if side == "right" else [0, 0, 0, 1, 2]
-    assert batch["input_ids"][2].tolist() == row and batch["attention_mask"][2].tolist() == [int(x > 0) for x in row]
-    assert batch["labels"][2].tolist() == [x if x else -100 for x in row]
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [3.0, 2.0, 2.0]  # in order of appearance
-    text_only = WingsCollator(0, pad_to_multiple_of=8)([sample(3, 0)])
-    assert "pixel_values" not in text_only and text_only["input_ids"].shape == (1, 8)
 
 
 def test_sampler_groups_by_modality_and_length():

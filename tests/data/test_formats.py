@@ -7,12 +7,16 @@ import json
 import pytest
 
 from wings.data.formats import (
+    ContentPartError,
     Conversation,
     Message,
     RecordError,
     RecordFile,
+    content_parts,
     normalize_record,
     read_conversations,
+    read_jsonl,
+    required_field,
     write_conversations,
 )
 
@@ -69,6 +73,49 @@ def test_openai_content_parts_become_placeholders_in_place():
     assert conversation.messages[0].content == "Compare <image> with <image>"
     assert conversation.images == ["/img/x.png", "data:image/png;base64,AAAA"]
     assert conversation.image_fields == ["messages[0].content[1]", "messages[0].content[3]"]
+
+
+@pytest.mark.parametrize(
+    "part, message",
+    [
+        ({"type": "text"}, "messages[1].content[0]: a text part needs a 'text' string"),
+        ({"type": "image_url", "image_url": {}}, "messages[1].content[0]: an image_url part needs a URL or path string"),
+        ({"type": "audio"}, "messages[1].content[0]: expected {'type': 'text'|'image_url'|'image', ...}"),
+    ],
+)
+def test_a_malformed_content_part_names_its_field_for_every_reader(part, message):
+    with pytest.raises(ContentPartError) as error:
+        list(content_parts([part], "messages[1].content"))
+    assert str(error.value).startswith(message) and error.value.field == "messages[1].content[0]"
+    with pytest.raises(RecordError) as error:  # a data file reports it as its record's field
+        normalize_record({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [part]}]},
+                         None, "data.json", 2)  # fmt: skip
+    assert str(error.value).startswith(f"data.json: record 2: {message}")
+
+
+def test_content_parts_give_kind_value_and_field_in_order():
+    parts = [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Hi"},
+             {"type": "image_url", "image_url": "b.png"}]  # fmt: skip
+    assert list(content_parts(parts, "content")) == [
+        ("image", "a.png", "content[0]"), ("text", "Hi", "content[1]"), ("image", "b.png", "content[2]")]
+
+
+def test_read_jsonl_skips_blank_lines_and_names_a_bad_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    path.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"q\.jsonl:2: not valid JSON .*; fix or remove that line"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"q\.jsonl:2: expected a JSON object, got list"):
+        read_jsonl(path)
+
+
+def test_a_missing_required_field_names_the_place_and_the_fields_present():
+    assert required_field({"q": 1}, "q", "f.jsonl record 3") == 1
+    with pytest.raises(ValueError, match=r"^f\.jsonl record 3: missing field 'answer' \(fields present: \['q'\]\)$"):
+        required_field({"q": 1}, "answer", "f.jsonl record 3")
 
 
 @pytest.mark.parametrize(

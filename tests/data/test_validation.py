@@ -7,8 +7,8 @@ import json
 
 from PIL import Image
 
-from wings.data import cli
 from wings.data.validation import check_file
+from wings.training import data_cli as cli
 
 
 def run_cli(*argv: str) -> int:

@@ -13,7 +13,8 @@ from wings.evaluation.multiple_choice import (
     prefix_token_id,
     score_docs,
 )
-from wings.evaluation.tasks import TASKS, Doc, Task
+from wings.evaluation.task_types import Doc, Task
+from wings.evaluation.tasks import TASKS
 
 REQUESTS = [
     ("Question: What is the capital of France?\nAnswer:", " Paris"),

@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from tests.data.chat_tokenizers import build_processor
-from wings.model.processing_wings import IGNORE_INDEX, SampleDropped, WingsProcessor
+from wings.data.formats import IGNORE_INDEX
+from wings.data.validation import SampleDropped
+from wings.model.processing_wings import WingsCollator, WingsProcessor
 
 SEQ = 16  # visual tokens per image: (32 // 8) ** 2
 END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
@@ -192,3 +194,20 @@ def test_auto_processor_loads_a_saved_processor(tmp_path, chatml_processor):
     chatml_processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, WingsProcessor) and loaded.image_token_id == chatml_processor.image_token_id
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_collator_pads_either_side(side):
+    def sample(length, images):
+        ids = torch.arange(1, length + 1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
+                "image_token_mask": ids > 100, "pixel_values": torch.full((images, 3, 2, 2), float(length))}
+
+    batch = WingsCollator(pad_token_id=0, padding_side=side)([sample(3, 1), sample(5, 0), sample(2, 2)])
+    assert batch["input_ids"].shape == (3, 5) and batch["image_token_mask"].dtype == torch.bool
+    row = [1, 2, 0, 0, 0] if side == "right" else [0, 0, 0, 1, 2]
+    assert batch["input_ids"][2].tolist() == row and batch["attention_mask"][2].tolist() == [int(x > 0) for x in row]
+    assert batch["labels"][2].tolist() == [x if x else -100 for x in row]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [3.0, 2.0, 2.0]  # in order of appearance
+    text_only = WingsCollator(0, pad_to_multiple_of=8)([sample(3, 0)])
+    assert "pixel_values" not in text_only and text_only["input_ids"].shape == (1, 8)

@@ -88,7 +88,7 @@ def test_plain_completion_honours_max_tokens(client, engine):
         assert answer.usage.completion_tokens == 5
 
 
-def test_an_image_part_adds_its_visual_tokens_and_changes_the_answer(client, engine):
+def test_an_image_part_adds_its_visual_tokens_whatever_the_image(client, engine):
     text = ask(client, engine, [{"type": "text", "text": "What is in the image?"}])
     with_image = ask(client, engine, [{"type": "text", "text": "What is in the image?"},
                                       {"type": "image_url", "image_url": {"url": data_url(png_bytes())}}])

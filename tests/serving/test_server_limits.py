@@ -248,3 +248,12 @@ def test_clients_that_leave_before_the_headers_free_their_place(app_factory, eng
         gate.release(500)
         assert wait_until(lambda: engine.pending == 0 and not engine.busy)
         assert record.cancelled and record.steps <= 4
+
+
+def test_a_malformed_content_part_is_a_400_naming_it_as_data_files_do(client, engine):
+    content = [{"type": "text", "text": "What is it?"}, {"type": "image_url"}, {"type": "text"}]
+    error = error_of(client.post("/v1/chat/completions", json=request_body(engine, content)), 400)
+    assert error["param"] == "messages[0].content[1]"
+    assert error["message"].startswith("an image_url part needs a URL or path string")
+    error = error_of(client.post("/v1/chat/completions", json=request_body(engine, content[:1] + content[2:])), 400)
+    assert error["param"] == "messages[0].content[1]" and error["message"] == "a text part needs a 'text' string"

@@ -1,16 +1,31 @@
-"""Data: conversation files -> validated, indexed samples -> batches (files -> processor -> model)."""
+"""Data: conversation files -> validated, indexed samples, the lowest layer (files -> processor -> model).
 
-from .collator import WingsCollator
+It imports nothing above it: the dataset and the checks receive a processor as an argument, and batch padding is the
+processor's (`wings.model.processing_wings.WingsCollator`).
+"""
+
 from .dataset import ConversationDataset, InvalidSampleError, MixtureDataset, build_dataset, read_data_config
-from .formats import IMAGE_PLACEHOLDER, Conversation, Message, RecordError, RecordFile, normalize_record, read_conversations
+from .formats import (
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    Conversation,
+    Message,
+    RecordError,
+    RecordFile,
+    normalize_record,
+    read_conversations,
+    read_jsonl,
+)
 from .images import ImageLoadError, load_image, pad_to_square, to_rgb
 from .sampler import LengthGroupedSampler
-from .validation import CheckReport, Problem, check_file, conversation_problems
+from .validation import CheckReport, ConversationProcessor, Problem, SampleDropped, check_file, conversation_problems
 
 __all__ = [
+    "IGNORE_INDEX",
     "IMAGE_PLACEHOLDER",
     "CheckReport",
     "Conversation",
+    "ConversationProcessor",
     "ConversationDataset",
     "ImageLoadError",
     "InvalidSampleError",
@@ -20,7 +35,7 @@ __all__ = [
     "Problem",
     "RecordError",
     "RecordFile",
-    "WingsCollator",
+    "SampleDropped",
     "build_dataset",
     "check_file",
     "conversation_problems",
@@ -29,5 +44,6 @@ __all__ = [
     "pad_to_square",
     "read_conversations",
     "read_data_config",
+    "read_jsonl",
     "to_rgb",
 ]

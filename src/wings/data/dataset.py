@@ -16,7 +16,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,10 +25,7 @@ from torch.utils.data import Dataset
 
 from wings.data.formats import Conversation, RecordError, RecordFile, normalize_record
 from wings.data.images import ImageLoadError
-from wings.data.validation import Problem, conversation_problems
-
-if TYPE_CHECKING:
-    from wings.model.processing_wings import WingsProcessor
+from wings.data.validation import ConversationProcessor, Problem, SampleDropped, conversation_problems
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ class InvalidSampleError(ValueError):
 
 
 class ConversationDataset(Dataset):
-    """The samples of one LLaVA / "messages" / OpenAI-parts file, encoded by a `WingsProcessor`.
+    """The samples of one LLaVA / "messages" / OpenAI-parts file, encoded by a processor (`WingsProcessor`).
 
     Args:
         path: JSON array or JSON Lines file.
@@ -57,7 +54,7 @@ class ConversationDataset(Dataset):
     def __init__(
         self,
         path: str | os.PathLike,
-        processor: "WingsProcessor",
+        processor: ConversationProcessor,
         image_folder: str | os.PathLike | None = None,
         max_length: int | None = None,
         skip_invalid: bool = False,
@@ -121,8 +118,6 @@ class ConversationDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        from wings.model.processing_wings import SampleDropped
-
         # A sample that turns out bad here (unreadable image, nothing left after truncation) is replaced by the next.
         for attempt in range(len(self)):
             record_index = int(self.indices[(item + attempt) % len(self)])
@@ -249,7 +244,7 @@ def read_data_config(config: str | os.PathLike | dict[str, Any]) -> list[DataSou
 
 def build_dataset(
     config: str | os.PathLike | dict[str, Any],
-    processor: "WingsProcessor",
+    processor: ConversationProcessor,
     max_length: int | None = None,
     skip_invalid: bool = False,
     seed: int = 0,

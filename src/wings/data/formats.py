@@ -9,6 +9,9 @@ Supported record shapes (JSON array or JSON Lines, detected from the first chara
 
 Text in every format marks each image's place with the placeholder ``<image>``. Files are indexed
 by byte offset (`RecordFile`), so a 665K-record file costs a few MB of memory, not its parsed size.
+
+The names every layer shares are defined here, the lowest layer: `IMAGE_PLACEHOLDER`, `IGNORE_INDEX`,
+`read_jsonl` (small JSON Lines files, whole), `required_field` and `content_parts` (OpenAI content parts).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 
 IMAGE_PLACEHOLDER = "<image>"
+# The label of a position that is not learned (PyTorch's cross-entropy default `ignore_index`).
+IGNORE_INDEX = -100
 
 # Speaker names seen in LLaVA / ShareGPT / OpenAI files, mapped to chat-template roles.
 ROLE_ALIASES: dict[str, str] = {
@@ -174,27 +179,76 @@ def _from_messages(record: dict, source: str, index: int) -> Conversation:
     return Conversation(messages, listed_images, message_fields=fields, image_fields=image_fields)
 
 
+class ContentPartError(ValueError):
+    """A malformed OpenAI content part; `field` is its path (e.g. ``messages[0].content[2]``)."""
+
+    def __init__(self, field_name: str, reason: str):
+        self.field, self.reason = field_name, reason
+        super().__init__(f"{field_name}: {reason}")
+
+
+def content_parts(parts: list, where: str) -> Iterator[tuple[str, str, str]]:
+    """OpenAI-style content parts, read the one way every reader shares: ``(kind, value, field)`` per part, where
+    `kind` is "text" (value: the text) or "image" (value: the URL or path of an ``image_url`` / ``image`` part) and
+    `field` is the part's path under `where`. A malformed part raises `ContentPartError` naming its field."""
+    for position, part in enumerate(parts):
+        part_field = f"{where}[{position}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ContentPartError(part_field, "a text part needs a 'text' string")
+            yield "text", part["text"], part_field
+        elif kind in ("image_url", "image"):
+            value = part.get(kind)
+            url = value.get("url") if isinstance(value, dict) else value
+            if not isinstance(url, str):
+                raise ContentPartError(part_field, f"an {kind} part needs a URL or path string, "
+                                                   f"e.g. {{'{kind}': {{'url': ...}}}}")  # fmt: skip
+            yield "image", url, part_field
+        else:
+            raise ContentPartError(part_field, "expected {'type': 'text'|'image_url'|'image', ...}")
+
+
 def _content_parts_to_text(
     parts: list, images: list[str], image_fields: list[str], source: str, index: int, where: str
 ) -> str:
     """OpenAI-style parts -> text with a placeholder where each image part stands."""
     pieces = []
-    for position, part in enumerate(parts):
-        part_field = f"{where}[{position}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            pieces.append(part["text"])
-        elif kind in ("image_url", "image"):
-            value = part.get(kind)
-            url = value.get("url") if isinstance(value, dict) else value
-            if not isinstance(url, str):
-                raise RecordError(source, index, part_field, f"an {kind} part needs a URL or path string")
-            images.append(url)
-            image_fields.append(part_field)
-            pieces.append(IMAGE_PLACEHOLDER)
-        else:
-            raise RecordError(source, index, part_field, "expected {'type': 'text'|'image_url'|'image', ...}")
+    try:
+        for kind, value, part_field in content_parts(parts, where):
+            if kind == "image":
+                images.append(value)
+                image_fields.append(part_field)
+                value = IMAGE_PLACEHOLDER
+            pieces.append(value)
+    except ContentPartError as error:
+        raise RecordError(source, index, error.field, error.reason) from None
     return "".join(pieces)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every JSON object of a small JSON Lines file (blank lines skipped); a bad line is an error naming the file and
+    the line. Large training files are read record by record with `RecordFile` instead."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}); fix or remove that line") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def required_field(record: dict[str, Any], key: str, where: str) -> Any:
+    """`record[key]`, or an error naming `where` (file and record), the missing field and the fields present."""
+    if key not in record:
+        raise ValueError(f"{where}: missing field '{key}' (fields present: {sorted(record)})")
+    return record[key]
 
 
 _SPACE = re.compile(r"\s*")

@@ -11,13 +11,34 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Sequence
 
 from wings.data.formats import IMAGE_PLACEHOLDER, Conversation, RecordError, RecordFile, normalize_record
-from wings.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from wings.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, load_image
 
-if TYPE_CHECKING:
-    from wings.model.processing_wings import WingsProcessor
+
+class ConversationProcessor(Protocol):
+    """What the data layer asks of a processor, which it receives as an argument (the processor sits above the data
+    layer and imports it; `WingsProcessor` is one)."""
+
+    tokenizer: Any
+    image_seq_length: int  # tokens each image takes in the sequence
+
+    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        """The conversation as text through the chat template, image placeholders kept."""
+
+    def encode_conversation(
+        self,
+        messages: Sequence[dict[str, str]],
+        images: Sequence[ImageSource] = (),
+        max_length: int | None = None,
+        add_generation_prompt: bool = False,
+    ) -> dict[str, Any]:
+        """One sample's model inputs; raises `SampleDropped` when the sample cannot fit `max_length`."""
+
+
+class SampleDropped(ValueError):
+    """A sample that cannot be fitted into `max_length` (its images alone are too long, or no answer is left)."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +152,7 @@ class CheckReport:
 def check_file(
     path: str | os.PathLike,
     image_folder: str | os.PathLike | None = None,
-    processor: "WingsProcessor | None" = None,
+    processor: ConversationProcessor | None = None,
     max_length: int | None = None,
     open_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -182,7 +203,7 @@ def _image_error(image: str, max_pixels: int) -> str | None:
 
 
 def _length_problems(
-    conversation: Conversation, processor: "WingsProcessor", max_length: int, report: CheckReport
+    conversation: Conversation, processor: ConversationProcessor, max_length: int, report: CheckReport
 ) -> list[Problem]:
     """Token length of the sample as the processor builds it (images expanded), against `max_length`."""
     chat = conversation.to_chat()

@@ -32,11 +32,12 @@ from transformers import TrainerCallback
 from wings.analysis.attention_shift import analyze_model
 from wings.analysis.cli import load_processor, sample_texts, tokenize_samples
 from wings.data.easy_vqa import convert_easy_vqa, write_align_set
+from wings.data.formats import read_jsonl
 from wings.demo.report import write_demo_report
 from wings.demo.settings import SCRATCH_TOWER_RATE, DemoSettings, seeded_runs
 from wings.evaluation.report import write_report
 from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
-from wings.evaluation.tasks import _read_jsonl, retention_file
+from wings.evaluation.tasks import retention_file
 from wings.model.vision_towers import is_scratch_preset
 from wings.threads import set_threads as _set_threads
 from wings.training.arguments import build_config
@@ -191,7 +192,7 @@ class DemoPipeline:
         text-only logits and greedy continuations must equal the base LLM's."""
         base = load_eval_model(self.settings.llm)
         aligned = load_eval_model(str(self.out / "wings-align"))
-        prompts = [record["prompt"] for record in _read_jsonl(retention_file("prompts.jsonl"))][:4]
+        prompts = [record["prompt"] for record in read_jsonl(retention_file("prompts.jsonl"))][:4]
         max_diff, same = 0.0, 0
         with torch.no_grad():
             for prompt in prompts:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from wings.evaluation.report import markdown_table, write_report
+from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
 from wings.evaluation.tasks import TASKS, expand_task_names, get_task
 from wings.threads import add_threads_argument
 
@@ -56,9 +58,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
 
 def run(args: argparse.Namespace) -> int:
     """Load the models, evaluate them and the base LLM, write the report; return the exit code."""
-    from wings.evaluation.report import markdown_table, write_report
-    from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
-
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise FileNotFoundError(f"--data-dir {args.data_dir} is not a directory")
     for task_name in expand_task_names(args.tasks):  # unknown tasks and missing data fail before any model loads

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from wings.evaluation.multiple_choice import positions_logits
+
 
 @torch.no_grad()
 def reference_sequences(
@@ -78,8 +80,6 @@ def continuation_divergences(
     progress: bool | str = False,
 ) -> dict[str, dict[str, float]]:
     """`continuation_divergence` of several models: the base runs once per batch for all of them."""
-    from wings.evaluation.multiple_choice import positions_logits
-
     totals = {name: [0.0, 0.0] for name in models}  # summed KL, summed NLL
     count = 0
     label = progress if isinstance(progress, str) else "kl"

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wings.evaluation.shared_prefix import can_share_prefixes, prefix_shared_logits
-from wings.evaluation.tasks import Doc, Task
+from wings.evaluation.task_types import Doc, Task
 
 FEWSHOT_SEED = 1234  # lm-eval's default `fewshot_random_seed`
 TARGET_DELIMITER = " "

@@ -18,14 +18,19 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+import wings  # noqa: F401  (registers the WINGS classes with the Auto classes)
+from wings.data.formats import read_jsonl
+from wings.evaluation import vqa
 from wings.evaluation.cache import BaseResultCache
 from wings.evaluation.divergence import continuation_divergences, reference_sequences
 from wings.evaluation.multiple_choice import evaluate_multiple_choice
-from wings.evaluation import tasks as tasks_module
 from wings.evaluation.perplexity import file_perplexity
-from wings.evaluation.tasks import Doc, Task, _read_jsonl, expand_task_names, get_task, retention_file
-from wings.model.registry import resolve_llm
+from wings.evaluation.task_types import Doc, Task
+from wings.evaluation.tasks import EASY_VQA_METRICS, expand_task_names, get_task, retention_file
+from wings.model.processing_wings import WingsProcessor
+from wings.model.registry import list_llms, resolve_llm
 
 SEED = 1234
 
@@ -57,14 +62,9 @@ def _is_wings_checkpoint(path: Path) -> bool:
 
 def load_eval_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> EvalModel:
     """Load a registry name, an HF causal LM (directory or id) or a WINGS checkpoint directory for evaluation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(name_or_path).expanduser()
     if path.is_dir() and _is_wings_checkpoint(path):
         try:
-            import wings  # noqa: F401  (registers the WINGS classes with the Auto classes)
-            from transformers import AutoModelForImageTextToText
-
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         except (ImportError, ValueError, KeyError) as error:
             raise ValueError(
@@ -100,14 +100,10 @@ def _load_processor(path: Path) -> Any:
     """The WINGS processor saved beside a checkpoint, or None (visual tasks then see the text alone)."""
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         return None
-    from wings.model.processing_wings import WingsProcessor
-
     return WingsProcessor.from_pretrained(path)
 
 
 def _registry_names() -> list[str]:
-    from wings.model.registry import list_llms
-
     return list_llms()
 
 
@@ -189,7 +185,7 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
                 key = [task.name, text, settings.batch_size, settings.ppl_max_tokens]
                 results[entry.name][task.name] = cached(entry, "ppl", key, score) if text else score()
         elif task.kind == "retention_generation":
-            prompts = [record["prompt"] for record in _read_jsonl(retention_file("prompts.jsonl"))]
+            prompts = [record["prompt"] for record in read_jsonl(retention_file("prompts.jsonl"))]
             prompts = prompts[: settings.limit] if settings.limit else prompts
 
             def generate() -> list[tuple[list[int], int]]:
@@ -237,14 +233,12 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
              cached: Any = None) -> dict | None:
     """A VQA task on every model; for easy-vqa also its blind baselines, returned as {"answer_prior",
     "question_prior"} and added to each model's scores as `prior_acc` and `question_prior_acc`."""
-    from wings.evaluation import vqa
-
     every = task.load(settings.data_dir, settings.split or task.split)
     questions = every[: settings.limit] if settings.limit else every
     mc_mode = settings.mc_mode or ("letter" if task.name.startswith("mmbench:") else "likelihood")
     suffix = settings.vqa_prompt_suffix if task.name.startswith("vqa:") else None  # easy-vqa: the trained format
     priors = swapped = None
-    if task.metrics == tasks_module.EASY_VQA_METRICS:
+    if task.metrics == EASY_VQA_METRICS:
         if settings.limit:  # easy-vqa's file runs image by image: a seeded sample spreads the questions over images
             picked = sorted(random.Random(SEED).sample(range(len(every)), min(settings.limit, len(every))))
             questions = [every[index] for index in picked]

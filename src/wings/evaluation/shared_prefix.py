@@ -14,6 +14,8 @@ import inspect
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def can_share_prefixes(model: Any) -> bool:
@@ -30,9 +32,6 @@ def prefix_shared_logits(
 ) -> torch.Tensor | None:
     """Logits (rows, longest suffix, vocabulary) at every suffix position of each row `prefixes[prefix_of_row[i]]
     + suffixes[i]`, or None when the model's cache cannot be shared (the caller then runs the rows whole)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
     device = next(model.parameters()).device
     lengths = torch.tensor([len(p) for p in prefixes])
     width = int(lengths.max())

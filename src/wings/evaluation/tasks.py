@@ -14,15 +14,17 @@ forgetting average.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from wings.data.formats import read_jsonl, required_field
+from wings.evaluation import vqa
+from wings.evaluation.task_types import Doc, Task
 
 MMLU_SUBJECTS: tuple[str, ...] = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
@@ -40,62 +42,7 @@ MMLU_SUBJECTS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Doc:
-    """One multiple-choice item, already in its prompt format.
-
-    Normal tasks score `" " + choices[i]` after `question`. Partial evaluation (WinoGrande) sets
-    `shared_continuation`: then each choice is a context and the same continuation is scored after each.
-    `group` names a sub-score (the MMLU subject, the retention category).
-    """
-
-    id: str
-    question: str
-    choices: list[str]
-    gold: int
-    shared_continuation: str | None = None
-    group: str | None = None
-
-
-@dataclass(frozen=True)
-class Task:
-    """A registered evaluation. `load(data_dir, split)` returns its docs in a fixed order."""
-
-    name: str
-    kind: str  # "multiple_choice", "perplexity", "retention_generation", "vqa" or "iit"
-    load: Callable[[Path | None, str], list[Any]] | None = None  # Docs; `VisualQuestion`s for "vqa"
-    split: str = "validation"
-    fewshot_split: str | None = "train"
-    fewshot_sampler: str = "random"  # "random" (seed 1234, as lm-eval) or "first_n" (MMLU)
-    description: Callable[[Doc], str] | None = None
-    metrics: tuple[str, ...] = ("acc", "acc_norm")
-    text_only: bool = True
-    path: Path | None = None  # the user file of `mc:` / `ppl:` tasks
-
-
 # ---------------------------------------------------------------- file helpers
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}); fix or remove that line") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
-
-
-def _field(record: dict[str, Any], key: str, where: str) -> Any:
-    if key not in record:
-        raise ValueError(f"{where}: missing field '{key}' (fields present: {sorted(record)})")
-    return record[key]
 
 
 def _find(data_dir: Path | None, task: str, candidates: list[str]) -> Path | None:
@@ -155,16 +102,16 @@ def _arc_loader(subset: str) -> Callable[[Path | None, str], list[Doc]]:
 
     def load(data_dir: Path | None, split: str) -> list[Doc]:
         path = _find(data_dir, subset, names_of(split))
-        records = (_read_jsonl(path) if path
+        records = (read_jsonl(path) if path
                    else _hub_records(task, "allenai/ai2_arc", subset, split, names_of, data_dir))  # fmt: skip
         docs = []
         for index, record in enumerate(records):
             where = f"{path or 'allenai/ai2_arc'} record {index + 1}"
-            choices = _field(record, "choices", where)
-            labels, key = list(choices["label"]), str(_field(record, "answerKey", where))
+            choices = required_field(record, "choices", where)
+            labels, key = list(choices["label"]), str(required_field(record, "answerKey", where))
             if key not in labels:
                 raise ValueError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
-            question = f"Question: {_field(record, 'question', where)}\nAnswer:"
+            question = f"Question: {required_field(record, 'question', where)}\nAnswer:"
             docs.append(Doc(str(record.get("id", index)), question, list(choices["text"]), labels.index(key)))
         return docs
 
@@ -225,7 +172,7 @@ def _load_piqa(data_dir: Path | None, split: str) -> list[Doc]:
     if path is None:
         records = _hub_records("piqa", "baber/piqa", None, split, _piqa_names, data_dir)
     else:
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
         labels_path = path.with_name(f"{stem}-labels.lst")
         if not labels_path.is_file():
             raise FileNotFoundError(f"task piqa: {path} needs its labels file {labels_path} (one 0/1 per line)")
@@ -237,11 +184,11 @@ def _load_piqa(data_dir: Path | None, split: str) -> list[Doc]:
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'baber/piqa'} record {index + 1}"
-        label = str(_field(record, "label", where))
+        label = str(required_field(record, "label", where))
         if label not in ("0", "1"):
             raise ValueError(f"{where}: label {label!r} is not 0 or 1")
-        choices = [_field(record, "sol1", where), _field(record, "sol2", where)]
-        docs.append(Doc(str(index), f"Question: {_field(record, 'goal', where)}\nAnswer:", choices, int(label)))
+        choices = [required_field(record, "sol1", where), required_field(record, "sol2", where)]
+        docs.append(Doc(str(index), f"Question: {required_field(record, 'goal', where)}\nAnswer:", choices, int(label)))
     return docs
 
 
@@ -259,15 +206,15 @@ def _hellaswag_names(split: str) -> list[str]:
 
 def _load_hellaswag(data_dir: Path | None, split: str) -> list[Doc]:
     path = _find(data_dir, "hellaswag", _hellaswag_names(split))
-    records = (_read_jsonl(path) if path
+    records = (read_jsonl(path) if path
                else _hub_records("hellaswag", "Rowan/hellaswag", None, split, _hellaswag_names, data_dir))  # fmt: skip
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'Rowan/hellaswag'} record {index + 1}"
-        context = _field(record, "ctx_a", where) + " " + _field(record, "ctx_b", where).capitalize()
-        query = _hellaswag_preprocess(_field(record, "activity_label", where) + ": " + context)
-        endings = [_hellaswag_preprocess(ending) for ending in _field(record, "endings", where)]
-        docs.append(Doc(str(record.get("ind", index)), query, endings, int(_field(record, "label", where))))
+        context = required_field(record, "ctx_a", where) + " " + required_field(record, "ctx_b", where).capitalize()
+        query = _hellaswag_preprocess(required_field(record, "activity_label", where) + ": " + context)
+        endings = [_hellaswag_preprocess(ending) for ending in required_field(record, "endings", where)]
+        docs.append(Doc(str(record.get("ind", index)), query, endings, int(required_field(record, "label", where))))
     return docs
 
 
@@ -277,16 +224,16 @@ def _openbookqa_names(split: str) -> list[str]:
 
 def _load_openbookqa(data_dir: Path | None, split: str) -> list[Doc]:
     path = _find(data_dir, "openbookqa", _openbookqa_names(split))
-    records = _read_jsonl(path) if path else _hub_records("openbookqa", "allenai/openbookqa", "main", split,
+    records = read_jsonl(path) if path else _hub_records("openbookqa", "allenai/openbookqa", "main", split,
                                                           _openbookqa_names, data_dir)  # fmt: skip
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'allenai/openbookqa'} record {index + 1}"
-        choices = _field(record, "choices", where)
-        labels, key = list(choices["label"]), str(_field(record, "answerKey", where)).lstrip()
+        choices = required_field(record, "choices", where)
+        labels, key = list(choices["label"]), str(required_field(record, "answerKey", where)).lstrip()
         if key not in labels:
             raise ValueError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
-        docs.append(Doc(str(record.get("id", index)), _field(record, "question_stem", where), list(choices["text"]), labels.index(key)))
+        docs.append(Doc(str(record.get("id", index)), required_field(record, "question_stem", where), list(choices["text"]), labels.index(key)))
     return docs
 
 
@@ -298,18 +245,18 @@ def _winogrande_names(split: str) -> list[str]:
 def _load_winogrande(data_dir: Path | None, split: str) -> list[Doc]:
     path = _find(data_dir, "winogrande", _winogrande_names(split))
     if path is not None:
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
     else:
         records = _hub_records("winogrande", "allenai/winogrande", "winogrande_xl", split, _winogrande_names, data_dir)
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'allenai/winogrande'} record {index + 1}"
-        sentence = _field(record, "sentence", where)
-        if "_" not in sentence or str(_field(record, "answer", where)) not in ("1", "2"):
+        sentence = required_field(record, "sentence", where)
+        if "_" not in sentence or str(required_field(record, "answer", where)) not in ("1", "2"):
             raise ValueError(f"{where}: needs a '_' blank in 'sentence' and 'answer' 1 or 2")
         blank = sentence.index("_")
         # Partial evaluation (lm-eval): each option fills the blank as context; the rest of the sentence is scored.
-        contexts = [sentence[:blank] + _field(record, "option1", where), sentence[:blank] + _field(record, "option2", where)]
+        contexts = [sentence[:blank] + required_field(record, "option1", where), sentence[:blank] + required_field(record, "option2", where)]
         target = sentence[blank + 1 :].strip()
         docs.append(Doc(str(record.get("qID", index)), "", contexts, int(record["answer"]) - 1, shared_continuation=target))
     return docs
@@ -322,9 +269,9 @@ def load_generic_jsonl(path: Path, group_field: str | None = None) -> list[Doc]:
     choice, its letter "A".., or its exact text); optional `id`, `category`. Prompt: "Question: ...\\nAnswer:".
     """
     docs = []
-    for index, record in enumerate(_read_jsonl(path)):
+    for index, record in enumerate(read_jsonl(path)):
         where = f"{path} record {index + 1}"
-        question, choices, answer = (_field(record, key, where) for key in ("question", "choices", "answer"))
+        question, choices, answer = (required_field(record, key, where) for key in ("question", "choices", "answer"))
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
         if isinstance(answer, bool) or not isinstance(answer, (int, str)):
@@ -377,12 +324,10 @@ for _subject in MMLU_SUBJECTS:
 
 
 def _load_easy_vqa(data_dir: Path | None, split: str) -> list[Any]:
-    from wings.evaluation.vqa import load_easy_vqa
-
     if data_dir is None:
         raise FileNotFoundError("task easy-vqa: pass --data-dir with the folder of `wings data easy-vqa --out DIR`, "
                                 "or name the folder directly: easy-vqa:DIR")  # fmt: skip
-    return load_easy_vqa(data_dir)
+    return vqa.load_easy_vqa(data_dir)
 
 
 EASY_VQA_METRICS = ("acc", "acc_yes_no", "acc_open")
@@ -398,8 +343,6 @@ VISUAL_PREFIXES = ("easyvqa:", "vqa:", "mmbench:", "iit:")
 
 def _visual_task(name: str) -> Task:
     """`easyvqa:DIR`, `vqa:FILE.jsonl`, `mmbench:FILE.tsv` (VQA scorers) and `iit:FILE` (the IIT benchmark)."""
-    from wings.evaluation import vqa
-
     prefix, _, file_name = name.partition(":")
     path = Path(file_name).expanduser()
     if prefix == "easyvqa":

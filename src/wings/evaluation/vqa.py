@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from wings.data.formats import IMAGE_PLACEHOLDER
-from wings.evaluation.tasks import _field, _read_jsonl
+from wings.data.formats import IMAGE_PLACEHOLDER, read_jsonl, required_field
+from wings.evaluation.multiple_choice import loglikelihoods
+from wings.model.processing_wings import WingsCollator
 
 LETTERS = "ABCDEFGHIJ"
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -101,12 +102,12 @@ def load_easy_vqa(folder: str | Path) -> list[VisualQuestion]:
     """The easy-VQA test questions written by `wings data easy-vqa` (fields id, image, question, answer, type)."""
     path = easy_vqa_questions_file(Path(folder))
     questions = []
-    for index, record in enumerate(_read_jsonl(path)):
+    for index, record in enumerate(read_jsonl(path)):
         where = f"{path} record {index + 1}"
-        answer = str(_field(record, "answer", where))
+        answer = str(required_field(record, "answer", where))
         kind = record.get("type") or ("yes/no" if answer in ("yes", "no") else "open")
-        image = _image_path(_field(record, "image", where), path.parent, where)
-        questions.append(VisualQuestion(str(record.get("id", index)), image, str(_field(record, "question", where)),
+        image = _image_path(required_field(record, "image", where), path.parent, where)
+        questions.append(VisualQuestion(str(record.get("id", index)), image, str(required_field(record, "question", where)),
                                         (answer,), kind=kind))  # fmt: skip
     return questions
 
@@ -129,10 +130,10 @@ def load_vqa_jsonl(path: str | Path) -> list[VisualQuestion]:
     """The generic VQA schema (module docstring): open answers, or multiple choice when `choices` is given."""
     path = Path(path)
     questions = []
-    for index, record in enumerate(_read_jsonl(path)):
+    for index, record in enumerate(read_jsonl(path)):
         where = f"{path} record {index + 1}"
-        image = _image_path(_field(record, "image", where), path.parent, where)
-        question, answer = _field(record, "question", where), _field(record, "answer", where)
+        image = _image_path(required_field(record, "image", where), path.parent, where)
+        question, answer = required_field(record, "question", where), required_field(record, "answer", where)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}: field 'question' must be a non-empty string")
         choices, gold = record.get("choices"), None
@@ -178,11 +179,11 @@ def load_mmbench_tsv(path: str | Path) -> list[VisualQuestion]:
         options = [(letter, row[letter].strip()) for letter in "ABCD" if (row.get(letter) or "").strip() not in ("", "nan")]
         if len(options) < 2:
             raise ValueError(f"{where}: needs at least two of the option columns A, B, C, D")
-        answer = (_field(row, "answer", where) or "").strip().upper()
+        answer = (required_field(row, "answer", where) or "").strip().upper()
         if answer not in [letter for letter, _ in options]:
             raise ValueError(f"{where}: field 'answer' {answer!r} is not one of the options {[l for l, _ in options]}")
         try:
-            image = base64.b64decode(_field(row, "image", where) or "", validate=True)
+            image = base64.b64decode(required_field(row, "image", where) or "", validate=True)
         except binascii.Error as error:
             raise ValueError(f"{where}: field 'image' is not valid base64 ({error})") from error
         if not image:
@@ -190,7 +191,7 @@ def load_mmbench_tsv(path: str | Path) -> list[VisualQuestion]:
         hint = (row.get("hint") or "").strip()
         choices = tuple(text for _, text in options)
         gold = [letter for letter, _ in options].index(answer)
-        questions.append(VisualQuestion(str(row.get("index", number)), image, str(_field(row, "question", where)),
+        questions.append(VisualQuestion(str(row.get("index", number)), image, str(required_field(row, "question", where)),
                                         (choices[gold],), choices, gold, group=(row.get("category") or None),
                                         hint=hint if hint and hint != "nan" else None))  # fmt: skip
     return questions
@@ -210,7 +211,7 @@ def question_text(question: VisualQuestion, mc_mode: str | None = None, suffix: 
 
 def render_prompt(encoder: Any, text: str, with_image: bool) -> str:
     """The rendered chat prompt ending where the answer starts (plain "Question: ..\\nAnswer:" without a template)."""
-    content = f"<image>\n{text}" if with_image else text
+    content = f"{IMAGE_PLACEHOLDER}\n{text}" if with_image else text
     messages = [{"role": "user", "content": content}]
     if hasattr(encoder, "render"):
         return encoder.render(messages, add_generation_prompt=True)
@@ -283,8 +284,6 @@ def choice_loglikelihoods(
     progress: bool = False,
 ) -> list[list[float]]:
     """Summed log-probability of each choice (or its letter) after the image + question prompt."""
-    from wings.evaluation.multiple_choice import loglikelihoods
-
     with_images = can_see_images(model, encoder)
     requests: list[tuple[int, str, str, Any]] = []  # (question index, prompt, continuation, image)
     for index, q in enumerate(questions):
@@ -305,8 +304,6 @@ def choice_loglikelihoods(
 def _visual_loglikelihoods(model: Any, processor: Any, requests: list[tuple[str, str, Any]], batch_size: int,
                            progress: bool) -> list[float]:  # fmt: skip
     """Right-padded batches of (prompt + continuation, image); the continuation is the tail past the prompt."""
-    from wings.data.collator import WingsCollator
-
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     encoded = []
     for prompt, continuation, image in requests:

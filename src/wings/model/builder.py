@@ -11,7 +11,8 @@ import torch
 from .modeling_wings import WingsForConditionalGeneration
 from .processing_wings import WingsProcessor
 from .registry import load_llm
-from .vision_towers import VISION_PRESETS, load_vision_tower
+from .vision_towers import load_vision_tower
+
 
 def build_wings(
     llm: str,

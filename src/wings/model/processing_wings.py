@@ -1,9 +1,11 @@
-"""`WingsProcessor`: tokenizer + image processor, turning conversations into WINGS model inputs.
+"""`WingsProcessor`: tokenizer + image processor + batch padding, turning conversations into WINGS model inputs.
 
 A conversation is rendered with the tokenizer's own chat template (ChatML, Llama 3, SmolLM2...);
 each ``<image>`` placeholder (an added special token, never merged with its neighbours) becomes
 `image_seq_length` copies of `image_token_id`, an id the model never looks up in its embedding table.
-Labels are -100 everywhere except on assistant turns (their end-of-turn token included).
+Labels are -100 everywhere except on assistant turns (their end-of-turn token included). `WingsCollator`
+pads encoded samples into a batch. The processor sits between the data layer (which it imports) and the
+model (which it does not).
 """
 
 from __future__ import annotations
@@ -12,18 +14,15 @@ import os
 from typing import Any, Sequence
 
 import torch
-from transformers import AddedToken, ProcessorMixin
+from transformers import AddedToken, AutoImageProcessor, CLIPImageProcessorPil, ProcessorMixin, SiglipImageProcessorPil
 
+from wings.data.formats import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from wings.data.images import DEFAULT_MAX_PIXELS, ImageSource, fit_within, load_image, pad_to_square
+from wings.data.validation import SampleDropped
 
 from .configuration_wings import tokens_per_image
 
-IGNORE_INDEX = -100
 IMAGE_PREPROCESS_MODES = ("pad", "resize")
-
-
-class SampleDropped(ValueError):
-    """A sample that cannot be fitted into `max_length` (its images alone are too long, or no answer is left)."""
 
 
 class WingsProcessor(ProcessorMixin):
@@ -47,7 +46,7 @@ class WingsProcessor(ProcessorMixin):
         image_processor=None,
         tokenizer=None,
         chat_template: str | None = None,
-        image_token: str = "<image>",
+        image_token: str = IMAGE_PLACEHOLDER,
         image_token_id: int | None = None,
         image_seq_length: int | None = None,
         image_preprocess: str = "pad",
@@ -231,8 +230,6 @@ class WingsProcessor(ProcessorMixin):
         `images` is one list per sample (a flat list for a single sample). Left padding by default,
         for generation; conversations get labels on their assistant turns.
         """
-        from wings.data.collator import WingsCollator  # the data layer imports nothing from here at import time
-
         if (text is None) == (conversations is None):
             raise ValueError("give either text or conversations")
         if text is not None:
@@ -286,8 +283,6 @@ def build_image_processor(vision_config, pretrained_path: str | os.PathLike | No
     `image_mean` / `image_std`, like EfficientNet-Lite, those). The PIL backend is chosen so that
     pixel values are the same with or without torchvision installed.
     """
-    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
-
     size = {"height": vision_config.image_size, "width": vision_config.image_size}
     is_clip = "clip" in getattr(vision_config, "model_type", "")
     cls = CLIPImageProcessorPil if is_clip else SiglipImageProcessorPil
@@ -295,12 +290,53 @@ def build_image_processor(vision_config, pretrained_path: str | os.PathLike | No
     if getattr(vision_config, "image_mean", None) is not None:  # the tower says how its weights saw pixels
         settings = {"image_mean": list(vision_config.image_mean), "image_std": list(vision_config.image_std)}
     if pretrained_path is not None:
-        from transformers import AutoImageProcessor
-
         saved = AutoImageProcessor.from_pretrained(pretrained_path)
         settings = {key: getattr(saved, key) for key in ("image_mean", "image_std", "resample") if hasattr(saved, key)}
     # Pad-to-square (or resize) already decided the framing: resize to the square, never crop.
     return cls(size=size, crop_size=size, do_center_crop=False, **settings)
 
 
-__all__ = ["WingsProcessor", "SampleDropped", "build_image_processor", "IGNORE_INDEX"]
+class WingsCollator:
+    """Pads a list of encoded samples (`WingsProcessor.encode_conversation` outputs) into one batch.
+
+    Returns `input_ids`, `attention_mask`, `labels`, `image_token_mask` of shape (B, L) and, when
+    the batch has images, `pixel_values` (N_images, 3, H, W) sample by sample, left to right.
+    Left padding is what generation wants; right padding is the usual choice for training.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r}; use 'left' or 'right'")
+        self.pad_token_id = int(pad_token_id)
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        length = max(len(sample["input_ids"]) for sample in samples)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": self._pad([s["input_ids"] for s in samples], length, self.pad_token_id),
+            "attention_mask": self._pad([s["attention_mask"] for s in samples], length, 0),
+            "image_token_mask": self._pad([s["image_token_mask"] for s in samples], length, False),
+        }
+        if all("labels" in sample for sample in samples):
+            batch["labels"] = self._pad([s["labels"] for s in samples], length, IGNORE_INDEX)
+        pixel_values = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None and len(s["pixel_values"])]
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values, dim=0)
+        return batch
+
+    def _pad(self, rows: list[torch.Tensor], length: int, value: int | bool) -> torch.Tensor:
+        out = torch.full((len(rows), length), value, dtype=rows[0].dtype)
+        for i, row in enumerate(rows):
+            if self.padding_side == "right":
+                out[i, : len(row)] = row
+            else:
+                out[i, length - len(row) :] = row
+        return out
+
+
+__all__ = ["WingsProcessor", "WingsCollator", "build_image_processor"]

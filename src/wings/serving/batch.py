@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from tqdm import tqdm
+
+from wings.data.formats import IMAGE_PLACEHOLDER, RecordError, RecordFile, normalize_record, read_jsonl
+from wings.serving.engine import Prompt
 from wings.serving.options import add_model_arguments, add_sampling_arguments, load_engine, sampling_options
 
 
@@ -47,8 +51,6 @@ class Request:
 
 def read_requests(path: str | os.PathLike, image_folder: str | os.PathLike | None = None) -> tuple[list[Request], list[str]]:
     """The requests of a conversation file, and one message per record that cannot be used."""
-    from wings.data.formats import RecordError, RecordFile, normalize_record
-
     source = os.fspath(path)
     image_folder = image_folder if image_folder is not None else Path(source).resolve().parent
     requests, problems, seen = [], [], set()
@@ -71,7 +73,7 @@ def read_requests(path: str | os.PathLike, image_folder: str | os.PathLike | Non
         if not messages or messages[-1]["role"] != "user":
             problems.append(f"{source}: record {index}: the prompt must end with a user message")
             continue
-        used = sum(m["content"].count("<image>") for m in messages)  # images of a dropped reference: never shown
+        used = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)  # images of a dropped reference: never shown
         requests.append(Request(request_id, messages, conversation.images[:used], reference))
     return requests, problems
 
@@ -85,15 +87,11 @@ def answered_ids(path: str | os.PathLike) -> set[str]:
     if data and not data.endswith(b"\n"):  # an interrupted write: drop the partial line so appends stay valid
         data = data[: data.rfind(b"\n") + 1]
         path.write_bytes(data)
-    done = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            done.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: line {number} is not an answer record ({error}); fix or move the file") from error
-    return done
+    records = read_jsonl(path)  # a line that is not a JSON object is an error naming it
+    missing = next((number for number, record in enumerate(records, start=1) if "id" not in record), None)
+    if missing is not None:
+        raise ValueError(f"{path}: answer record {missing} has no 'id'; fix or move the file")
+    return {str(record["id"]) for record in records}
 
 
 def generate_file(engine, input_path, output_path, options, batch_size: int = 8, image_folder=None,
@@ -103,10 +101,6 @@ def generate_file(engine, input_path, output_path, options, batch_size: int = 8,
     Returns (answered now, skipped as already answered, problems). A batch that fails on one
     request is retried request by request, so one bad image costs only its own answer.
     """
-    from tqdm import tqdm
-
-    from wings.serving.engine import Prompt
-
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     requests, problems = read_requests(input_path, image_folder)

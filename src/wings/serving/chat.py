@@ -13,6 +13,8 @@ import argparse
 import sys
 from typing import TextIO
 
+from wings.data.images import load_image
+from wings.serving.engine import Prompt
 from wings.serving.options import add_model_arguments, add_sampling_arguments, load_engine, sampling_options
 
 HELP = """commands:
@@ -50,14 +52,10 @@ class ChatSession:
 
     def attach(self, path: str) -> None:
         """Open and check an image now (a missing file is reported at once), to go with the next message."""
-        from wings.data.images import load_image
-
         self.attached.append(load_image(path, self.engine.processor.max_pixels))
 
     def ask(self, text: str, output: TextIO) -> str:
         """Send a user message; stream the answer to `output`; keep both in the history."""
-        from wings.serving.engine import Prompt
-
         placeholder = self.engine.processor.image_token
         if placeholder in text:
             raise ValueError(f"type /image PATH to attach an image instead of writing {placeholder}")

@@ -25,8 +25,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from wings.data.collator import WingsCollator
+from transformers import AutoModelForImageTextToText
+
+import wings  # noqa: F401  (registers the WINGS classes with the Auto classes)
 from wings.data.images import ImageSource
+from wings.model.processing_wings import WingsCollator, WingsProcessor
 
 # Finish reasons, as the OpenAI API names them.
 FINISH_STOP = "stop"
@@ -243,11 +246,6 @@ class GenerationEngine:
         cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", **kwargs
     ) -> "GenerationEngine":
         """Load the model and the processor saved together in `path` (`save_pretrained` of both)."""
-        import wings  # noqa: F401  (registers the WINGS classes with the Auto classes)
-        from transformers import AutoModelForImageTextToText
-
-        from wings.model.processing_wings import WingsProcessor
-
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such folder; give a folder with a saved WINGS model and processor")

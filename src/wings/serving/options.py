@@ -1,9 +1,11 @@
-"""Command-line options shared by `wings chat`, `wings generate` and `wings serve` (no heavy imports here)."""
+"""Command-line options shared by `wings chat`, `wings generate` and `wings serve`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from wings.serving.engine import GenerationEngine, SamplingOptions
 from wings.threads import add_threads_argument
 
 
@@ -27,19 +29,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) 
                         help="end the answer before this text (repeatable)")
 
 
-def sampling_options(args: argparse.Namespace):
+def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     """The engine's `SamplingOptions` from parsed arguments."""
-    from wings.serving.engine import SamplingOptions
-
     return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                            stop=list(args.stop), seed=args.seed)
 
 
-def load_engine(args: argparse.Namespace, **kwargs):
+def load_engine(args: argparse.Namespace, **kwargs) -> GenerationEngine:
     """The generation engine for `--model`, printing where it loads from (to stderr: stdout may be piped)."""
-    import sys
-
-    from wings.serving.engine import GenerationEngine
-
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     return GenerationEngine.from_checkpoint(args.model, device=args.device, dtype=args.dtype, **kwargs)

@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    try:
+    try:  # the server's packages are an optional extra: imported only when `wings serve` runs
         import uvicorn
 
         from wings.serving.server import ServerLimits, create_app

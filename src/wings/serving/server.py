@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wings.data.formats import ContentPartError, content_parts
 from wings.data.images import ImageLoadError, check_pixels, fit_within, image_header, load_image
 from wings.serving.engine import (
     EngineBusy,
@@ -189,30 +190,30 @@ class RequestTranslator:
         messages, images, characters = [], [], 0
         for index, message in enumerate(request.messages):
             role = "system" if message.role == "developer" else message.role
-            parts = message.content if isinstance(message.content, list) else [
-                ContentPart(type="text", text=message.content or "")]
+            if isinstance(message.content, list):
+                parts = content_parts([part.model_dump() for part in message.content], f"messages[{index}].content")
+            else:
+                parts = iter([("text", message.content or "", f"messages[{index}].content")])
             pieces = []
-            for part_index, part in enumerate(parts):
-                where = f"messages[{index}].content" + (f"[{part_index}]" if isinstance(message.content, list) else "")
-                if part.type == "text":
-                    if part.text is None:
-                        raise APIError(400, "a text part needs a 'text' string", param=where)
-                    characters += len(part.text)
-                    if characters > limits.max_text_chars:
-                        raise APIError(400, f"the messages' text is over this server's limit of "
-                                            f"{limits.max_text_chars} characters", param=where,
-                                       code="context_length_exceeded")
-                    if self.placeholder in part.text:
-                        raise APIError(400, f"text may not contain {self.placeholder!r}; send images as image_url "
-                                            "parts", param=where)
-                    pieces.append(part.text)
-                else:
-                    if part.image_url is None:
-                        raise APIError(400, "an image_url part needs {'image_url': {'url': ...}}", param=where)
-                    if len(images) >= limits.max_images:
-                        raise APIError(400, f"at most {limits.max_images} images per request", param=where)
-                    images.append(ImageRef(part.image_url.url, where))
-                    pieces.append(self.placeholder)
+            try:
+                for kind, value, where in parts:
+                    if kind == "text":
+                        characters += len(value)
+                        if characters > limits.max_text_chars:
+                            raise APIError(400, f"the messages' text is over this server's limit of "
+                                                f"{limits.max_text_chars} characters", param=where,
+                                           code="context_length_exceeded")
+                        if self.placeholder in value:
+                            raise APIError(400, f"text may not contain {self.placeholder!r}; send images as "
+                                                "image_url parts", param=where)
+                        pieces.append(value)
+                    else:
+                        if len(images) >= limits.max_images:
+                            raise APIError(400, f"at most {limits.max_images} images per request", param=where)
+                        images.append(ImageRef(value, where))
+                        pieces.append(self.placeholder)
+            except ContentPartError as error:
+                raise APIError(400, error.reason, param=error.field) from None
             messages.append({"role": role, "content": "".join(pieces)})
         context = self.engine.max_context
         least = len(images) * self.engine.processor.image_seq_length + len(messages)  # a message is >= 1 token

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from wings.model.attention import SUPPORTED_BACKENDS
-from wings.model.builder import VISION_PRESETS
 from wings.model.modeling_wings import PARAMETER_GROUPS
+from wings.model.vision_towers import VISION_PRESETS
 
 from .stages import STAGES
 

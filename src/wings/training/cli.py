@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from wings.commands import wings_command
+from wings.model.modeling_wings import WingsForConditionalGeneration
+from wings.model.processing_wings import WingsProcessor
 from wings.threads import add_threads_argument
 
 from .arguments import command_line, describe_options, load_config
@@ -28,7 +30,7 @@ def missing_data(datasets: list[dict]) -> str | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .run import run_stage  # torch/transformers load only when a run starts
+    from .run import run_stage  # transformers' Trainer loads only when a run starts (a missing file fails faster)
 
     overrides = list(args.overrides)
     if args.skip_invalid_samples:
@@ -52,10 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from wings.model.modeling_wings import WingsForConditionalGeneration
-    from wings.model.processing_wings import WingsProcessor
-
-    from .provenance import read_provenance
+    from .provenance import read_provenance  # with the trainer: transformers' Trainer loads only when needed
     from .trainer import PROVENANCE_FILE
 
     source, target = Path(args.checkpoint), Path(args.out)

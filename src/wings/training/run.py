@@ -21,12 +21,13 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from wings.data.collator import WingsCollator
 from wings.data.dataset import build_dataset, read_data_events
-from wings.model.builder import VISION_PRESETS, build_wings
+from wings.data.images import pixel_statistics
+from wings.model.builder import build_wings
 from wings.model.modeling_wings import WingsForConditionalGeneration
-from wings.model.processing_wings import WingsProcessor
+from wings.model.processing_wings import WingsCollator, WingsProcessor
 from wings.model.registry import resolve_llm
+from wings.model.vision_towers import VISION_PRESETS
 
 from .arguments import TrainConfig
 from .provenance import add_data_events, data_fingerprint, model_fingerprint, stage_record
@@ -275,8 +276,6 @@ def choose_checkpoint(output_dir: Path, requested: str | None = None) -> str | N
 def set_image_statistics(processor: WingsProcessor, datasets: list[Any], limit: int = 1000) -> None:
     """Normalise pixels with the per-channel mean and std of the training images (`ConversationDataset`s; up to
     `limit` images, spread evenly over the data). The processor is saved with the model: inference does alike."""
-    from wings.data.images import pixel_statistics
-
     records = [(part, int(index)) for part in datasets for index in part.indices[part.has_images]]
     chosen: dict[str, None] = {}  # distinct images, in order
     for part, index in records[:: max(1, len(records) // limit)]:

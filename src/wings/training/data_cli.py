@@ -1,12 +1,20 @@
-"""`wings data`: check conversation files, convert data sets.
+"""`wings data`: check conversation files before training, convert data sets.
 
     wings data check FILE [FILE ...] [--image-folder DIR] [--processor DIR --max-length N]
     wings data easy-vqa --out DIR [--max-turns N]
+
+The command lives with training, above the processor: the length check loads a saved processor and hands it to
+the data layer's `check_file`, which imports nothing above itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from wings.data.easy_vqa import convert_easy_vqa
+from wings.data.validation import check_file
+from wings.model.processing_wings import WingsProcessor
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -34,12 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
 
 def run_check(args: argparse.Namespace) -> int:
     """Print a report per file; exit code 1 when any problem was found."""
-    from wings.data.validation import check_file
-
     processor = None
     if args.processor:
-        from wings.model.processing_wings import WingsProcessor
-
         processor = WingsProcessor.from_pretrained(args.processor)
     if (processor is None) != (args.max_length is None):
         raise ValueError("--processor and --max-length go together (the length check needs both)")
@@ -52,10 +56,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_easy_vqa(args: argparse.Namespace) -> int:
-    import sys
-
-    from wings.data.easy_vqa import convert_easy_vqa
-
+    """Convert the easy-vqa package to LLaVA-format train/test files; exit code 1 when its extra is missing."""
     try:
         counts = convert_easy_vqa(args.out, data_dir=args.source, max_turns=args.max_turns, seed=args.seed)
     except ImportError as error:  # the optional extra is missing: say how to get it, no traceback
