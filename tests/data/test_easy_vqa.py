@@ -52,15 +52,6 @@ def test_conversion_layout_and_turns(tmp_path, fake_easy_vqa):
     assert split["train"]["conversations"] == 3
 
 
-def test_cli_converts_and_prints_counts(tmp_path, fake_easy_vqa, capsys):
-    from tests.data.test_validation import run_cli
-
-    assert run_cli("data", "easy-vqa", "--out", str(tmp_path / "o"), "--source", str(fake_easy_vqa), "--max-turns", "1") == 0
-    out = capsys.readouterr().out
-    assert f"train: 2 images, 4 questions (2 yes/no) in 4 conversations -> {tmp_path}/o/train.json" in out
-    assert (tmp_path / "o" / "images" / "test" / "0.png").is_file()
-
-
 @pytest.mark.slow
 def test_the_real_easy_vqa_package(tmp_path):
     pytest.importorskip("easy_vqa", reason="easy-vqa is an optional extra: pip install -e '.[data]'")

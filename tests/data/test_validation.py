@@ -1,21 +1,12 @@
-"""`check_file` / `wings data check`: every problem by record index and field, with its message."""
+"""`check_file`: every problem by record index and field, with its message."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from PIL import Image
 
 from wings.data.validation import check_file
-from wings.training import data_cli as cli
-
-
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="wings")
-    cli.add_parser(parser.add_subparsers(dest="command"), "data", "check data files and convert data sets")
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 def write(tmp_path, records, name="data.json") -> str:
@@ -78,12 +69,3 @@ def test_too_long_samples_with_a_processor(tmp_path, chatml_processor):
     assert messages[1] == ("record 2: <record>: its 3 image(s) alone take 48 tokens > max_length 40: "
                            "the sample would be dropped")
     assert report.length_checked and report.longest_tokens > 48
-
-
-def test_cli_check_prints_counts_and_problems_and_sets_the_exit_code(tmp_path, capsys):
-    good = write(tmp_path, [{"conversations": [turn("human", "Q"), turn("gpt", "A")]}], "good.json")
-    assert run_cli("data", "check", good) == 0
-    assert "no problems found" in capsys.readouterr().out
-    bad = write(tmp_path, [{"image": "x.png", "conversations": [turn("human", "<image>"), turn("gpt", "A")]}], "bad.json")
-    assert run_cli("data", "check", bad, "--image-folder", "/nowhere") == 1
-    assert "record 0: image: image file not found: /nowhere/x.png" in capsys.readouterr().out

@@ -40,7 +40,7 @@ class WingsLM(HFLM):
 
 def main() -> None:
     """The `lm_eval` command line with the `wings` model registered."""
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # lm-eval's command-line module: loaded only when it runs
 
     cli_evaluate()
 

@@ -80,7 +80,7 @@ def _hub_records(task: str, hub_path: str, hub_name: str | None, split: str, nam
                  else f"no split of it is there; put a copy of {hub_path} there")  # fmt: skip
         raise FileNotFoundError(f"task {task}: split '{split}' is not under --data-dir {data_dir} "
                                 f"(looked for {', '.join(names_of(split))}); {there}")  # fmt: skip
-    try:
+    try:  # an optional package, needed only to read the hub
         import datasets
     except ImportError:
         datasets = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainingArguments
 
 from wings.model.attention import SUPPORTED_BACKENDS
 from wings.model.modeling_wings import PARAMETER_GROUPS
@@ -217,8 +218,6 @@ def _type_problem(value: Any, hint: Any) -> str | None:
 
 def check_values(config: "TrainConfig") -> None:
     """Every option's type and range, with the option's name in the message (before any model or data loads)."""
-    from transformers import TrainingArguments
-
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for item in dataclasses.fields(cls):
