@@ -48,11 +48,12 @@ KNOWN_EDGES_UNTIL_THE_RENOVATION_ENDS: dict[tuple[str, str], str] = {
 
 @dataclass(frozen=True)
 class Import:
-    """One import statement's edge: the importing file, its line, the imported module."""
+    """One import statement's edge: the importing file, its line, the importing and the imported module."""
 
     file: str  # relative to src/
     line: int
-    module: str  # dotted name of a module of src/wings
+    importer: str  # dotted module names
+    module: str
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} imports {self.module}"
@@ -110,7 +111,7 @@ def imported_modules(module: str, path: Path, modules: dict[str, Path]) -> list[
             while name and name not in modules:  # `import wings.data.formats as f`, `from wings.x.y import Z`
                 name = name.rpartition(".")[0]
             if name and name != module:
-                found.append(Import(file, node.lineno, name))
+                found.append(Import(file, node.lineno, module, name))
     return found
 
 
@@ -123,8 +124,7 @@ def upward_imports(edges: list[Import]) -> list[str]:
     """Imports from a lower layer into a higher one, and between sibling jobs, as messages."""
     problems = []
     for edge in edges:
-        importer = next(m for m, p in module_files().items() if p.relative_to(SOURCE).as_posix() == edge.file)
-        (rank, name), (target_rank, target_name) = layer_of(importer), layer_of(edge.module)
+        (rank, name), (target_rank, target_name) = layer_of(edge.importer), layer_of(edge.module)
         if rank == LAYERS.index("entry"):
             continue
         if target_rank > rank:
@@ -138,8 +138,7 @@ def circles(edges: list[Import]) -> list[list[Import]]:
     """One circle through each strongly connected group of modules (Tarjan), as the imports that close it."""
     graph: dict[str, dict[str, Import]] = {}
     for edge in edges:
-        source = edge.file.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-        graph.setdefault(source, {}).setdefault(edge.module, edge)
+        graph.setdefault(edge.importer, {}).setdefault(edge.module, edge)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -190,6 +189,23 @@ def test_the_graph_reads_imports_at_module_level_inside_functions_and_relative_o
     assert ("wings/__init__.py", "wings.model") in edges  # `from .model import` in a package's __init__
     assert ("wings/cli.py", "wings.threads") in edges  # inside `main`
     assert all(layer_of(module) for module in module_files())
+
+
+def test_the_checks_name_the_file_the_line_and_the_module_of_a_bad_import():
+    back_up = Import("wings/data/dataset.py", 31, "wings.data.dataset", "wings.model.processing_wings")
+    sideways = Import("wings/serving/engine.py", 7, "wings.serving.engine", "wings.evaluation.runner")
+    down = Import("wings/demo/cli.py", 3, "wings.demo.cli", "wings.data.formats")
+    assert upward_imports([back_up, sideways, down]) == [
+        "wings/data/dataset.py:31 imports wings.model.processing_wings: layer 'data' may not import layer "
+        "'processor' above it",
+        "wings/serving/engine.py:7 imports wings.evaluation.runner: the jobs 'serving' and 'evaluation' do not "
+        "import each other",
+    ]
+    a_to_b = Import("wings/evaluation/a.py", 1, "wings.evaluation.a", "wings.evaluation.b")
+    b_to_c = Import("wings/evaluation/b.py", 2, "wings.evaluation.b", "wings.evaluation.c")
+    c_to_a = Import("wings/evaluation/c.py", 3, "wings.evaluation.c", "wings.evaluation.a")
+    assert circles([a_to_b, b_to_c, c_to_a, down]) == [[a_to_b, b_to_c, c_to_a]]
+    assert circles([a_to_b, b_to_c]) == []
 
 
 def test_no_import_runs_from_a_lower_layer_into_a_higher_one():
