@@ -6,7 +6,6 @@ milliseconds on a small corpus and given a ChatML or Llama-3 chat template writt
 
 from __future__ import annotations
 
-
 CHATML_TEMPLATE = (
     "{%- if messages[0]['role'] != 'system' %}"
     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
-from transformers import AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText, StoppingCriteria, StoppingCriteriaList
 
 import wings  # noqa: F401  (registers the WINGS classes with the Auto classes)
 from wings.data.images import ImageSource
