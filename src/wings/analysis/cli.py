@@ -28,7 +28,7 @@ import torch
 
 from wings.analysis.attention_shift import QUERY_CHOICES, QUERY_TOKENS, AnalysisSample, analyze_model
 from wings.analysis.plots import plot_laws, plot_shift_vs_score
-from wings.data.formats import IMAGE_PLACEHOLDER, normalize_record, resolve_image
+from wings.data.formats import IMAGE_PLACEHOLDER, normalize_record, read_jsonl, resolve_image
 from wings.evaluation.runner import load_eval_model
 from wings.model.processing_wings import WingsProcessor
 from wings.threads import add_threads_argument
@@ -65,14 +65,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """JSON objects, one a line; errors name the file and line."""
     if not path.is_file():
         raise FileNotFoundError(f"--data {path} does not exist")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-    return records
+    return read_jsonl(path)
 
 
 @dataclass(frozen=True)

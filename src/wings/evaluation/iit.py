@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wings.data.formats import IMAGE_PLACEHOLDER
+from wings.data.formats import IMAGE_PLACEHOLDER, read_jsonl
 from wings.evaluation.multiple_choice import TARGET_DELIMITER, encode_pair  # " " after "Answer:", as lm-eval
 from wings.evaluation.tasks import get_task, load_generic_jsonl
 
@@ -88,7 +88,7 @@ def load_visual_questions(path: str | Path) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"visual source {path} does not exist")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_jsonl(path)
     docs = load_generic_jsonl(path)  # the same checks and answer forms as the text schema
     questions = []
     for index, (record, doc) in enumerate(zip(records, docs)):
@@ -226,17 +226,14 @@ def read_iit(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IIT file {path} does not exist (build it with `wings iit build`)")
-    dialogues = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        dialogue = json.loads(line)
+    dialogues = read_jsonl(path)
+    for number, dialogue in enumerate(dialogues, 1):
+        where = f"{path} dialogue {number} ({dialogue.get('id', 'no id')})"
         for turn_index, turn in enumerate(dialogue.get("turns") or [None]):
             if not isinstance(turn, dict) or not {"prompt", "choices", "answer", "modality"} <= set(turn):
-                raise ValueError(f"{path}:{number} turn {turn_index}: needs modality, prompt, choices and answer")
+                raise ValueError(f"{where} turn {turn_index}: needs modality, prompt, choices and answer")
             if not 0 <= int(turn["answer"]) < len(turn["choices"]):
-                raise ValueError(f"{path}:{number} turn {turn_index}: answer {turn['answer']} out of range")
-        dialogues.append(dialogue)
+                raise ValueError(f"{where} turn {turn_index}: answer {turn['answer']} out of range")
     return dialogues
 
 

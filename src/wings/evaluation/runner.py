@@ -25,6 +25,7 @@ from wings.data.formats import read_jsonl
 from wings.evaluation import vqa
 from wings.evaluation.cache import BaseResultCache
 from wings.evaluation.divergence import continuation_divergences, reference_sequences
+from wings.evaluation.iit import evaluate_iit
 from wings.evaluation.multiple_choice import evaluate_multiple_choice
 from wings.evaluation.perplexity import file_perplexity
 from wings.evaluation.task_types import Doc, Task
@@ -207,8 +208,6 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
             if priors is not None:
                 baselines[task.name] = priors
         elif task.kind == "iit":
-            from wings.evaluation.iit import evaluate_iit
-
             for entry in everyone:
                 seed_everything()
                 results[entry.name][task.name] = evaluate_iit(entry.model, entry.encoder, task.path,
