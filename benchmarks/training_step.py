@@ -25,11 +25,12 @@ AUTHORS_BACKEND = "wings_authors_eager"  # the "wings_" prefix keeps the model f
 MAX_ROW = 4096  # the authors' router: a linear layer over the attention row by absolute key position
 
 
-def authors_router_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
+def authors_router_attention(
+    module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, wings_context=None, **_
+):
     """Eager attention whose materialised weights also give the router its input (see the module docstring)."""
     output, weights = eager_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
-    runtime = getattr(module, "wings_runtime", None)
-    context = runtime.context if runtime is not None else None
+    context = wings_context
     if context is not None and context.wants_visual_mass(module.layer_idx):
         length = weights.shape[-1]
         visual = context.key_is_visual[:, None, :, None].to(weights.dtype)  # (B, 1, T, 1)

@@ -39,10 +39,6 @@ KNOWN_EDGES_UNTIL_THE_RENOVATION_ENDS: dict[tuple[str, str], str] = {
         "function moves into processing_wings.py (the processor owns image geometry, as transformers' LLaVA "
         "processor does) and configuration_wings.py imports it from there"
     ),
-    ("wings/model/fused.py", "wings.model.learner_inputs"): (
-        "a type hint under `if TYPE_CHECKING:` that closes the circle fused.py <-> learner_inputs.py (learner_inputs "
-        "imports `rotary_tables` from fused); the model-core renovation in progress removes it"
-    ),
 }
 
 

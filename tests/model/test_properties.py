@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wings import WingsConfig, WingsForConditionalGeneration
+from wings.model import fused
 
 from .tiny import image_ids, randomize_learners, sample, tiny_wings
 
@@ -338,15 +339,15 @@ def test_learner_outputs_follow_the_written_out_formulas():
     randomize_learners(model)
     ids, pixels = sample(model, images=2)
     records = {}
-    original = type(model.wings_layers["0"]).forward
+    original = fused.wings_layer  # the fast path the model runs
 
-    def record(layer, x, attention_output, keys, inputs, visual_mass):
-        result = original(layer, x, attention_output, keys, inputs, visual_mass)
+    def record(layer, x, attention_output, keys, cos, sin, masks, visual_mass):
+        result = original(layer, x, attention_output, keys, cos, sin, masks, visual_mass)
         records[layer] = (x[0], result[0] - attention_output[0], visual_mass[0])
         return result
 
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(type(model.wings_layers["0"]), "forward", record)
+        patch.setattr(fused, "wings_layer", record)
         model(input_ids=ids, pixel_values=pixels)
         embeds = model.get_input_embeddings()(ids.masked_fill(ids == model.config.image_token_id, 0))
         features = model.get_image_features(pixels).reshape(-1, embeds.shape[-1])
@@ -373,7 +374,7 @@ def test_in_place_learner_cache_layer_behaves_like_the_concatenating_one():
     """AppendLayer (the learners' cache) writes into spare room; reorder, crop and repeat must still hold."""
     from transformers.cache_utils import DynamicLayer
 
-    from wings.model.modeling_wings import AppendLayer
+    from wings.model.learner_cache import AppendLayer
 
     generator = torch.Generator().manual_seed(0)
     reference, in_place = DynamicLayer(), AppendLayer()

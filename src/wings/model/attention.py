@@ -7,7 +7,9 @@ queries and keys with zeros to the same width (scores unchanged, scaling passed 
 need equal head sizes, and a multiple of 8, accept it.
 
 The wrapped kernels are registered with transformers' `AttentionInterface` under `wings_<backend>`; the LLM
-of a WINGS model runs with that name and everything else in transformers stays as it is.
+of a WINGS model runs with that name and everything else in transformers stays as it is. The learners' per-forward
+context reaches the kernel as the keyword argument `wings_context` (`wiring.py`); the kernel records each learner
+layer's visual mass in it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "wings_"
+CONTEXT_KEY = "wings_context"  # the keyword argument that carries the learners' per-forward context
 # Extra channels appended to q/k/v: one carries the visual indicator, the rest keep the width a multiple of 8.
 EXTRA_CHANNELS = 8
 SUPPORTED_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -165,8 +168,7 @@ def make_visual_mass_attention(backend: str) -> Callable:
         attention_mask: torch.Tensor | None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        runtime = getattr(module, "wings_runtime", None)
-        context = runtime.context if runtime is not None else None
+        context = kwargs.pop(CONTEXT_KEY, None)
         if context is None or not context.wants_visual_mass(module.layer_idx):
             return base(module, query, key, value, attention_mask, **kwargs)
         indicators = context.key_is_visual[..., None]

@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .learners import LowRankResidualAttention, apply_rotary, keys_and_values, stacked_weights
+from .fused import apply_rotary, keys_and_values, stacked_weights
+from .learners import LowRankResidualAttention
 
 FORMS = ("auto", "full", "compact")
-KINDS = ("text", "visual", "meta", "visual_positions")  # learner cache layers, in order after the LLM's own
-# text / visual: the learners' keys and values (or their inputs, compact); meta: which keys are visual;
-# visual_positions: the absolute index of every cached visual key (-1: an empty slot).
+KINDS = ("text", "visual", "marks")  # learner cache layers, in order after the LLM's own
+# text / visual: the learners' keys and values (or their inputs, compact); marks: which keys are visual and where
+# the visual keys sit (`KeyMarksLayer`).
 
 
 class AppendLayer(DynamicLayer):
@@ -89,6 +90,65 @@ class CompactSlotLayer(SlotLayer):
     """The visual learners' cache in the compact form (one entry per visual token)."""
 
 
+class KeyMarksLayer(DynamicLayer):
+    """Typed state beside the learners' keys: which cached keys are visual, `is_visual` (B, T) bool, and the absolute
+    index of every cached visual key, `visual_positions` (B, V) long (-1: an empty slot of a shorter sample).
+
+    Beam reordering, batch selection and repetition apply to both like to keys; cropping removes generated (text)
+    tokens, so it shortens `is_visual` and leaves the visual positions as they are.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.is_visual: torch.Tensor | None = None
+        self.visual_positions: torch.Tensor | None = None
+
+    def add_keys(self, is_visual: torch.Tensor) -> torch.Tensor:
+        """Record this step's keys (B, L) bool; returns every key's (B, T)."""
+        self.is_visual = is_visual if self.is_visual is None else torch.cat([self.is_visual, is_visual], 1)
+        self.is_initialized = True
+        return self.is_visual
+
+    def add_visual_slots(self, positions: torch.Tensor) -> torch.Tensor:
+        """Record this step's visual slots (B, N) long; returns every cached visual key's position (B, V)."""
+        if positions.shape[1]:
+            stored = self.visual_positions
+            self.visual_positions = positions if stored is None else torch.cat([stored, positions], 1)
+        return self.visual_positions if self.visual_positions is not None else positions
+
+    def _apply(self, change) -> None:  # the same batch operation on both records
+        self.is_visual = None if self.is_visual is None else change(self.is_visual)
+        self.visual_positions = None if self.visual_positions is None else change(self.visual_positions)
+
+    def get_seq_length(self) -> int:
+        return 0 if self.is_visual is None else self.is_visual.shape[1]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._apply(lambda t: t[indices])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_visual is not None:
+            self.is_visual = self.is_visual[:, :tokens_to_remove]
+
+    def offload(self) -> None:
+        self._apply(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        device = getattr(self, "device", None)
+        if device is not None:
+            self._apply(lambda t: t.to(device, non_blocking=True))
+
+    def reset(self) -> None:
+        self.is_visual = self.visual_positions = None
+        self.is_initialized = False
+
+
 def cache_layer(kind: str, form: str, device: torch.device) -> DynamicLayer:
     """A new learner cache layer of `kind` in `form` ("auto": compact on CUDA, full elsewhere)."""
     if form not in FORMS:
@@ -98,7 +158,9 @@ def cache_layer(kind: str, form: str, device: torch.device) -> DynamicLayer:
         return CompactLayer() if compact else AppendLayer()
     if kind == "visual":
         return CompactSlotLayer() if compact else SlotLayer()
-    return SlotLayer() if kind == "visual_positions" else AppendLayer()
+    marks = KeyMarksLayer()
+    marks.device = device
+    return marks
 
 
 @dataclass

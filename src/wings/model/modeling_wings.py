@@ -1,44 +1,39 @@
 """`WingsForConditionalGeneration`: vision tower -> projector -> any Llama-family HF LLM, with WINGS learners.
 
-The LLM is used as it is: the learners attach from outside, through a forward hook on each chosen decoder
-layer's `self_attn` (which receives the attention's normalised input x and returns a), so that layer computes
-`h + a + learners(x)`. The router's visual-attention mass comes from the LLM's own attention kernel (see
-`attention.py`). The learners' keys and values live in the same HF `Cache` as the LLM's, as extra cache
-layers, so beam search, cropping and batch selection treat them like every other layer.
+In the shape of transformers' LLaVA: build, save/load, image features, forward, loss. The LLM is used as it is; the
+learners attach from outside (`wiring.py`) and get their per-forward inputs (`learner_inputs.py`) as a keyword
+argument that transformers passes down to every attention layer. The learners' keys and values live in the same HF
+`Cache` as the LLM's, as extra cache layers (`learner_cache.py`), so beam search, cropping and batch selection treat
+them like every other layer. The WINGS layer itself: `learners.py` (the formulas), `fused.py` (the fast path).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    DynamicCache,
-    GenerationMixin,
-    PreTrainedModel,
-)
+from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import logging as hf_logging
 
-from .attention import register_wings_attention, wings_attention_name
+from wings.data.formats import IGNORE_INDEX
+
+from . import distributed
+from .attention import register_wings_attention
 from .configuration_wings import WingsConfig
 from .feature_cache import DEFAULT_MAX_BYTES, VisionFeatureCache
-from .learner_cache import KINDS, AppendLayer, SlotLayer, cache_layer, learner_keys  # noqa: F401 (re-exported)
-from .learners import LearnerInputs, WingsLayer, rotary_tables
+from .learner_cache import KINDS, cache_layer, learner_keys
+from .learner_inputs import LearnerInputs, build_learner_inputs
+from .learners import LowRankDown, LowRankUp, RouterProjection, WingsLayer
+from .loading import AsIs, as_vision_model, check_llm_layout, from_pretrained_around_llm, load_llm_checkpoint
+from .wiring import attach_learners, forward_context, use_wings_attention
 
-IGNORE_INDEX = -100
 PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
 
 
@@ -55,99 +50,6 @@ class WingsProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
-def additive_mask(key_mask: torch.Tensor, has_key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, L, T) bool -> (B, 1, L, T) additive mask (0 or -inf) for attention, made once per forward: a boolean
-    mask would be converted, and kept for the backward, by every layer's attention call. A query without any
-    admissible key admits every key instead (no NaN); the WINGS layer zeroes its output."""
-    allowed = (key_mask | ~has_key.unsqueeze(-1)).unsqueeze(1)
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
-class LearnerRuntime:
-    """Per-forward state shared by the hooks (a plain object, so it is never a parameter or buffer)."""
-
-    def __init__(self) -> None:
-        self.context: LearnerInputs | None = None
-
-
-def check_llm_layout(llm: nn.Module) -> None:
-    """Raise, before any computation, if `llm` is not a Llama-family causal LM that learners can attach to."""
-    name = type(llm).__name__
-    base = getattr(llm, "model", None)
-    layers = getattr(base, "layers", None)
-    problems = []
-    if base is None or layers is None or len(layers) == 0:
-        problems.append("no decoder layers at `model.layers`")
-    else:
-        attention = getattr(layers[0], "self_attn", None)
-        if attention is None or not hasattr(attention, "layer_idx"):
-            problems.append("decoder layers have no `self_attn` with a `layer_idx`")
-        if getattr(layers[0], "input_layernorm", None) is None:
-            problems.append("decoder layers have no pre-attention norm `input_layernorm`")
-    if base is not None and getattr(base, "rotary_emb", None) is None:
-        problems.append("no rotary embedding at `model.rotary_emb`")
-    if getattr(llm, "lm_head", None) is None:
-        problems.append("no `lm_head`")
-    config = getattr(llm, "config", None)
-    if config is not None and config.hidden_size % config.num_attention_heads:
-        problems.append("hidden_size is not a multiple of num_attention_heads")
-    if problems:
-        raise ValueError(
-            f"{name} is not supported: WINGS attaches to Llama-family decoder LLMs (Llama, Qwen2/2.5/3, Mistral, "
-            f"SmolLM2) and this one has {'; '.join(problems)}. Load the LLM with AutoModelForCausalLM and check it "
-            "follows that layout."
-        )
-
-
-class AsIs:
-    """A module handed to `__init__` by `from_pretrained`, which deep-copies its keyword arguments (a passing second
-    copy of a 7B LLM): this one goes through as it is."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __deepcopy__(self, memo: dict) -> "AsIs":
-        return self
-
-
-def load_llm_checkpoint(
-    source: str, expected: Any, dtype: torch.dtype | str | None, attn_implementation: str | None
-) -> PreTrainedModel:
-    """The LLM a checkpoint names in `llm_checkpoint` (a registry name, an HF causal-LM directory or a WINGS
-    checkpoint), loaded by transformers; raises when it is not there or not the LLM `expected` describes."""
-    from .registry import resolve_llm  # the registry imports the GGUF tooling lazily
-
-    path = resolve_llm(source)
-    if not Path(path, "config.json").is_file():
-        raise FileNotFoundError(
-            f"this checkpoint reads its LLM weights from {source!r}, which is not available here "
-            f"({path} has no config.json): make it available, or use a checkpoint made by `wings export`."
-        )
-    options = {"dtype": dtype, "attn_implementation": (attn_implementation or "sdpa").removeprefix("wings_")}
-    if json.loads(Path(path, "config.json").read_text()).get("model_type") == WingsConfig.model_type:
-        llm = WingsForConditionalGeneration.from_pretrained(path, **options).language_model
-    else:
-        llm = AutoModelForCausalLM.from_pretrained(path, **options)
-    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-    if [getattr(llm.config, f) for f in shape] != [getattr(expected, f) for f in shape]:
-        raise ValueError(
-            f"llm_checkpoint {source!r} holds an LLM with {shape} = {[getattr(llm.config, f) for f in shape]}, but "
-            f"this checkpoint was trained on {[getattr(expected, f) for f in shape]}: point llm_checkpoint in its "
-            "config.json at the LLM it was trained on."
-        )
-    return llm
-
-
-def as_vision_model(vision: PreTrainedModel) -> PreTrainedModel:
-    """A vision-only tower: a full CLIP/SigLIP model (text + vision) is reduced to its vision part."""
-    vision_config = getattr(vision.config, "vision_config", None)
-    if vision_config is None:
-        return vision
-    tower = AutoModel.from_config(vision_config)
-    tower.vision_model.load_state_dict(vision.vision_model.state_dict())
-    return tower.to(dtype=vision.dtype)
-
-
 class WingsPreTrainedModel(PreTrainedModel):
     config_class = WingsConfig
     config: WingsConfig
@@ -160,15 +62,16 @@ class WingsPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Learner matrices carry their own rule (A ~ trunc-normal, B = 0, router W = 0); see learners.py.
-        if getattr(module, "wings_zero_init", False):
-            init.zeros_(module.weight)
-            if module.bias is not None and getattr(module, "wings_init_bias", None) is not None:
-                init.copy_(module.bias, torch.tensor(module.wings_init_bias, dtype=module.bias.dtype))
-            elif module.bias is not None:
-                init.zeros_(module.bias)
-        elif (std := getattr(module, "wings_init_std", None)) is not None:
+        # The learners' matrices are typed by their rule (learners.py): A ~ trunc-normal, B = 0, router W = 0 and
+        # b = [logit(w0), 0]. (transformers' `init` functions leave loaded weights alone.)
+        if isinstance(module, LowRankDown):
+            std = module.init_std
             init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, LowRankUp):
+            init.zeros_(module.weight)
+        elif isinstance(module, RouterProjection):
+            init.zeros_(module.weight)
+            init.copy_(module.bias, module.initial_bias().to(module.bias.dtype))
         else:
             super()._init_weights(module)
 
@@ -180,6 +83,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     """
 
     learner_cache = "auto"  # form of the learners' KV cache: auto, full or compact (learner_cache.py)
+    learner_path = "fused"  # "plain": run WingsLayer.forward, the formulas (learners.py), without a KV cache
 
     def __init__(
         self,
@@ -210,10 +114,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             }
         )
         self.learner_rotary = self._build_learner_rotary()
-        self._learner_position = {index: n for n, index in enumerate(config.learner_layers)}
-        self._runtime = LearnerRuntime()
         self.vision_feature_cache: VisionFeatureCache | None = None  # enable_vision_feature_cache()
-        self._attach_learners()
+        if self.wings_layers:
+            attach_learners(self.language_model, self.wings_layers)
         self.post_init()
 
     # ----- construction -----------------------------------------------------------------------------------
@@ -228,27 +131,11 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if config.llm_checkpoint and "language_model" not in kwargs:
             dtype = config.dtype if kwargs.get("dtype") in (None, "auto") else kwargs["dtype"]
             kwargs["language_model"] = load_llm_checkpoint(
-                config.llm_checkpoint, config.text_config, dtype, kwargs.get("attn_implementation")
+                config.llm_checkpoint, config.text_config, dtype, kwargs.get("attn_implementation"), cls
             )
         if "language_model" not in kwargs:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        llm = kwargs.pop("language_model")
-        for parameter in llm.parameters():
-            parameter._is_hf_initialized = True  # loaded: transformers must not initialise it again
-        buffers = {name: buffer.clone() for name, buffer in llm.named_buffers()}  # (re-made empty by the loader)
-        # The LLM's weights (and its tied head) are not "missing" from the checkpoint: they came with `llm`.
-        cls._keys_to_ignore_on_load_missing = [r"^language_model\."]
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, language_model=AsIs(llm), **kwargs)
-        finally:
-            cls._keys_to_ignore_on_load_missing = None
-            hf_logging.set_verbosity(verbosity)
-        with torch.no_grad():
-            for name, buffer in model.language_model.named_buffers():
-                buffer.copy_(buffers[name])
-        return model
+        return from_pretrained_around_llm(super().from_pretrained, cls, pretrained_model_name_or_path, args, kwargs)
 
     @classmethod
     def from_llm_and_vision(
@@ -300,29 +187,15 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         rope_config.head_dim = learner_head_dim
         return type(self.language_model.model.rotary_emb)(config=rope_config)
 
-    def _attach_learners(self) -> None:
-        """Hook each chosen decoder layer's attention and route it through the visual-mass kernel."""
-        self._use_wings_attention()
-        layers = self.language_model.model.layers
-        for index in self.config.learner_layers:
-            attention = layers[index].self_attn
-            object.__setattr__(attention, "wings_runtime", self._runtime)  # read by the attention kernel
-            attention.register_forward_hook(partial(self._add_learner_outputs, index), with_kwargs=True)
-
-    def _use_wings_attention(self) -> None:
-        """Run the LLM with `wings_<backend>`; re-applied if someone switched the backend since."""
-        text = self.language_model.config
-        if self.wings_layers and not str(text._attn_implementation).startswith("wings_"):
-            text._attn_implementation_internal = wings_attention_name(text._attn_implementation)
-
     def set_attn_implementation(self, attn_implementation: str | dict, **kwargs: Any) -> None:
         super().set_attn_implementation(attn_implementation, **kwargs)
-        self._use_wings_attention()
+        if self.wings_layers:
+            use_wings_attention(self.language_model)
 
     def _activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:
-        # The learners read per-forward state from outside the checkpointed layer: only non-reentrant replay sees it.
+        # The learners' context is a keyword argument holding tensors: only non-reentrant replay passes it on.
         kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
         super()._activation_checkpointing_enable(kwargs, every_n_layers, offload)
 
@@ -397,144 +270,6 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             )
         return is_visual
 
-    def _zero_weighted_image(self, reference: torch.Tensor) -> torch.Tensor:
-        """0 * (vision tower and projector on a blank image), for text-only training batches.
-
-        Under DDP or DeepSpeed ZeRO-3 every rank must run the same modules in the same order; a rank whose
-        batch has no image would otherwise skip them and hang the others. (The visual learners and routers
-        run on such batches too, with no admissible key: see `run_visual`.) The result is exactly 0.
-        """
-        size = self.config.vision_config.image_size
-        blank = torch.zeros(1, 3, size, size, device=reference.device)
-        return self.get_image_features(blank).sum().to(reference.dtype) * 0.0
-
-    def _needs_same_modules_on_every_rank(self) -> bool:
-        """Training with gradients: text-only batches still run the visual modules (with zero weight)."""
-        return self.training and torch.is_grad_enabled() and self.vision_tower is not None
-
-    # ----- the learners -----------------------------------------------------------------------------------
-    def _learner_inputs(
-        self,
-        inputs_embeds: torch.Tensor,
-        is_visual: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: Cache | None,
-        past_length: int,
-    ) -> LearnerInputs:
-        """Masks, gathered visual keys and rotary tables shared by every WINGS layer of this forward."""
-        device, length = is_visual.device, is_visual.shape[1]
-        key_is_visual = is_visual
-        if cache is not None:
-            indicator = is_visual[:, None, :, None].to(torch.float32)
-            stored, _ = cache.update(indicator, indicator, self._cache_index("meta"))
-            key_is_visual = stored[:, 0, :, 0].bool()
-        total = key_is_visual.shape[1]
-        key_valid = attention_mask[:, -total:].bool()
-        query_index = torch.arange(past_length, past_length + length, device=device)
-        rotary = self.learner_rotary or self.language_model.model.rotary_emb
-        cos, sin = rotary_tables(*rotary(inputs_embeds, position_ids))  # (B, L, 1, D)
-        any_visual, run_visual = bool(key_is_visual.any()), self._needs_same_modules_on_every_rank()
-
-        # Textual learner: every key, text ones admissible. No mask at all when that is plainly causal.
-        text_key_mask = text_has_key = None
-        plainly_causal = past_length == 0 or length == 1
-        if any_visual or not plainly_causal or not bool(key_valid.all()):
-            causal = torch.arange(total, device=device)[None, :] <= query_index[:, None]  # (L, T)
-            text_key_mask = causal[None] & key_valid[:, None, :] & ~key_is_visual[:, None, :]
-            text_has_key = text_key_mask.any(dim=-1)
-            text_key_mask = additive_mask(text_key_mask, text_has_key, inputs_embeds.dtype)
-
-        # Visual learner: this step's visual tokens gathered into slots (one empty slot when it must run anyway).
-        counts = is_visual.sum(dim=1)
-        slots = max(int(counts.max()) if length else 0, 1 if run_visual else 0)
-        visual = dict(visual_key_input=None, visual_cos=None, visual_sin=None, visual_key_mask=None,
-                      has_visual_key=None)
-        if any_visual or run_visual:
-            order = torch.argsort((~is_visual).to(torch.int8), dim=1, stable=True)[:, :slots]  # visual first
-            slot_valid = torch.arange(slots, device=device)[None, :] < counts[:, None]
-            slot_position = torch.where(slot_valid, order + past_length, -1)  # absolute index, -1: empty
-            if cache is not None:
-                stored = slot_position[:, None, :, None].to(torch.float32)
-                if slots:
-                    cache.update(stored, stored, self._cache_index("visual_positions"))
-                layer = cache.layers[self._cache_index("visual_positions")]
-                slot_position = layer.keys[:, 0, :, 0].long() if layer.is_initialized else slot_position
-            visual_key_mask = (slot_position[:, None, :] >= 0) & (slot_position[:, None, :] <= query_index[None, :, None])
-            has_visual_key = visual_key_mask.any(dim=-1)
-            gather = order[..., None]
-            visual.update(
-                visual_key_input=inputs_embeds.gather(1, gather.expand(-1, -1, inputs_embeds.shape[-1])) if slots else None,
-                visual_cos=cos.gather(1, gather[..., None].expand(-1, -1, *cos.shape[2:])) if slots else None,
-                visual_sin=sin.gather(1, gather[..., None].expand(-1, -1, *sin.shape[2:])) if slots else None,
-                visual_key_mask=additive_mask(visual_key_mask, has_visual_key, inputs_embeds.dtype),
-                has_visual_key=has_visual_key,
-            )
-        inputs = LearnerInputs(
-            key_input=inputs_embeds,
-            key_is_visual=key_is_visual,
-            text_key_mask=text_key_mask,
-            text_has_key=text_has_key,
-            any_visual=any_visual,
-            run_visual=run_visual,
-            learner_layers=self._learner_position.keys(),
-            routed=self.config.learners == "wings",
-            cos=cos,
-            sin=sin,
-            **visual,
-        )
-        inputs.learner_keys = self._learner_keys(inputs, cache)
-        return inputs
-
-    def _learner_keys(self, inputs: LearnerInputs, cache: Cache | None) -> dict[str, Any]:
-        """Every learner layer's keys and values per kind, this step's and the cache's (learner_cache.py)."""
-        layers = list(self.wings_layers._modules.values())  # in learner_layers order
-        learners = {"visual": [layer.visual_learner for layer in layers]}
-        new = {"text": (inputs.key_input, inputs.cos, inputs.sin)}
-        if self.config.learners == "wings":
-            learners["text"] = [layer.textual_learner for layer in layers]
-        if inputs.visual_key_input is not None:
-            new["visual"] = (inputs.visual_key_input, inputs.visual_cos, inputs.visual_sin)
-        return learner_keys(learners, new, cache, self._cache_index("text"))
-
-    def _cache_index(self, kind: str) -> int:
-        """Where learner state lives in the HF cache: after the LLM's own layers, one cache layer per kind."""
-        return self.config.text_config.num_hidden_layers + KINDS.index(kind)
-
-    def _register_zero3_external_parameters(self) -> None:
-        """Under DeepSpeed ZeRO-3, tell DeepSpeed which learner weights are read outside their own module's forward
-        (the learners' projections run as batched matmuls, not as module calls), so it gathers them in time:
-        keys/values in this model's forward, queries/outputs in their WingsLayer's."""
-        if getattr(self, "_zero3_registered", False):
-            return
-        first = next(iter(self.wings_layers.parameters()))
-        if not hasattr(first, "ds_id"):  # not partitioned by ZeRO-3
-            return
-        from deepspeed.runtime.zero import register_external_parameter
-
-        for layer in self.wings_layers.values():
-            for learner in (layer.visual_learner, layer.textual_learner):
-                if learner is None:
-                    continue
-                for owner, residuals in ((self, (learner.key, learner.value)), (layer, (learner.query, learner.output))):
-                    for residual in residuals:
-                        for parameter in residual.parameters():
-                            register_external_parameter(owner, parameter)
-        self._zero3_registered = True
-
-    def _add_learner_outputs(
-        self, layer_index: int, module: nn.Module, args: tuple, kwargs: dict, output: tuple
-    ) -> tuple | None:
-        """Forward hook on `self_attn`: returns (a + learners(x), attention weights)."""
-        inputs = self._runtime.context
-        if inputs is None:  # the LLM called on its own behaves as the base LLM
-            return None
-        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        position = self._learner_position[layer_index]
-        keys = {kind: source.layer(position) for kind, source in inputs.learner_keys.items()}  # expanded here
-        layer = self.wings_layers._modules[str(layer_index)]  # (the dict itself: a decoding step counts microseconds)
-        return (layer(x, output[0], keys, inputs, inputs.visual_mass.get(layer_index)), *output[1:])
-
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
         **model_kwargs: Any,
@@ -553,6 +288,65 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             model_kwargs["pixel_values"] = pixel_values
         return input_ids, model_kwargs
+
+    # ----- the learners' inputs ---------------------------------------------------------------------------
+    def _learner_context(
+        self, inputs_embeds: torch.Tensor, is_visual: torch.Tensor, attention_mask: torch.Tensor,
+        position_ids: torch.Tensor, cache: Cache | None, past_length: int,
+    ) -> LearnerInputs:
+        """This forward's `LearnerInputs`, with every learner layer's keys and values (this step's and the cache's)."""
+        if self.learner_path not in ("fused", "plain"):
+            raise ValueError(f"learner_path={self.learner_path!r} is not one of 'fused', 'plain'.")
+        if self.learner_path == "plain" and cache is not None:
+            raise ValueError("learner_path='plain' runs without a KV cache: pass use_cache=False.")
+        use_wings_attention(self.language_model)  # again, in case the backend was switched since
+        distributed.register_zero3_external_parameters(self)
+        if cache is not None:
+            while len(cache.layers) < self._cache_index(KINDS[-1]) + 1:  # learner layers after the LLM's own
+                kind = KINDS[len(cache.layers) - self._cache_index(KINDS[0])]
+                cache.layers.append(cache_layer(kind, self.learner_cache, inputs_embeds.device))
+        context = build_learner_inputs(
+            inputs_embeds, is_visual, attention_mask, position_ids, past_length,
+            rotary=self.learner_rotary or self.language_model.model.rotary_emb,
+            marks=cache.layers[self._cache_index("marks")] if cache is not None else None,
+            run_visual=distributed.needs_same_modules_on_every_rank(self),
+            learner_layers=[int(index) for index in self.wings_layers],
+            routed=self.config.learners == "wings",
+        )
+        context.plain = self.learner_path == "plain"
+        layers = list(self.wings_layers.values())  # in learner_layers order
+        learners = {"visual": [layer.visual_learner for layer in layers]}
+        new = {"text": (context.key_input, context.cos, context.sin)}
+        if self.config.learners == "wings":
+            learners["text"] = [layer.textual_learner for layer in layers]
+        if context.visual_key_input is not None:
+            new["visual"] = (context.visual_key_input, context.visual_cos, context.visual_sin)
+        if not context.plain:
+            context.learner_keys = learner_keys(learners, new, cache, self._cache_index("text"))
+        return context
+
+    def _cache_index(self, kind: str) -> int:
+        """Where learner state lives in the HF cache: after the LLM's own layers, one cache layer per kind."""
+        return self.config.text_config.num_hidden_layers + KINDS.index(kind)
+
+    def _embed(
+        self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input embeddings with the visual features at the image placeholders, which positions are visual)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Give exactly one of input_ids or inputs_embeds.")
+        if input_ids is None:
+            if pixel_values is not None:
+                raise ValueError("pixel_values need input_ids (to know where the images go), not inputs_embeds.")
+            return inputs_embeds, torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        is_visual = self._check_images(input_ids, pixel_values)
+        inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_visual, 0))
+        if pixel_values is not None and pixel_values.shape[0]:
+            features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(is_visual.unsqueeze(-1), features)
+        elif distributed.needs_same_modules_on_every_rank(self):
+            inputs_embeds = inputs_embeds + distributed.zero_weighted_image(self, inputs_embeds)
+        return inputs_embeds, is_visual
 
     # ----- forward ----------------------------------------------------------------------------------------
     def forward(
@@ -577,32 +371,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         """
         cache = cache if cache is not None else past_key_values
         kwargs.pop("image_token_mask", None)  # the processor's copy of what input_ids already say
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Give exactly one of input_ids or inputs_embeds.")
-        if input_ids is not None:
-            is_visual = self._check_images(input_ids, pixel_values)
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_visual, 0))
-            if pixel_values is not None and pixel_values.shape[0]:
-                features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
-                inputs_embeds = inputs_embeds.masked_scatter(is_visual.unsqueeze(-1), features)
-            elif self._needs_same_modules_on_every_rank():
-                inputs_embeds = inputs_embeds + self._zero_weighted_image(inputs_embeds)
-        else:
-            if pixel_values is not None:
-                raise ValueError("pixel_values need input_ids (to know where the images go), not inputs_embeds.")
-            is_visual = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        inputs_embeds, is_visual = self._embed(input_ids, pixel_values, inputs_embeds)
         if labels is not None and labels.shape != is_visual.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the inputs {tuple(is_visual.shape)}.")
 
         use_cache = use_cache if use_cache is not None else (self.config.text_config.use_cache and not self.training)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.language_model.config)
-        if not use_cache:
-            cache = None
-        if cache is not None and self.wings_layers:
-            while len(cache.layers) <= self._cache_index("visual_positions"):  # learner slots after the LLM's
-                kind = KINDS[len(cache.layers) - self._cache_index("text")]
-                cache.layers.append(cache_layer(kind, self.learner_cache, inputs_embeds.device))
+        cache = (cache or DynamicCache(config=self.language_model.config)) if use_cache else None
         past_length = cache.get_seq_length() if cache is not None else 0
         batch, length = is_visual.shape
         if attention_mask is None:
@@ -610,25 +384,17 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if position_ids is None:  # true positions: padding does not shift them
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
-        self._use_wings_attention()
-        self._runtime.context = None
+        context = None
         if self.wings_layers:
-            self._register_zero3_external_parameters()
-            self._runtime.context = self._learner_inputs(
-                inputs_embeds, is_visual, attention_mask, position_ids, cache, past_length
-            )
-        try:
-            outputs = self.language_model.model(
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=use_cache,
-                **kwargs,
-            )
-        finally:
-            if not (self.training and torch.is_grad_enabled()):  # checkpoint replays in backward still need it
-                self._runtime.context = None
+            context = self._learner_context(inputs_embeds, is_visual, attention_mask, position_ids, cache, past_length)
+        outputs = self.language_model.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **forward_context(kwargs, context),
+        )
         hidden_states = outputs.last_hidden_state
         lm_head = self.get_output_embeddings()
 
