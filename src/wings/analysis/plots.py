@@ -17,7 +17,8 @@ from wings.analysis.attention_shift import SEGMENTS, pearson
 
 # (line style, marker) per model, in order: curves that coincide stay visible as different dashes and markers.
 MODEL_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P")]
-SEGMENT_TITLES = {"V_before": "text before the image", "V_itself": "the image", "V_after": "text after the image"}
+SEGMENT_TITLES = {"V_before": "text before the (first) image", "V_itself": "the image(s)",
+                  "V_after": "text after the (last) image"}  # fmt: skip
 
 
 def _pyplot():
