@@ -163,6 +163,12 @@ def cache_layer(kind: str, form: str, device: torch.device) -> DynamicLayer:
     return marks
 
 
+def add_learner_layers(cache: Cache, first_layer: int, form: str, device: torch.device) -> None:
+    """Give `cache` its learner layers (one per kind, after the LLM's own at `first_layer`) if it has none yet."""
+    while len(cache.layers) < first_layer + len(KINDS):
+        cache.layers.append(cache_layer(KINDS[len(cache.layers) - first_layer], form, device))
+
+
 @dataclass
 class LowRankKeys:
     """Keys and values of every learner layer of one kind, held as X and the rank-r parts X A.
@@ -247,38 +253,39 @@ def full_entries(
     return projected_keys.permute(1, 0, 3, 2, 4), values.permute(1, 0, 3, 2, 4)
 
 
-def learner_keys(
-    learners: dict[str, list[LowRankResidualAttention]],
-    inputs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None],
-    cache: Cache | None,
-    first_layer: int,
-) -> dict[str, LearnerKeys]:
+def learner_keys(context: Any, layers: list[Any], cache: Cache | None, first_layer: int) -> dict[str, LearnerKeys]:
     """Every learner layer's keys and values per kind ("text", "visual"), the cache's included.
 
-    `inputs[kind]`: this step's (X, cos, sin), or None when the kind has no new key (then only the cache's, if
-    any); `first_layer`: where the learners' layers start in `cache`.
+    `context`: this forward's `LearnerInputs` (its key inputs with their rotary tables); `layers`: the WingsLayers in
+    order; `first_layer`: where the learners' layers start in `cache`.
     """
+    learners = {"visual": [layer.visual_learner for layer in layers]}
+    new = {"text": (context.key_input, context.cos, context.sin)}
+    if context.routed:
+        learners["text"] = [layer.textual_learner for layer in layers]
+    if context.visual_key_input is not None:
+        new["visual"] = (context.visual_key_input, context.visual_cos, context.visual_sin)
     result: dict[str, LearnerKeys] = {}
     for kind, kind_learners in learners.items():
-        new = inputs.get(kind)
+        new_keys = new.get(kind)
         if cache is None:
-            if new is not None:
-                result[kind] = LowRankKeys.project(kind_learners, *new)
+            if new_keys is not None:
+                result[kind] = LowRankKeys.project(kind_learners, *new_keys)
             continue
-        layer = cache.layers[first_layer + KINDS.index(kind)]
+        index = first_layer + KINDS.index(kind)
+        layer = cache.layers[index]
         compact = isinstance(layer, (CompactLayer, CompactSlotLayer))
-        if new is None:  # no new key of this kind: the cache's keys (if any)
+        if new_keys is None:  # no new key of this kind: the cache's keys (if any)
             if layer.is_initialized and layer.get_seq_length():
                 result[kind] = from_compact(kind_learners, layer.keys, layer.values) if compact else FullKeys(
                     layer.keys.unbind(1), layer.values.unbind(1)
                 )
             continue
-        index = first_layer + KINDS.index(kind)
         if compact:
-            stored = cache.update(*compact_entries(LowRankKeys.project(kind_learners, *new)), index)
+            stored = cache.update(*compact_entries(LowRankKeys.project(kind_learners, *new_keys)), index)
             result[kind] = from_compact(kind_learners, *stored)
         else:
-            stored_keys, stored_values = cache.update(*full_entries(kind_learners, *new), index)
+            stored_keys, stored_values = cache.update(*full_entries(kind_learners, *new_keys), index)
             result[kind] = FullKeys(stored_keys.unbind(1), stored_values.unbind(1))
     return result
 

@@ -112,6 +112,37 @@ def from_pretrained_around_llm(
     return model
 
 
+def build_around(
+    wings_class: type[PreTrainedModel], llm: PreTrainedModel | str, vision: PreTrainedModel | str | None,
+    dtype: torch.dtype | str | None, attn_implementation: str | None, wings_options: dict[str, Any],
+) -> PreTrainedModel:
+    """`WingsForConditionalGeneration.from_llm_and_vision`: a new WINGS model around an LLM and a tower (objects,
+    hub ids or local paths); new modules are freshly initialised, the LLM and tower keep their weights."""
+    base_llm = llm if isinstance(llm, str) else getattr(llm, "name_or_path", None) or None
+    base_vision = vision if isinstance(vision, str) else getattr(vision, "name_or_path", None) or None
+    load_kwargs = {"dtype": dtype} if dtype is not None else {}
+    if isinstance(llm, str):
+        llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
+    check_llm_layout(llm)
+    if isinstance(vision, str):
+        vision = AutoModel.from_pretrained(vision, **load_kwargs)
+    if vision is not None:
+        vision = as_vision_model(vision)
+    # A composite config resets its sub-configs' attention backends: remember them and set them back.
+    text_backend = (attn_implementation or llm.config._attn_implementation or "sdpa").removeprefix("wings_")
+    vision_backend = (vision.config._attn_implementation if vision is not None else None) or "sdpa"
+    config = WingsConfig(
+        text_config=llm.config,
+        vision_config=vision.config if vision is not None else None,
+        base_llm=base_llm,
+        base_vision=base_vision,
+        **wings_options,
+    )
+    config._attn_implementation = {"": text_backend, "text_config": text_backend, "vision_config": vision_backend}
+    model = wings_class(config, language_model=llm, vision_tower=vision)
+    return model.to(dtype=llm.dtype)
+
+
 def as_vision_model(vision: PreTrainedModel) -> PreTrainedModel:
     """A vision-only tower: a full CLIP/SigLIP model (text + vision) is reduced to its vision part."""
     vision_config = getattr(vision.config, "vision_config", None)

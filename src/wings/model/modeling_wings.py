@@ -9,7 +9,6 @@ them like every other layer. The WINGS layer itself: `learners.py` (the formulas
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -28,11 +27,11 @@ from . import distributed
 from .attention import register_wings_attention
 from .configuration_wings import WingsConfig
 from .feature_cache import DEFAULT_MAX_BYTES, VisionFeatureCache
-from .learner_cache import KINDS, cache_layer, learner_keys
+from .learner_cache import KINDS, add_learner_layers, learner_keys
 from .learner_inputs import LearnerInputs, build_learner_inputs
 from .learners import LowRankDown, LowRankUp, RouterProjection, WingsLayer
-from .loading import AsIs, as_vision_model, check_llm_layout, from_pretrained_around_llm, load_llm_checkpoint
-from .wiring import attach_learners, forward_context, use_wings_attention
+from .loading import AsIs, build_around, check_llm_layout, from_pretrained_around_llm, load_llm_checkpoint
+from .wiring import attach_learners, forward_context, learner_rotary, use_wings_attention
 
 PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
 
@@ -86,9 +85,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     learner_path = "fused"  # "plain": run WingsLayer.forward, the formulas (learners.py), without a KV cache
 
     def __init__(
-        self,
-        config: WingsConfig,
-        language_model: PreTrainedModel | None = None,
+        self, config: WingsConfig, language_model: PreTrainedModel | None = None,
         vision_tower: PreTrainedModel | None = None,
     ):
         super().__init__(config)
@@ -113,7 +110,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 for index in config.learner_layers
             }
         )
-        self.learner_rotary = self._build_learner_rotary()
+        self.learner_rotary = learner_rotary(self.language_model) if self.wings_layers else None
         self.vision_feature_cache: VisionFeatureCache | None = None  # enable_vision_feature_cache()
         if self.wings_layers:
             attach_learners(self.language_model, self.wings_layers)
@@ -152,40 +149,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         `wings_options` are `WingsConfig` fields (learners, wings_layers, lorra_rank, ...). New modules
         (projector, learners, routers) are freshly initialised; the LLM and tower keep their weights.
         """
-        base_llm = llm if isinstance(llm, str) else getattr(llm, "name_or_path", None) or None
-        base_vision = vision if isinstance(vision, str) else getattr(vision, "name_or_path", None) or None
-        load_kwargs = {"dtype": dtype} if dtype is not None else {}
-        if isinstance(llm, str):
-            llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
-        check_llm_layout(llm)
-        if isinstance(vision, str):
-            vision = AutoModel.from_pretrained(vision, **load_kwargs)
-        if vision is not None:
-            vision = as_vision_model(vision)
-        # A composite config resets its sub-configs' attention backends: remember them and set them back.
-        text_backend = (attn_implementation or llm.config._attn_implementation or "sdpa").removeprefix("wings_")
-        vision_backend = (vision.config._attn_implementation if vision is not None else None) or "sdpa"
-        config = WingsConfig(
-            text_config=llm.config,
-            vision_config=vision.config if vision is not None else None,
-            base_llm=base_llm,
-            base_vision=base_vision,
-            **wings_options,
-        )
-        config._attn_implementation = {"": text_backend, "text_config": text_backend, "vision_config": vision_backend}
-        model = cls(config, language_model=llm, vision_tower=vision)
-        return model.to(dtype=llm.dtype)
-
-    def _build_learner_rotary(self) -> nn.Module | None:
-        """The learners use head size d/H; when the LLM's head size differs (e.g. Qwen3) they get their own rope."""
-        text = self.config.text_config
-        learner_head_dim = text.hidden_size // text.num_attention_heads
-        llm_head_dim = getattr(text, "head_dim", None) or learner_head_dim
-        if not self.wings_layers or llm_head_dim == learner_head_dim:
-            return None
-        rope_config = copy.deepcopy(text)
-        rope_config.head_dim = learner_head_dim
-        return type(self.language_model.model.rotary_emb)(config=rope_config)
+        return build_around(cls, llm, vision, dtype, attn_implementation, wings_options)
 
     def set_attn_implementation(self, attn_implementation: str | dict, **kwargs: Any) -> None:
         super().set_attn_implementation(attn_implementation, **kwargs)
@@ -302,9 +266,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         use_wings_attention(self.language_model)  # again, in case the backend was switched since
         distributed.register_zero3_external_parameters(self)
         if cache is not None:
-            while len(cache.layers) < self._cache_index(KINDS[-1]) + 1:  # learner layers after the LLM's own
-                kind = KINDS[len(cache.layers) - self._cache_index(KINDS[0])]
-                cache.layers.append(cache_layer(kind, self.learner_cache, inputs_embeds.device))
+            add_learner_layers(cache, self._cache_index(KINDS[0]), self.learner_cache, inputs_embeds.device)
         context = build_learner_inputs(
             inputs_embeds, is_visual, attention_mask, position_ids, past_length,
             rotary=self.learner_rotary or self.language_model.model.rotary_emb,
@@ -314,15 +276,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             routed=self.config.learners == "wings",
         )
         context.plain = self.learner_path == "plain"
-        layers = list(self.wings_layers.values())  # in learner_layers order
-        learners = {"visual": [layer.visual_learner for layer in layers]}
-        new = {"text": (context.key_input, context.cos, context.sin)}
-        if self.config.learners == "wings":
-            learners["text"] = [layer.textual_learner for layer in layers]
-        if context.visual_key_input is not None:
-            new["visual"] = (context.visual_key_input, context.visual_cos, context.visual_sin)
         if not context.plain:
-            context.learner_keys = learner_keys(learners, new, cache, self._cache_index("text"))
+            context.learner_keys = learner_keys(context, list(self.wings_layers.values()), cache, self._cache_index("text"))
         return context
 
     def _cache_index(self, kind: str) -> int:
@@ -413,10 +368,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         )
 
     def labelled_loss(
-        self,
-        hidden_states: torch.Tensor,
-        labels: torch.Tensor,
-        lm_head: nn.Module,
+        self, hidden_states: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Next-token cross-entropy from the LM head applied only where a label exists."""
@@ -437,10 +389,4 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         return total / count
 
 
-__all__ = [
-    "PARAMETER_GROUPS",
-    "WingsForConditionalGeneration",
-    "WingsPreTrainedModel",
-    "WingsProjector",
-    "check_llm_layout",
-]
+__all__ = ["PARAMETER_GROUPS", "WingsForConditionalGeneration", "WingsPreTrainedModel", "WingsProjector"]

@@ -9,6 +9,7 @@ function (`attention.py`, which records the router's input in it). Nothing is st
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
@@ -60,6 +61,18 @@ def use_wings_attention(llm: nn.Module) -> None:
     config = llm.config
     if not str(config._attn_implementation).startswith("wings_"):
         config._attn_implementation_internal = wings_attention_name(config._attn_implementation)
+
+
+def learner_rotary(llm: nn.Module) -> nn.Module | None:
+    """The learners use head size d/H; when the LLM's head size differs (e.g. Qwen3) they get their own rotary
+    embedding (None: the LLM's serves)."""
+    text = llm.config
+    learner_head_dim = text.hidden_size // text.num_attention_heads
+    if (getattr(text, "head_dim", None) or learner_head_dim) == learner_head_dim:
+        return None
+    rope_config = copy.deepcopy(text)
+    rope_config.head_dim = learner_head_dim
+    return type(llm.model.rotary_emb)(config=rope_config)
 
 
 def forward_context(kwargs: dict[str, Any], context: Any) -> dict[str, Any]:
