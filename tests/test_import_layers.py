@@ -34,11 +34,6 @@ JOBS = ("training", "evaluation", "serving")
 # the edge empties its entry (the test fails while an entry names an edge that no longer exists). Keys are
 # (importing file relative to src/, imported module).
 KNOWN_EDGES_UNTIL_THE_RENOVATION_ENDS: dict[tuple[str, str], str] = {
-    ("wings/model/processing_wings.py", "wings.model.configuration_wings"): (
-        "the processor takes `tokens_per_image` from the config module, which imports the CNN tower's model code; the "
-        "function moves into processing_wings.py (the processor owns image geometry, as transformers' LLaVA "
-        "processor does) and configuration_wings.py imports it from there"
-    ),
 }
 
 

@@ -8,6 +8,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .efficientnet_lite import EfficientNetLiteConfig  # registers the CNN tower's model_type with AutoConfig
+from .processing_wings import tokens_per_image  # the processor owns image geometry
 
 LEARNER_MODES = ("wings", "visual", "none")
 
@@ -137,13 +138,4 @@ class WingsConfig(PreTrainedConfig):
         return patches
 
 
-def tokens_per_image(vision_config: PreTrainedConfig) -> int:
-    """Tokens a vision tower makes of one image (without a CLS token): its own count when it declares one (a CNN's
-    padded grid), else (image_size / patch_size)^2 (a ViT's patches)."""
-    declared = getattr(vision_config, "num_image_tokens", None)
-    if declared is not None:
-        return int(declared)
-    return (vision_config.image_size // vision_config.patch_size) ** 2
-
-
-__all__ = ["WingsConfig", "LEARNER_MODES", "tokens_per_image"]
+__all__ = ["WingsConfig", "LEARNER_MODES"]

@@ -14,15 +14,24 @@ import os
 from typing import Any, Sequence
 
 import torch
-from transformers import AddedToken, AutoImageProcessor, CLIPImageProcessorPil, ProcessorMixin, SiglipImageProcessorPil
+from transformers import (
+    AddedToken, AutoImageProcessor, CLIPImageProcessorPil, PreTrainedConfig, ProcessorMixin, SiglipImageProcessorPil,
+)
 
 from wings.data.formats import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from wings.data.images import DEFAULT_MAX_PIXELS, ImageSource, fit_within, load_image, pad_to_square
 from wings.data.validation import SampleDropped
 
-from .configuration_wings import tokens_per_image
-
 IMAGE_PREPROCESS_MODES = ("pad", "resize")
+
+
+def tokens_per_image(vision_config: PreTrainedConfig) -> int:
+    """Tokens a vision tower makes of one image (without a CLS token): its own count when it declares one (a CNN's
+    padded grid), else (image_size / patch_size)^2 (a ViT's patches)."""
+    declared = getattr(vision_config, "num_image_tokens", None)
+    if declared is not None:
+        return int(declared)
+    return (vision_config.image_size // vision_config.patch_size) ** 2
 
 
 class WingsProcessor(ProcessorMixin):
