@@ -1,4 +1,4 @@
-"""WingsProcessor: chat templates, label masks, image token expansion, truncation, pixels, save/load."""
+"""WingsProcessor: chat templates, labels, image tokens, truncation, pixels, save/load; WingsCollator's padding."""
 
 from __future__ import annotations
 
