@@ -33,8 +33,7 @@ JOBS = ("training", "evaluation", "serving")
 # Edges that run back up or close a circle, each known and owned by a piece of work in progress: the work that removes
 # the edge empties its entry (the test fails while an entry names an edge that no longer exists). Keys are
 # (importing file relative to src/, imported module).
-KNOWN_EDGES_UNTIL_THE_RENOVATION_ENDS: dict[tuple[str, str], str] = {
-}
+KNOWN_EDGES_UNTIL_THE_RENOVATION_ENDS: dict[tuple[str, str], str] = {}  # empty: no circle, nothing runs back up
 
 
 @dataclass(frozen=True)
