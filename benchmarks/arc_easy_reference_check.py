@@ -37,22 +37,39 @@ def main() -> None:
     loaded = load_eval_model(args.model)
     task = get_task("arc_easy")
     start = time.time()
-    ours = evaluate_multiple_choice(loaded.model, loaded.tokenizer, task, task.load(DATA.resolve(), "validation"),
-                                    batch_size=args.batch_size, limit=args.limit, progress=True)  # fmt: skip
+    ours = evaluate_multiple_choice(
+        loaded.model,
+        loaded.tokenizer,
+        task,
+        task.load(DATA.resolve(), "validation"),
+        batch_size=args.batch_size,
+        limit=args.limit,
+        progress=True,
+    )
     ours_s = time.time() - start
     start = time.time()
-    out = simple_evaluate(model="hf", model_args=f"pretrained={resolve_llm(args.model)},dtype=float32",
-                          tasks=["arc_easy_local"], task_manager=TaskManager(include_path=str(ROOT / "benchmarks/lm_eval_tasks")),
-                          batch_size=args.batch_size, device="cpu", limit=args.limit)  # fmt: skip
+    out = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={resolve_llm(args.model)},dtype=float32",
+        tasks=["arc_easy_local"],
+        task_manager=TaskManager(include_path=str(ROOT / "benchmarks/lm_eval_tasks")),
+        batch_size=args.batch_size,
+        device="cpu",
+        limit=args.limit,
+    )
     theirs_s = time.time() - start
     theirs = out["results"]["arc_easy_local"]
     print(f"ARC-Easy validation, {ours['num_samples']} questions, {args.model}, 0-shot")
-    print(f"| tool | acc | acc_norm | seconds |\n|---|---|---|---|")
+    print("| tool | acc | acc_norm | seconds |\n|---|---|---|---|")
     print(f"| wings eval | {100 * ours['acc']:.2f} | {100 * ours['acc_norm']:.2f} | {ours_s:.0f} |")
-    print(f"| lm-eval {out['config'].get('model', 'hf')} | {100 * theirs['acc,none']:.2f} | "
-          f"{100 * theirs['acc_norm,none']:.2f} | {theirs_s:.0f} |")  # fmt: skip
-    print(f"difference (points): acc {100 * (ours['acc'] - theirs['acc,none']):+.2f}, "
-          f"acc_norm {100 * (ours['acc_norm'] - theirs['acc_norm,none']):+.2f}")
+    print(
+        f"| lm-eval {out['config'].get('model', 'hf')} | {100 * theirs['acc,none']:.2f} | "
+        f"{100 * theirs['acc_norm,none']:.2f} | {theirs_s:.0f} |"
+    )
+    print(
+        f"difference (points): acc {100 * (ours['acc'] - theirs['acc,none']):+.2f}, "
+        f"acc_norm {100 * (ours['acc_norm'] - theirs['acc_norm,none']):+.2f}"
+    )
 
 
 if __name__ == "__main__":

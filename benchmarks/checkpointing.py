@@ -15,7 +15,10 @@ def run(quick: bool = False, size: str | None = None) -> list[Table]:
     size = size or ("tiny" if quick else "small")
     length, repeats = (128, 1) if quick else (1024, 2)
     variants, labels = {}, {}
-    for model_name, mode, stage in (("WINGS instruct", "wings", "instruct"), ("LLaVA instruct", "none", "llava-instruct")):
+    for model_name, mode, stage in (
+        ("WINGS instruct", "wings", "instruct"),
+        ("LLaVA instruct", "none", "llava-instruct"),
+    ):
         for checkpointing in (False, True):
             model = build_model(size, mode)
             optimizer = training_setup(model, stage)
@@ -32,13 +35,18 @@ def run(quick: bool = False, size: str | None = None) -> list[Table]:
     )
     for key, (model_name, checkpointing) in labels.items():
         without = result[f"{model_name}, checkpointing off"]
-        table.rows.append([
-            model_name, "on" if checkpointing else "off", fmt(result[key].median), fmt(result[key].peak_mib, 0),
-            ratio(result[key].peak_mib, without.peak_mib) if checkpointing else "-",
-        ])
+        table.rows.append(
+            [
+                model_name,
+                "on" if checkpointing else "off",
+                fmt(result[key].median),
+                fmt(result[key].peak_mib, 0),
+                ratio(result[key].peak_mib, without.peak_mib) if checkpointing else "-",
+            ]
+        )
     table.notes.append(
         f"Model: {SIZES[size]}. Peak MiB: resident memory during one step above the model and optimizer state at "
-        f"rest (activations, gradients, temporaries; benchmarks/common.py). Median of {repeats} interleaved steps after "
-        "a warmup. Checkpointing: transformers' activation checkpointing of every decoder layer (non-reentrant)."
+        f"rest (activations, gradients, temporaries; benchmarks/common.py). Median of {repeats} interleaved steps "
+        "after a warmup. Checkpointing: transformers' activation checkpointing of every decoder layer (non-reentrant)."
     )
     return [table]

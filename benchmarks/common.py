@@ -20,14 +20,15 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
+from wings.data.formats import IGNORE_INDEX
 from wings.model.builder import load_vision_tower
-from wings.model.modeling_wings import IGNORE_INDEX, WingsForConditionalGeneration
+from wings.model.modeling_wings import WingsForConditionalGeneration
 from wings.model.registry import DEMO_LLM, load_llm
 from wings.training.stages import STAGES, prepare_model_for_stage
 
@@ -68,8 +69,14 @@ def build_llm(size: str) -> PreTrainedModel:
     if size == "tiny":
         torch.manual_seed(0)
         config = LlamaConfig(
-            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
         )
         config._attn_implementation = "sdpa"
         return AutoModelForCausalLM.from_config(config)
@@ -98,14 +105,16 @@ def training_setup(model: WingsForConditionalGeneration, stage: str) -> torch.op
     model.train()
     rates = prepare_model_for_stage(model, STAGES[stage])
     groups = model.parameter_groups()
-    params = [
-        {"params": [p for _, p in groups[group]], "lr": rate} for group, rate in rates.items()
-    ]
+    params = [{"params": [p for _, p in groups[group]], "lr": rate} for group, rate in rates.items()]
     return torch.optim.AdamW(params)
 
 
 def make_batch(
-    model: WingsForConditionalGeneration, length: int, batch: int = 1, image: bool = True, labelled: float = 0.25,
+    model: WingsForConditionalGeneration,
+    length: int,
+    batch: int = 1,
+    image: bool = True,
+    labelled: float = 0.25,
 ) -> dict[str, torch.Tensor]:
     """Random token ids with one image after IMAGE_POSITION text tokens; the last `labelled` share is labelled."""
     generator = torch.Generator().manual_seed(0)
@@ -170,7 +179,10 @@ class Measured:
 
 
 def compare(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, memory: bool = False,
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    memory: bool = False,
 ) -> dict[str, Measured]:
     """Interleaved timing of `variants` (rotating order each round); with `memory`, round 0 also measures peaks."""
     results = {name: Measured() for name in variants}
@@ -204,8 +216,12 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.header) + " |",
+            "|" + "|".join("---" for _ in self.header) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         if self.notes:
             lines += [""] + [f"- {note}" for note in self.notes]

@@ -73,8 +73,11 @@ def lm_eval_tasks(folder: Path, limit: int | None) -> dict[str, list[str]]:
     names = []
     for subject in subjects:
         task = f"mmlu_local_{subject}"
-        (folder / f"{task}.yaml").write_text(MMLU_YAML.format(
-            task=task, path=DATA / "mmlu" / "val" / f"{subject}_val.csv", subject_words=subject.replace("_", " ")))
+        (folder / f"{task}.yaml").write_text(
+            MMLU_YAML.format(
+                task=task, path=DATA / "mmlu" / "val" / f"{subject}_val.csv", subject_words=subject.replace("_", " ")
+            )
+        )
         names.append(task)
     (folder / "arc_easy_local.yaml").write_text(ARC_YAML.format(path=DATA / "arc" / "ARC-Easy-validation.jsonl"))
     return {"mmlu": names, "arc_easy": ["arc_easy_local"]}
@@ -109,30 +112,61 @@ def main() -> None:
             docs = task.load(DATA, "val" if name == "mmlu" else "validation")
 
             def ours(share: bool):
-                return evaluate_multiple_choice(loaded.model, loaded.tokenizer, task, docs, batch_size=args.batch_size,
-                                                limit=limit, share_inputs=share)  # fmt: skip
+                return evaluate_multiple_choice(
+                    loaded.model,
+                    loaded.tokenizer,
+                    task,
+                    docs,
+                    batch_size=args.batch_size,
+                    limit=limit,
+                    share_inputs=share,
+                )
 
             shared, shared_s, shared_cpu = timed(lambda: ours(True))
             separate, separate_s, separate_cpu = timed(lambda: ours(False))
-            out, theirs_s, theirs_cpu = timed(lambda: simple_evaluate(
-                model="hf", model_args=f"pretrained={resolve_llm(args.model)},dtype=float32",
-                tasks=theirs_names[name], task_manager=manager, batch_size=args.batch_size, device="cpu",
-                limit=limit, verbosity="ERROR"))
+            out, theirs_s, theirs_cpu = timed(
+                lambda: simple_evaluate(
+                    model="hf",
+                    model_args=f"pretrained={resolve_llm(args.model)},dtype=float32",
+                    tasks=theirs_names[name],
+                    task_manager=manager,
+                    batch_size=args.batch_size,
+                    device="cpu",
+                    limit=limit,
+                    verbosity="ERROR",
+                )
+            )
             results = out["results"]
             counts = {t: len(out["samples"][t]) for t in theirs_names[name]} if "samples" in out else {}
             total = sum(counts.values()) or shared["num_samples"]
             theirs_acc = sum(results[t]["acc,none"] * counts.get(t, 1) for t in theirs_names[name]) / (
-                total if counts else len(theirs_names[name]))
-            rows.append((name, shared["num_samples"], shared["acc"], separate["acc"], theirs_acc, total,
-                         (shared_s, shared_cpu), (separate_s, separate_cpu), (theirs_s, theirs_cpu)))
+                total if counts else len(theirs_names[name])
+            )
+            rows.append(
+                (
+                    name,
+                    shared["num_samples"],
+                    shared["acc"],
+                    separate["acc"],
+                    theirs_acc,
+                    total,
+                    (shared_s, shared_cpu),
+                    (separate_s, separate_cpu),
+                    (theirs_s, theirs_cpu),
+                )
+            )
     print(f"{args.model}, 0-shot, batch {args.batch_size}, {args.threads} thread(s)\n")
-    print("| task | questions | acc wings | acc lm-eval | wings s (CPU s) | wings, one row per request s (CPU s) "
-          "| lm-eval s (CPU s) | wings / lm-eval CPU |")
+    print(
+        "| task | questions | acc wings | acc lm-eval | wings s (CPU s) | wings, one row per request s (CPU s) "
+        "| lm-eval s (CPU s) | wings / lm-eval CPU |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, n, acc, acc_separate, acc_theirs, n_theirs, (a, a_cpu), (b, b_cpu), (c, c_cpu) in rows:
         same = "" if acc == acc_separate else f" (one row per request: {100 * acc_separate:.2f})"
-        print(f"| {name} | {n} ({n_theirs}) | {100 * acc:.2f}{same} | {100 * acc_theirs:.2f} | {a:.1f} ({a_cpu:.1f}) | "
-              f"{b:.1f} ({b_cpu:.1f}) | {c:.1f} ({c_cpu:.1f}) | {a_cpu / c_cpu:.2f} |")
+        print(
+            f"| {name} | {n} ({n_theirs}) | {100 * acc:.2f}{same} | {100 * acc_theirs:.2f} | {a:.1f} ({a_cpu:.1f}) | "
+            f"{b:.1f} ({b_cpu:.1f}) | {c:.1f} ({c_cpu:.1f}) | {a_cpu / c_cpu:.2f} |"
+        )
 
 
 if __name__ == "__main__":

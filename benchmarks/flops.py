@@ -52,14 +52,23 @@ def run(quick: bool = False, size: str | None = None) -> list[Table]:
         with FlopCounterMode(display=False, custom_mapping=cpu_attention_formulas()) as counter:
             train_step(model, optimizer, batch)  # also the warmup
         flops = counter.get_total_flops()
-        variants = {"step": lambda: train_step(model, optimizer, batch), "matmul": matmul_rate_variant(n)}
+        variants = {
+            "step": lambda m=model, o=optimizer, b=batch: train_step(m, o, b),
+            "matmul": matmul_rate_variant(n),
+        }
         result = compare(variants, repeats, warmup=0)
         achieved = flops / result["step"].median / 1e9
         peak = 2 * n**3 / result["matmul"].median / 1e9
-        table.rows.append([
-            label, fmt(flops / 1e9, 1), fmt(result["step"].median), fmt(achieved, 1), fmt(peak, 1),
-            f"{achieved / peak:.0%}",
-        ])
+        table.rows.append(
+            [
+                label,
+                fmt(flops / 1e9, 1),
+                fmt(result["step"].median),
+                fmt(achieved, 1),
+                fmt(peak, 1),
+                f"{achieved / peak:.0%}",
+            ]
+        )
         del model, optimizer, variants
     table.notes.append(
         f"Model: {SIZES[size]}. Median of {repeats} steps and matmuls, alternated. FLOPs by FlopCounterMode "

@@ -15,7 +15,16 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .common import (
-    SIZES, Table, build_llm, build_model, compare, device, fmt, make_batch, synchronize, target_cell,
+    SIZES,
+    Table,
+    build_llm,
+    build_model,
+    compare,
+    device,
+    fmt,
+    make_batch,
+    synchronize,
+    target_cell,
 )
 
 
@@ -37,8 +46,13 @@ def timed_generate(model, inputs: dict, new_tokens: int, use_cache: bool = True)
     start = time.perf_counter()
     with torch.no_grad():
         model.generate(
-            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
-            logits_processor=LogitsProcessorList([clock]), pad_token_id=0,
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            logits_processor=LogitsProcessorList([clock]),
+            pad_token_id=0,
         )
     synchronize()
     total = time.perf_counter() - start
@@ -76,23 +90,41 @@ def comparison_table(size: str, length: int, new_tokens: int, repeats: int) -> T
     decode = {name: statistics.median(r[1] for r in rec) for name, rec in warm.items()}
     table = Table(
         f"Generation: prefill and decode speed ({length}-token prompt, {new_tokens} new tokens, KV cache, batch 1)",
-        ["prompt", "model", "prefill ms", "decode tok/s", "reference", "prefill ratio", "decode ratio",
-         "target (text decode ratio >= 0.9)"],
+        [
+            "prompt",
+            "model",
+            "prefill ms",
+            "decode tok/s",
+            "reference",
+            "prefill ratio",
+            "decode ratio",
+            "target (text decode ratio >= 0.9)",
+        ],
     )
-    for prompt_kind, ours, reference in (("text only", "WINGS, text", "base, text"), ("one image", "WINGS, image", "LLaVA, image")):
+    for prompt_kind, ours, reference in (
+        ("text only", "WINGS, text", "base, text"),
+        ("one image", "WINGS, image", "LLaVA, image"),
+    ):
         for name in (reference, ours):
             is_ours = name == ours
             ratio = decode[ours] / decode[reference]
-            table.rows.append([
-                prompt_kind, name.split(",")[0] + (" LLM" if name.startswith("base") else ""),
-                fmt(prefill[name] * 1000, 0), fmt(decode[name], 1), "" if not is_ours else reference.split(",")[0],
-                fmt(prefill[ours] / prefill[reference]) if is_ours else "", fmt(ratio) if is_ours else "",
-                (target_cell(ratio >= 0.9) if prompt_kind == "text only" else "-") if is_ours else "",
-            ])
+            table.rows.append(
+                [
+                    prompt_kind,
+                    name.split(",")[0] + (" LLM" if name.startswith("base") else ""),
+                    fmt(prefill[name] * 1000, 0),
+                    fmt(decode[name], 1),
+                    "" if not is_ours else reference.split(",")[0],
+                    fmt(prefill[ours] / prefill[reference]) if is_ours else "",
+                    fmt(ratio) if is_ours else "",
+                    (target_cell(ratio >= 0.9) if prompt_kind == "text only" else "-") if is_ours else "",
+                ]
+            )
     table.notes.append(
         f"Model: {SIZES[size]} (the base LLM is the same LLM without WINGS). Greedy `generate`; the image "
-        f"prompt has {wings.config.image_seq_length} image tokens inside its {length}. Medians of {repeats} interleaved runs "
-        "after a warmup; prefill ratio = WINGS / reference time, decode ratio = WINGS / reference tokens per second."
+        f"prompt has {wings.config.image_seq_length} image tokens inside its {length}. Medians of {repeats} "
+        "interleaved runs after a warmup; prefill ratio = WINGS / reference time, decode ratio = WINGS / reference "
+        "tokens per second."
     )
     return table
 
@@ -112,8 +144,15 @@ def cache_table(size: str, length: int, new_tokens: int, repeats: int = 2) -> Ta
         f"Decoding with the KV cache against full recomputation ({new_tokens} new tokens, WINGS, image prompt)",
         ["variant", "total s", "decode tok/s", "speed-up", "target (>= 5x)"],
     )
-    table.rows.append(["KV cache (learners' keys/values cached too)", fmt(cached[2]), fmt(cached[1], 1), fmt(speedup, 1) + "x",
-                       target_cell(speedup >= 5)])
+    table.rows.append(
+        [
+            "KV cache (learners' keys/values cached too)",
+            fmt(cached[2]),
+            fmt(cached[1], 1),
+            fmt(speedup, 1) + "x",
+            target_cell(speedup >= 5),
+        ]
+    )
     table.rows.append(["recomputation (use_cache=False)", fmt(recomputed[2]), fmt(recomputed[1], 1), "", ""])
     table.notes.append(
         f"Model: {SIZES[size]}; {length}-token prompt with one image of {model.config.image_seq_length} tokens; "

@@ -26,16 +26,22 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-QWEN25_7B_LAYER = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
-                       vocab_size=152064, rope_theta=1e6)
-TINY_LAYER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                  vocab_size=512)
+QWEN25_7B_LAYER = dict(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    rope_theta=1e6,
+)
+TINY_LAYER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
 TARGETS = {"instruct step time / LLaVA": 1.15, "decode tokens/s / base LLM": 0.95, "share of bf16 matmul rate": 0.5}
 
 
@@ -92,8 +98,13 @@ def image_prompt(model, length: int, batch: int = 1) -> dict[str, torch.Tensor]:
 
 # ----- 1. backends ---------------------------------------------------------------------------------------------
 def backends(tiny: bool, device: torch.device) -> dict[str, Any]:
-    layer = TINY_LAYER if tiny else dict(hidden_size=1024, intermediate_size=2048, num_attention_heads=8,
-                                         num_key_value_heads=2, vocab_size=4096)
+    layer = (
+        TINY_LAYER
+        if tiny
+        else dict(
+            hidden_size=1024, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=2, vocab_size=4096
+        )
+    )
     model = build(layer, 2 if tiny else 4, "wings", 16, device, attn="eager").eval()
     randomize_learners(model)
     inputs = image_prompt(model, 96 if tiny else 512)
@@ -105,8 +116,10 @@ def backends(tiny: bool, device: torch.device) -> dict[str, Any]:
     for name in names:
         model.set_attn_implementation(name)
         captured = []
-        hooks = [layer.router.register_forward_hook(lambda m, a, out: captured.append(torch.cat(out, -1)))
-                 for layer in model.wings_layers.values()]
+        hooks = [
+            layer.router.register_forward_hook(lambda m, a, out: captured.append(torch.cat(out, -1)))
+            for layer in model.wings_layers.values()
+        ]
         with torch.no_grad():
             logits = model(**inputs, use_cache=False).logits.float()
         for hook in hooks:
@@ -151,7 +164,10 @@ def training(tiny: bool, device: torch.device, layers: int, length: int, rank: i
     from wings.training.stages import STAGES, prepare_model_for_stage
 
     rows, model_flops = [], {}
-    for label, learners, stage in (("WINGS instruct", "wings", "instruct"), ("LLaVA instruct", "none", "llava-instruct")):
+    for label, learners, stage in (
+        ("WINGS instruct", "wings", "instruct"),
+        ("LLaVA instruct", "none", "llava-instruct"),
+    ):
         for checkpointing in (False, True):
             model = build(TINY_LAYER if tiny else QWEN25_7B_LAYER, layers, learners, rank, device)
             model.train()
@@ -167,7 +183,7 @@ def training(tiny: bool, device: torch.device, layers: int, length: int, rank: i
             labels[:, : length * 3 // 4] = -100  # the answer: the last quarter
             batch["labels"] = labels
 
-            def step() -> None:
+            def step(model=model, batch=batch, optimizer=optimizer) -> None:
                 model(**batch).loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -182,12 +198,20 @@ def training(tiny: bool, device: torch.device, layers: int, length: int, rank: i
             seconds = timed(step, 2 if tiny else 5)
             peak = (torch.cuda.max_memory_allocated() - before) / 2**30 if device.type == "cuda" else None
             achieved = flops / seconds / 1e12
-            rows.append({
-                "model": label, "checkpointing": checkpointing, "layers": layers, "tokens": length,
-                "seconds per step": seconds, "tokens/s": length / seconds, "peak GiB above weights and optimizer": peak,
-                "model TFLOP per step": flops / 1e12, "achieved TFLOP/s": achieved,
-                "share of matmul rate": achieved / peak_tflops,
-            })
+            rows.append(
+                {
+                    "model": label,
+                    "checkpointing": checkpointing,
+                    "layers": layers,
+                    "tokens": length,
+                    "seconds per step": seconds,
+                    "tokens/s": length / seconds,
+                    "peak GiB above weights and optimizer": peak,
+                    "model TFLOP per step": flops / 1e12,
+                    "achieved TFLOP/s": achieved,
+                    "share of matmul rate": achieved / peak_tflops,
+                }
+            )
             del model, optimizer, batch
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -209,8 +233,10 @@ def generation(tiny: bool, device: torch.device, layers: int, length: int, new_t
     result: dict[str, Any] = {"layers": layers, "prompt tokens": length, "new tokens": new_tokens}
     runs = {"base LLM": lambda: timed_generate(base, prompt, new_tokens)}
     for form in ("full", "compact"):
-        runs[f"WINGS, {form} learner cache"] = lambda f=form: (setattr(model, "learner_cache", f),
-                                                               timed_generate(model, prompt, new_tokens))[1]
+        runs[f"WINGS, {form} learner cache"] = lambda f=form: (
+            setattr(model, "learner_cache", f),
+            timed_generate(model, prompt, new_tokens),
+        )[1]
     for name, run in runs.items():
         run()  # warmup
         best = min((run() for _ in range(2)), key=lambda r: r[2])
@@ -220,8 +246,11 @@ def generation(tiny: bool, device: torch.device, layers: int, length: int, new_t
         with torch.no_grad():
             cache = model(**image_prompt(model, length), use_cache=True).cache
         llm_bytes, learner_bytes = cache_bytes(cache, model._cache_index("text"))
-        result[f"cache bytes, {form} form"] = {"LLM": llm_bytes, "learners": learner_bytes,
-                                               "learners / LLM": learner_bytes / llm_bytes}
+        result[f"cache bytes, {form} form"] = {
+            "LLM": llm_bytes,
+            "learners": learner_bytes,
+            "learners / LLM": learner_bytes / llm_bytes,
+        }
     result["learner_cache='auto' picks"] = "compact" if device.type == "cuda" else "full"
     return result
 
@@ -233,8 +262,11 @@ def targets(report: dict) -> dict[str, Any]:
     if rows:
         ratio = rows["WINGS instruct", False]["seconds per step"] / rows["LLaVA instruct", False]["seconds per step"]
         share = rows["WINGS instruct", False]["share of matmul rate"]
-        out["instruct step time / LLaVA"] = {"value": ratio, "target": f"<= {TARGETS['instruct step time / LLaVA']}",
-                                             "met": ratio <= TARGETS["instruct step time / LLaVA"]}
+        out["instruct step time / LLaVA"] = {
+            "value": ratio,
+            "target": f"<= {TARGETS['instruct step time / LLaVA']}",
+            "met": ratio <= TARGETS["instruct step time / LLaVA"],
+        }
         out["share of bf16 matmul rate"] = {"value": share, "target": ">= 0.5", "met": share >= 0.5}
     generated = report.get("generation", {})
     if "base LLM" in generated:
@@ -262,9 +294,13 @@ def main(argv: list[str] | None = None) -> dict:
     layers, length, new_tokens = (2, 96, 4) if tiny else (args.layers, args.length, 64)
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "tiny": tiny, "torch": torch.__version__, "transformers": transformers.__version__,
-        "flash_attn": importlib.util.find_spec("flash_attn") is not None, "python": platform.python_version(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": {},
+        "tiny": tiny,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "flash_attn": importlib.util.find_spec("flash_attn") is not None,
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "errors": {},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ def seven_b_shapes(layers: int, rank: int, dtype: torch.dtype = torch.bfloat16) 
         vocab_size=1024, intermediate_size=256, num_hidden_layers=layers, max_position_embeddings=32768, **QWEN25_7B
     )
     llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model = WingsForConditionalGeneration.from_llm_and_vision(llm, load_vision_tower("siglip-scratch-64"), lorra_rank=rank)
+    model = WingsForConditionalGeneration.from_llm_and_vision(
+        llm, load_vision_tower("siglip-scratch-64"), lorra_rank=rank
+    )
     return model.to(device()).eval()
 
 
@@ -53,8 +55,15 @@ def bytes_table(length: int, layers: int = 28, steps: int = 4) -> Table:
     table = Table(
         f"Learner cache against the LLM's KV cache at Qwen2.5-7B attention shapes, {layers} layers ({length}-token "
         f"prompt with one image, +{steps} decoded tokens, bf16)",
-        ["rank r", "learner cache", "LLM KV MiB", "learners MiB (used)", "learners MiB (held)",
-         "learners / LLM (held)", "target (<= 0.5x)"],
+        [
+            "rank r",
+            "learner cache",
+            "LLM KV MiB",
+            "learners MiB (used)",
+            "learners MiB (held)",
+            "learners / LLM (held)",
+            "target (<= 0.5x)",
+        ],
     )
     for rank in (16, 64):
         models = [seven_b_shapes(count, rank) for count in (1, 2)]
@@ -71,11 +80,17 @@ def bytes_table(length: int, layers: int = 28, steps: int = 4) -> Table:
                 for kind in ("held", "used")
             }
             share = scaled["held"][1] / scaled["held"][0]
-            table.rows.append([
-                str(rank), form, fmt(scaled["held"][0] / 2**20, 1), fmt(scaled["used"][1] / 2**20, 1),
-                fmt(scaled["held"][1] / 2**20, 1), fmt(share) + "x",
-                target_cell(share <= 0.5) if form == "compact" else "-",
-            ])
+            table.rows.append(
+                [
+                    str(rank),
+                    form,
+                    fmt(scaled["held"][0] / 2**20, 1),
+                    fmt(scaled["used"][1] / 2**20, 1),
+                    fmt(scaled["held"][1] / 2**20, 1),
+                    fmt(share) + "x",
+                    target_cell(share <= 0.5) if form == "compact" else "-",
+                ]
+            )
         del models
     d, heads, kv_heads = QWEN25_7B["hidden_size"], QWEN25_7B["num_attention_heads"], QWEN25_7B["num_key_value_heads"]
     head_dim = d // heads
@@ -95,8 +110,11 @@ def speed_table(size: str, length: int, new_tokens: int, repeats: int) -> Table:
     base = build_llm(size).to(device()).eval()
     model = build_model(size, "wings").eval()
     text_prompt = prompt(model, length, image=False)
-    runs: dict[str, list[tuple[float, float, float]]] = {"base LLM": [], "WINGS, full cache": [],
-                                                         "WINGS, compact cache": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {
+        "base LLM": [],
+        "WINGS, full cache": [],
+        "WINGS, compact cache": [],
+    }
 
     def run(name: str) -> None:
         if name == "base LLM":
@@ -118,10 +136,15 @@ def speed_table(size: str, length: int, new_tokens: int, repeats: int) -> Table:
         ["model", "prefill s", "decode tok/s", "decode / base LLM", "decode / full cache"],
     )
     for name in runs:
-        table.rows.append([
-            name, fmt(prefill[name]), fmt(decode[name], 1), fmt(decode[name] / decode["base LLM"]),
-            fmt(decode[name] / decode["WINGS, full cache"]) if name != "base LLM" else "-",
-        ])
+        table.rows.append(
+            [
+                name,
+                fmt(prefill[name]),
+                fmt(decode[name], 1),
+                fmt(decode[name] / decode["base LLM"]),
+                fmt(decode[name] / decode["WINGS, full cache"]) if name != "base LLM" else "-",
+            ]
+        )
     table.notes.append(
         f"Model: {SIZES[size]}; device {device()}. The faster of {repeats} alternated runs of each (the machine is "
         "shared). The compact form expands every layer's learner keys and values at each step (about 2 T r d "

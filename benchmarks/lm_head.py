@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from wings.model.modeling_wings import IGNORE_INDEX
+from wings.data.formats import IGNORE_INDEX
 
-from .common import SIZES, Table, ratio, build_model, compare, fmt, make_batch, train_step, training_setup
+from .common import SIZES, Table, build_model, compare, fmt, make_batch, ratio, train_step, training_setup
 
 
 def full_head_loss(model, batch):
@@ -28,8 +28,15 @@ def run(quick: bool = False, size: str | None = None) -> list[Table]:
     optimizer = training_setup(model, "instruct")
     table = Table(
         f"LM head at labelled positions against the full head (WINGS instruct step, {length} tokens)",
-        ["labelled share", "labelled-only s/step", "full head s/step", "time ratio", "labelled-only peak MiB",
-         "full head peak MiB", "memory ratio"],
+        [
+            "labelled share",
+            "labelled-only s/step",
+            "full head s/step",
+            "time ratio",
+            "labelled-only peak MiB",
+            "full head peak MiB",
+            "memory ratio",
+        ],
     )
     for share in (0.25, 0.5):
         batch = make_batch(model, length, labelled=share)
@@ -39,10 +46,17 @@ def run(quick: bool = False, size: str | None = None) -> list[Table]:
         }
         result = compare(variants, repeats, memory=True)
         ours, full = result["labelled"], result["full"]
-        table.rows.append([
-            f"{share:.0%}", fmt(ours.median), fmt(full.median), fmt(ours.median / full.median), fmt(ours.peak_mib, 0),
-            fmt(full.peak_mib, 0), ratio(ours.peak_mib, full.peak_mib),
-        ])
+        table.rows.append(
+            [
+                f"{share:.0%}",
+                fmt(ours.median),
+                fmt(full.median),
+                fmt(ours.median / full.median),
+                fmt(ours.peak_mib, 0),
+                fmt(full.peak_mib, 0),
+                ratio(ours.peak_mib, full.peak_mib),
+            ]
+        )
     table.notes.append(
         f"Model: {SIZES[size]}; batch 1, one image; labels on the last share of the tokens (answers), as in "
         f"instruction data. Median of {repeats} interleaved steps after a warmup; ratios are labelled-only / full."

@@ -39,8 +39,15 @@ def write_checkpoint(directory: Path, quick: bool) -> tuple[str, str]:
 
     if quick:
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
         llm_directory = str(directory / "llm")
         AutoModelForCausalLM.from_config(config).save_pretrained(llm_directory)
     else:
@@ -120,10 +127,16 @@ def loading_table(quick: bool, repeats: int) -> Table:
     )
     for what, description in WHAT.items():
         time_ratio, memory_ratio = best[what]["seconds"] / base["seconds"], best[what]["peak_mib"] / base["peak_mib"]
-        table.rows.append([
-            description, fmt(best[what]["seconds"]), fmt(best[what]["peak_mib"], 0), fmt(time_ratio),
-            fmt(memory_ratio), target_cell(time_ratio <= 1.1 and memory_ratio <= 1.1) if what == "wings" else "-",
-        ])
+        table.rows.append(
+            [
+                description,
+                fmt(best[what]["seconds"]),
+                fmt(best[what]["peak_mib"], 0),
+                fmt(time_ratio),
+                fmt(memory_ratio),
+                target_cell(time_ratio <= 1.1 and memory_ratio <= 1.1) if what == "wings" else "-",
+            ]
+        )
     model = "a random 4-layer Llama (d=64)" if quick else "SmolLM2-135M-Instruct (fp32, 135M parameters)"
     table.notes.append(
         f"LLM: {model}; the WINGS checkpoint adds siglip-scratch-64, the projector and the learners (saved, a few "

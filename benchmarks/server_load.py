@@ -21,7 +21,6 @@ import base64
 import io
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,10 +90,28 @@ class Server:
 
     def __init__(self, model: Path, threads: int, max_pending: int):
         self.port = free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-        command = [sys.executable, "-m", "wings.cli", "serve", "--model", str(model), "--host", HOST,
-                   "--port", str(self.port), "--max-pending", str(max_pending), "--max-tokens-limit", "256"]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "wings.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--max-pending",
+            str(max_pending),
+            "--max-tokens-limit",
+            "256",
+        ]
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.base = f"http://{HOST}:{self.port}"
@@ -143,8 +160,13 @@ async def leaver(base: str, model: str, stop: asyncio.Event, burst: Burst) -> No
     """Starts a long streamed answer, reads 4 chunks, closes the connection; again until the burst ends."""
     import httpx
 
-    body = {"model": model, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200,
-            "temperature": 0, "stream": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 200,
+        "temperature": 0,
+        "stream": True,
+    }
     while not stop.is_set():
         async with httpx.AsyncClient(timeout=120) as client:
             try:
@@ -159,8 +181,9 @@ async def leaver(base: str, model: str, stop: asyncio.Event, burst: Burst) -> No
         burst.disconnects += 1
 
 
-async def run_burst(server: Server, model: str, clients: int, per_client: int, disconnecting: bool,
-                    limit_s: float, image: str) -> Burst:
+async def run_burst(
+    server: Server, model: str, clients: int, per_client: int, disconnecting: bool, limit_s: float, image: str
+) -> Burst:
     import httpx
 
     burst = Burst(clients, disconnecting)
@@ -196,7 +219,9 @@ async def run_burst(server: Server, model: str, clients: int, per_client: int, d
     return burst
 
 
-async def run_image_burst(server: Server, model: str, requests: int, images: int, side: int) -> tuple[dict, float, float]:
+async def run_image_burst(
+    server: Server, model: str, requests: int, images: int, side: int
+) -> tuple[dict, float, float]:
     """`requests` concurrent requests of `images` flat `side` x `side` PNGs each (small bodies, huge pixel counts):
     their status codes, the server's peak RSS during them and its RSS after (MB)."""
     import httpx
@@ -222,14 +247,20 @@ async def run_image_burst(server: Server, model: str, requests: int, images: int
 
 
 def render_images(rows: list[tuple[int, int, int, dict, float, float]], baseline_mb: float) -> str:
-    lines = ["### Large images: pixels checked from headers, at most two images decoded at once, each shrunk at once", "",
-             "| requests at once | images per request | image size | answers | peak RSS (MB) | RSS after (MB) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "### Large images: pixels checked from headers, at most two images decoded at once, each shrunk at once",
+        "",
+        "| requests at once | images per request | image size | answers | peak RSS (MB) | RSS after (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for requests, images, side, statuses, peak, after in rows:
         answers = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
         lines.append(f"| {requests} | {images} | {side}x{side} | {answers} | {peak:,.0f} | {after:,.0f} |")
-    lines += ["", f"- server RSS before: {baseline_mb:,.0f} MB; server limits at their defaults (16 Mpixel per image, "
-              "32 Mpixel per request): 8 images of 16 Mpixel are refused (400) from their headers, 2 are decoded."]
+    lines += [
+        "",
+        f"- server RSS before: {baseline_mb:,.0f} MB; server limits at their defaults (16 Mpixel per image, "
+        "32 Mpixel per request): 8 images of 16 Mpixel are refused (400) from their headers, 2 are decoded.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -242,7 +273,8 @@ def percentile(values: list[float], share: float) -> float:
 
 def render(bursts: list[Burst], baseline_mb: float, model: str, args: argparse.Namespace) -> str:
     lines = [
-        "### wings serve under load (loopback)", "",
+        "### wings serve under load (loopback)",
+        "",
         "| clients | + disconnecting client | requests done | errors | requests/s | p50 latency (s) | "
         "p95 latency (s) | disconnects | peak RSS (MB) | RSS after burst (MB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -253,12 +285,16 @@ def render(bursts: list[Burst], baseline_mb: float, model: str, args: argparse.N
             f"| {burst.clients} | {'yes' if burst.disconnecting else 'no'} | {len(burst.latencies)} | {errors} | "
             f"{len(burst.latencies) / burst.seconds:.2f} | {percentile(burst.latencies, 0.5):.2f} | "
             f"{percentile(burst.latencies, 0.95):.2f} | {burst.disconnects if burst.disconnecting else '-'} | "
-            f"{burst.peak_rss_mb:,.0f} | {burst.rss_after_mb:,.0f} |")
-    lines += ["", f"- model: {model}; server RSS before the first burst: {baseline_mb:,.0f} MB; "
-              f"{args.requests_per_client} requests per client (max_tokens 16; half with a 256x256 PNG, "
-              "every fourth streamed); the disconnecting client asks for 200 tokens and leaves after 4 chunks.",
-              f"- server threads: {args.threads}; machine: {os.cpu_count()} CPU cores, load average at the end "
-              f"{os.getloadavg()[0]:.1f}."]
+            f"{burst.peak_rss_mb:,.0f} | {burst.rss_after_mb:,.0f} |"
+        )
+    lines += [
+        "",
+        f"- model: {model}; server RSS before the first burst: {baseline_mb:,.0f} MB; "
+        f"{args.requests_per_client} requests per client (max_tokens 16; half with a 256x256 PNG, "
+        "every fourth streamed); the disconnecting client asks for 200 tokens and leaves after 4 chunks.",
+        f"- server threads: {args.threads}; machine: {os.cpu_count()} CPU cores, load average at the end "
+        f"{os.getloadavg()[0]:.1f}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -286,10 +322,24 @@ def main(argv: list[str] | None = None) -> None:
             bursts = []
             for clients in args.clients:
                 for disconnecting in (False, True):
-                    bursts.append(asyncio.run(run_burst(server, model_id, clients, args.requests_per_client,
-                                                        disconnecting, args.burst_limit_s, image)))
-                    print(f"({clients} clients{' + leaver' if disconnecting else ''}: {bursts[-1].seconds:.0f} s)",
-                          file=sys.stderr, flush=True)
+                    bursts.append(
+                        asyncio.run(
+                            run_burst(
+                                server,
+                                model_id,
+                                clients,
+                                args.requests_per_client,
+                                disconnecting,
+                                args.burst_limit_s,
+                                image,
+                            )
+                        )
+                    )
+                    print(
+                        f"({clients} clients{' + leaver' if disconnecting else ''}: {bursts[-1].seconds:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             image_baseline = memory_mb(server.process.pid, "VmRSS")
             image_rows = []
             for images in (8, 2):

@@ -19,7 +19,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from wings.model.attention import eager_attention
 
-from .common import SIZES, Table, ratio, build_model, compare, fmt, make_batch, target_cell, train_step, training_setup
+from .common import SIZES, Table, build_model, compare, fmt, make_batch, ratio, target_cell, train_step, training_setup
 
 AUTHORS_BACKEND = "wings_authors_eager"  # the "wings_" prefix keeps the model from wrapping it again
 MAX_ROW = 4096  # the authors' router: a linear layer over the attention row by absolute key position
@@ -55,10 +55,21 @@ def stage_table(size: str, length: int, repeats: int) -> Table:
     """WINGS align / instruct against LLaVA align / instruct: same LLM, tower, batch and labels."""
     table = Table(
         f"Training step: WINGS against the LLaVA-style baseline ({length} tokens, batch 1, one image)",
-        ["stage", "WINGS s/step", "LLaVA s/step", "time ratio", "WINGS peak MiB", "LLaVA peak MiB",
-         "memory ratio", "target (time ratio <= 1.3)"],
+        [
+            "stage",
+            "WINGS s/step",
+            "LLaVA s/step",
+            "time ratio",
+            "WINGS peak MiB",
+            "LLaVA peak MiB",
+            "memory ratio",
+            "target (time ratio <= 1.3)",
+        ],
     )
-    for wings_stage, llava_stage, wings_mode in (("align", "llava-align", "visual"), ("instruct", "llava-instruct", "wings")):
+    for wings_stage, llava_stage, wings_mode in (
+        ("align", "llava-align", "visual"),
+        ("instruct", "llava-instruct", "wings"),
+    ):
         variants = {}
         for name, stage, mode in (("wings", wings_stage, wings_mode), ("llava", llava_stage, "none")):
             model = build_model(size, mode)
@@ -66,13 +77,21 @@ def stage_table(size: str, length: int, repeats: int) -> Table:
             batch = make_batch(model, length)
             variants[name] = lambda m=model, o=optimizer, b=batch: train_step(m, o, b)
         result = compare(variants, repeats, memory=True)
-        w, l = result["wings"], result["llava"]
-        time_ratio = w.median / l.median
+        w, llava = result["wings"], result["llava"]
+        time_ratio = w.median / llava.median
         target = target_cell(time_ratio <= 1.3) if wings_stage == "instruct" else "-"
-        table.rows.append([
-            f"{wings_stage} vs {llava_stage}", fmt(w.median), fmt(l.median), fmt(time_ratio), fmt(w.peak_mib, 0),
-            fmt(l.peak_mib, 0), ratio(w.peak_mib, l.peak_mib), target,
-        ])
+        table.rows.append(
+            [
+                f"{wings_stage} vs {llava_stage}",
+                fmt(w.median),
+                fmt(llava.median),
+                fmt(time_ratio),
+                fmt(w.peak_mib, 0),
+                fmt(llava.peak_mib, 0),
+                ratio(w.peak_mib, llava.peak_mib),
+                target,
+            ]
+        )
         del variants, result
     table.notes += [
         f"Model: {SIZES[size]}. A step is forward + backward + AdamW update with the stage's trainable groups and "
@@ -88,8 +107,16 @@ def router_table(size: str, lengths: list[int], repeats: int) -> Table:
     """WINGS instruct step with our router (SDPA + value channel) against the authors' (eager + full matrices)."""
     table = Table(
         "Router input: ours (SDPA + visual value channel) against the authors' (eager, full attention matrices)",
-        ["tokens", "ours s/step", "authors' s/step", "time ratio", "ours peak MiB", "authors' peak MiB",
-         "memory ratio", "target (memory ratio <= 0.5 at 2,048)"],
+        [
+            "tokens",
+            "ours s/step",
+            "authors' s/step",
+            "time ratio",
+            "ours peak MiB",
+            "authors' peak MiB",
+            "memory ratio",
+            "target (memory ratio <= 0.5 at 2,048)",
+        ],
     )
     models = {}
     for name in ("ours", "authors"):
@@ -106,10 +133,18 @@ def router_table(size: str, lengths: list[int], repeats: int) -> Table:
         ours, theirs = result["ours"], result["authors"]
         memory_ratio = ours.peak_mib / theirs.peak_mib if theirs.peak_mib else float("nan")
         target = target_cell(memory_ratio <= 0.5) if length >= 2048 else "-"
-        table.rows.append([
-            f"{length:,}", fmt(ours.median), fmt(theirs.median), fmt(ours.median / theirs.median),
-            fmt(ours.peak_mib, 0), fmt(theirs.peak_mib, 0), ratio(ours.peak_mib, theirs.peak_mib), target,
-        ])
+        table.rows.append(
+            [
+                f"{length:,}",
+                fmt(ours.median),
+                fmt(theirs.median),
+                fmt(ours.median / theirs.median),
+                fmt(ours.peak_mib, 0),
+                fmt(theirs.peak_mib, 0),
+                ratio(ours.peak_mib, theirs.peak_mib),
+                target,
+            ]
+        )
     table.notes += [
         f"Model: {SIZES[size]}; WINGS instruct step (forward + backward + AdamW), batch 1, one image of "
         f"{models['ours'][0].config.image_seq_length} tokens. Median of {repeats} interleaved steps after a warmup.",

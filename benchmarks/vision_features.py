@@ -39,8 +39,9 @@ def run(quick: bool = False, size: str | None = None) -> list[Table]:
         with torch.no_grad():
             model.tower_features(batch["pixel_values"])
 
-    results = compare({"tower every step": uncached, "features cached": cached, "tower alone": tower_alone},
-                      repeats=3 if quick else 8)  # fmt: skip
+    results = compare(
+        {"tower every step": uncached, "features cached": cached, "tower alone": tower_alone}, repeats=3 if quick else 8
+    )
     every, reused, alone = (results[name].median for name in ("tower every step", "features cached", "tower alone"))
     table = Table(
         f"Align step with the frozen tower's features cached ({size} LLM + {TOWER}, batch {batch_size} x {length})",

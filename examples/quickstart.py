@@ -42,7 +42,7 @@ def generate(model, processor, conversation, images=(), **options) -> tuple[str,
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values") if key in batch}
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=24, do_sample=False, **options)
-    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
     return processor.decode(new_tokens, skip_special_tokens=True), new_tokens
 
 
@@ -55,8 +55,10 @@ def main() -> None:
     model, processor = build_wings("smollm2-135m-instruct", "siglip-scratch-64")
     model.eval()
     groups = {name: sum(p.numel() for _, p in params) for name, params in model.parameter_groups().items()}
-    print(f"1. built WINGS on SmolLM2-135M-Instruct in {time.perf_counter() - start:.1f}s: "
-          + ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in groups.items()))
+    print(
+        f"1. built WINGS on SmolLM2-135M-Instruct in {time.perf_counter() - start:.1f}s: "
+        + ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in groups.items())
+    )
 
     question = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     wings_answer, wings_tokens = generate(model, processor, question)
@@ -64,9 +66,10 @@ def main() -> None:
     base_llm.config._attn_implementation_internal = "sdpa"
     batch = processor(conversations=question)
     with torch.no_grad():
-        base_output = base_llm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        max_new_tokens=24, do_sample=False)
-    base_tokens = base_output[0, batch["input_ids"].shape[1]:]
+        base_output = base_llm.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=24, do_sample=False
+        )
+    base_tokens = base_output[0, batch["input_ids"].shape[1] :]
     same = torch.equal(wings_tokens, base_tokens)
     print(f"2. text-only chat, WINGS: {wings_answer!r}\n   base LLM identical: {same}")
     assert same, "a fresh WINGS model must answer text exactly as its base LLM"
@@ -78,9 +81,11 @@ def main() -> None:
     start = time.perf_counter()
     _, recomputed = generate(model, processor, conversation, [shapes_image()], use_cache=False)
     recompute_time = time.perf_counter() - start
-    print(f"3. with an image ({model.config.image_seq_length} visual tokens): cached generation == recomputation: "
-          f"{torch.equal(cached, recomputed)} ({cached_time:.2f}s cached vs {recompute_time:.2f}s recomputed; "
-          "the tower and projector are untrained, so the words mean nothing yet)")
+    print(
+        f"3. with an image ({model.config.image_seq_length} visual tokens): cached generation == recomputation: "
+        f"{torch.equal(cached, recomputed)} ({cached_time:.2f}s cached vs {recompute_time:.2f}s recomputed; "
+        "the tower and projector are untrained, so the words mean nothing yet)"
+    )
     assert torch.equal(cached, recomputed)
 
     with tempfile.TemporaryDirectory() as directory:
@@ -91,8 +96,10 @@ def main() -> None:
         _, again = generate(reloaded, reloaded_processor, conversation, [shapes_image()])
     print(f"4. saved and reloaded with AutoModelForImageTextToText: same answer: {torch.equal(again, cached)}")
     assert torch.equal(again, cached)
-    print("\nNext: train it (see docs/training.md), or `.venv/bin/wings build --llm smollm2-135m-instruct "
-          "--vision siglip-scratch-64 --out runs/wings-init`.")
+    print(
+        "\nNext: train it (see docs/training.md), or `.venv/bin/wings build --llm smollm2-135m-instruct "
+        "--vision siglip-scratch-64 --out runs/wings-init`."
+    )
 
 
 if __name__ == "__main__":

@@ -13,13 +13,23 @@ import wings.threads
 from wings.cli import COMMANDS, build_parser, main
 from wings.threads import THREADS_ENV, choose_threads, measured_threads, set_threads
 
-COMPUTING = [["build"], ["train"], ["eval"], ["chat"], ["generate"], ["serve"], ["analyze", "attention-shift"],
-             ["demo"]]  # fmt: skip
+COMPUTING = [
+    ["build"],
+    ["train"],
+    ["eval"],
+    ["chat"],
+    ["generate"],
+    ["serve"],
+    ["analyze", "attention-shift"],
+    ["demo"],
+]
 
 
 def test_help_lists_every_command_without_importing_torch_or_transformers():
-    script = ("import sys, wings_cli\nsys.argv = ['wings', '--help']\ntry:\n    wings_cli.main()\nexcept SystemExit:\n"
-              "    pass\nprint('HEAVY', sorted(m for m in ('torch', 'transformers', 'wings') if m in sys.modules))\n")
+    script = (
+        "import sys, wings_cli\nsys.argv = ['wings', '--help']\ntry:\n    wings_cli.main()\nexcept SystemExit:\n"
+        "    pass\nprint('HEAVY', sorted(m for m in ('torch', 'transformers', 'wings') if m in sys.modules))\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
     assert "HEAVY []" in result.stdout
     for name, _, _ in COMMANDS:
@@ -100,8 +110,22 @@ def test_more_threads_only_when_at_least_ten_percent_faster(monkeypatch, all_cor
 def test_the_command_sets_the_threads_before_it_runs(tmp_path, capsys):
     before = torch.get_num_threads()
     try:
-        assert main(["build", "--llm", str(tmp_path / "missing"), "--vision", "siglip-scratch-32", "--threads", "1",
-                     "--out", str(tmp_path / "out")]) == 1  # fmt: skip
+        assert (
+            main(
+                [
+                    "build",
+                    "--llm",
+                    str(tmp_path / "missing"),
+                    "--vision",
+                    "siglip-scratch-32",
+                    "--threads",
+                    "1",
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 1
+        )
         assert torch.get_num_threads() == 1
         assert "threads: 1 (--threads" in capsys.readouterr().err
     finally:
@@ -117,8 +141,12 @@ def _all_parsers(parser):
 
 
 def test_every_help_text_of_every_command_ends_its_sentence():
-    texts = [(p.prog, a.help) for p in _all_parsers(build_parser("*")) for a in p._actions
-             if a.help and a.help != "==SUPPRESS=="]  # fmt: skip
+    texts = [
+        (p.prog, a.help)
+        for p in _all_parsers(build_parser("*"))
+        for a in p._actions
+        if a.help and a.help != "==SUPPRESS=="
+    ]
     assert len(texts) > 100
     assert [t for t in texts if not t[1].endswith((".", "?", "!"))] == []
 
@@ -128,8 +156,22 @@ def test_build_without_out_refuses_and_a_missing_folder_is_named(tmp_path, capsy
         main(["build", "--llm", "smollm2-135m-instruct", "--vision", "siglip-scratch-32"])
     assert "the following arguments are required: --out" in capsys.readouterr().err
     missing = tmp_path / "no-llm"
-    assert main(["build", "--llm", str(missing), "--vision", "siglip-scratch-32", "--out", str(tmp_path / "o"),
-                 "--threads", "1"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "build",
+                "--llm",
+                str(missing),
+                "--vision",
+                "siglip-scratch-32",
+                "--out",
+                str(tmp_path / "o"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 1
+    )
     assert f"--llm {missing}: no such folder" in capsys.readouterr().err
 
 
@@ -141,11 +183,14 @@ def test_eval_writes_to_out_and_keeps_the_old_spelling_hidden():
     assert "--output-dir" not in parser.format_help()
 
 
-def test_train_names_the_command_that_makes_missing_data_and_blames_a_bad_override_on_the_command_line(tmp_path,
-                                                                                                        capsys):
+def test_train_names_the_command_that_makes_missing_data_and_blames_a_bad_override_on_the_command_line(
+    tmp_path, capsys
+):
     config = tmp_path / "c.yaml"
-    config.write_text("model: {llm: smollm2-135m-instruct}\ndata:\n  datasets:\n    - {path: data/easy-vqa/train.json}\n"
-                      f"training: {{output_dir: {tmp_path / 'out'}}}\n")  # fmt: skip
+    config.write_text(
+        "model: {llm: smollm2-135m-instruct}\ndata:\n  datasets:\n    - {path: data/easy-vqa/train.json}\n"
+        f"training: {{output_dir: {tmp_path / 'out'}}}\n"
+    )
     assert main(["train", "--config", str(config), "--threads", "1"]) == 1
     err = capsys.readouterr().err
     assert "training data data/easy-vqa/train.json not found" in err and "data easy-vqa --out data/easy-vqa" in err

@@ -17,7 +17,11 @@ import sys
 # (command, module that defines it, one-line help); the module must provide `add_parser(subparsers, name, help)`.
 COMMANDS: list[tuple[str, str, str]] = [
     ("build", "wings.model.cli", "build a WINGS model from an LLM and a vision tower, save it with its processor"),
-    ("train", "wings.training.cli", "train one stage (align, instruct, llava-align, llava-instruct) from a YAML config"),
+    (
+        "train",
+        "wings.training.cli",
+        "train one stage (align, instruct, llava-align, llava-instruct) from a YAML config",
+    ),
     ("export", "wings.training.cli", "write a standalone HF directory from a checkpoint that leaves out a frozen LLM"),
     ("data", "wings.training.data_cli", "check data files and convert data sets"),
     ("eval", "wings.evaluation.cli", "score models and their base LLM on text tasks; write the forgetting report"),
@@ -38,8 +42,9 @@ def requested_command(argv: list[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `wings` parser: every command listed, only `command`'s module imported (`"*"`: every module)."""
-    parser = argparse.ArgumentParser(prog="wings", description="WINGS multimodal LLMs without text-only forgetting.",
-                                     epilog=EPILOG)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="wings", description="WINGS multimodal LLMs without text-only forgetting.", epilog=EPILOG
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         if command in (name, "*"):

@@ -32,9 +32,13 @@ def positive_int(text: str) -> int:
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """`--threads N` with the same help and checks on every command."""
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help=f"torch intra-op threads (default: ${THREADS_ENV} when set, else 1 or all cores, "
-                             "whichever runs a matrix product faster right now).")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help=f"torch intra-op threads (default: ${THREADS_ENV} when set, else 1 or all cores, "
+        "whichever runs a matrix product faster right now).",
+    )
 
 
 def env_threads() -> int | None:

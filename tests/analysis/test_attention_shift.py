@@ -11,28 +11,28 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import wings.analysis.attention_shift as attention_shift_module
+from tests.model.tiny import COMMON, randomize_learners, sample, text_config, tiny_wings, vision_config
+from wings import WingsConfig, WingsForConditionalGeneration
 from wings.analysis.attention_shift import (
     AFTER,
     BEFORE,
     ITSELF,
     OUTSIDE,
     AnalysisSample,
+    SegmentRecorder,
     analyze_model,
     attention_shift,
     laws_curves,
     llm_config,
     model_inputs,
     pearson,
+    query_mask,
     recording_segment_mass,
     sample_segment_sums,
     sample_segments,
     segment_ids,
     segment_sums_from_attentions,
-    SegmentRecorder,
-    query_mask,
 )
-from wings import WingsConfig, WingsForConditionalGeneration
-from tests.model.tiny import COMMON, randomize_learners, sample, text_config, tiny_wings, vision_config
 
 SEGMENTS_6 = torch.tensor([[BEFORE, BEFORE, 1, 1, AFTER, AFTER]])
 
@@ -157,8 +157,10 @@ def test_analyze_model_on_wings_baseline_and_base_llm_given_the_same_sample():
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(text_config("llama")).eval()
     pixels = sample(wings)[1][0]
-    samples = [AnalysisSample([5, 6, 7, 8], [9, 10, 11, 12, 13], pixels, "a"),
-               AnalysisSample([5, 7, 9], [11, 13, 15, 17], pixels, "b")]  # fmt: skip
+    samples = [
+        AnalysisSample([5, 6, 7, 8], [9, 10, 11, 12, 13], pixels, "a"),
+        AnalysisSample([5, 7, 9], [11, 13, 15, 17], pixels, "b"),
+    ]
     for model, has_image in ((wings, True), (base, False)):
         result = analyze_model(model, samples)
         assert result["num_samples"] == 2 and result["has_vision"] == has_image
@@ -181,9 +183,14 @@ def test_samples_with_a_constant_curve_are_left_out_of_the_mean_and_counted(monk
     model = tiny_wings(family="llama")
     pixels = sample(model)[1][0]
     # Per sample, (layers, 1, 3) masses: V_after follows V_before (shift 0), V_before is flat (undefined), reversed (2).
-    crafted = iter([[[1, 1, 1], [2, 1, 2], [3, 1, 3]], [[2, 1, 1], [2, 1, 2], [2, 1, 3]], [[1, 1, 3], [2, 1, 2], [3, 1, 1]]])
-    monkeypatch.setattr(attention_shift_module, "sample_segment_sums",
-                        lambda *args, **kwargs: torch.tensor(next(crafted), dtype=torch.float64)[:, None])  # fmt: skip
+    crafted = iter(
+        [[[1, 1, 1], [2, 1, 2], [3, 1, 3]], [[2, 1, 1], [2, 1, 2], [2, 1, 3]], [[1, 1, 3], [2, 1, 2], [3, 1, 1]]]
+    )
+    monkeypatch.setattr(
+        attention_shift_module,
+        "sample_segment_sums",
+        lambda *args, **kwargs: torch.tensor(next(crafted), dtype=torch.float64)[:, None],
+    )
     samples = [AnalysisSample([5, 6], [7, 8], pixels, name) for name in ("same", "flat", "reversed")]
     result = analyze_model(model, samples)
     assert [s["attention_shift"] for s in result["samples"]][0::2] == pytest.approx([0.0, 2.0])
@@ -229,6 +236,7 @@ def test_samples_with_several_images_warn_and_leave_the_text_between_images_out(
     text_ids = model_inputs(base, two_images)["input_ids"]
     assert text_ids[0].tolist() == [5, 6, 7, 20, 21, 8, 9, 10, 11]
     assert sample_segments(base, text_ids, before_length=3, after_start=5)[0].tolist() == (
-        [BEFORE] * 3 + [OUTSIDE] * 2 + [AFTER] * 4)  # fmt: skip
+        [BEFORE] * 3 + [OUTSIDE] * 2 + [AFTER] * 4
+    )
     with warnings.catch_warnings(record=True):
         assert analyze_model(base, [two_images])["attention_shift"] is None

@@ -4,17 +4,16 @@ what it left out."""
 from __future__ import annotations
 
 import json
-import math
 
 import matplotlib
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.model.tiny import text_config
 from wings.analysis.cli import SampleText, sample_texts, shift_summary, tokenize_samples
 from wings.analysis.plots import plot_laws, plot_shift_vs_score
 from wings.cli import main
-from tests.model.tiny import text_config
 
 matplotlib.use("Agg")
 
@@ -22,8 +21,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_laws_plot_and_json(tmp_path):
-    curves = {"wings": {"V_before": [0.5, 0.4], "V_itself": [0.3, 0.4], "V_after": [0.2, 0.2]},
-              "base": {"V_before": [0.7, 0.6], "V_itself": [0.0, 0.0], "V_after": [0.3, 0.4]}}  # fmt: skip
+    curves = {
+        "wings": {"V_before": [0.5, 0.4], "V_itself": [0.3, 0.4], "V_after": [0.2, 0.2]},
+        "base": {"V_before": [0.7, 0.6], "V_itself": [0.0, 0.0], "V_after": [0.3, 0.4]},
+    }
     png, data = plot_laws(curves, tmp_path / "figs" / "laws.png")
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
     assert json.loads(data.read_text())["curves"] == curves
@@ -50,10 +51,14 @@ def test_analyze_cli_end_to_end(tmp_path, tiny_tokenizer, capsys):
         names.append(str(directory))
     data = tmp_path / "samples.jsonl"
     data.write_text(
-        json.dumps({"text": "Question: what colour is <image> the sky? Answer:", "image": "sky.png"}) + "\n"
-        + json.dumps({"id": "cat", "text": "A cat sat on <image> the mat.", "image": "cat.png"}) + "\n"
-        + json.dumps({"id": "two", "text": "The sky <image> and the sea <image> are blue?",
-                      "image": ["sky.png", "sea.png"]}) + "\n"  # fmt: skip
+        json.dumps({"text": "Question: what colour is <image> the sky? Answer:", "image": "sky.png"})
+        + "\n"
+        + json.dumps({"id": "cat", "text": "A cat sat on <image> the mat.", "image": "cat.png"})
+        + "\n"
+        + json.dumps(
+            {"id": "two", "text": "The sky <image> and the sea <image> are blue?", "image": ["sky.png", "sea.png"]}
+        )
+        + "\n"
     )
     out = tmp_path / "analysis"
     argv = ["analyze", "attention-shift", "--data", str(data), "--out", str(out), "--query-tokens", "after"]
@@ -78,8 +83,9 @@ def test_analyze_cli_end_to_end(tmp_path, tiny_tokenizer, capsys):
 
 def test_the_summary_line_reports_what_was_left_out():
     analysis = {"attention_shift": 0.25, "num_samples": 10, "num_undefined_shift": 2, "num_multi_image": 0}
-    assert shift_summary(analysis) == ("attention shift 0.2500 over 8 of 10 samples; 2 left out (a constant LAWS "
-                                       "curve: no correlation)")  # fmt: skip
+    assert shift_summary(analysis) == (
+        "attention shift 0.2500 over 8 of 10 samples; 2 left out (a constant LAWS curve: no correlation)"
+    )
     analysis = {"attention_shift": None, "num_samples": 4, "num_undefined_shift": 0, "num_multi_image": 0}
     assert shift_summary(analysis) == "attention shift n/a (the model sees no image) over 4 samples"
 
@@ -99,11 +105,16 @@ def test_analyze_cli_names_the_bad_sample(tmp_path):
 
 def test_samples_are_cut_at_every_image_and_tokenised_apart(tmp_path, tiny_tokenizer):
     data = tmp_path / "two.jsonl"
-    data.write_text(json.dumps({"id": "s", "text": "The sky <image> and the sea <image> are blue?",
-                                "image": ["sky.png", "sea.png"]}) + "\n")  # fmt: skip
+    data.write_text(
+        json.dumps(
+            {"id": "s", "text": "The sky <image> and the sea <image> are blue?", "image": ["sky.png", "sea.png"]}
+        )
+        + "\n"
+    )
     (text,) = sample_texts(data, tiny_tokenizer)
-    assert text == SampleText("s", ["The sky ", " and the sea ", " are blue?"],
-                              [str(tmp_path / "sky.png"), str(tmp_path / "sea.png")])  # fmt: skip
+    assert text == SampleText(
+        "s", ["The sky ", " and the sea ", " are blue?"], [str(tmp_path / "sky.png"), str(tmp_path / "sea.png")]
+    )
     (sample,) = tokenize_samples([text], tiny_tokenizer)
     assert sample.before_ids == tiny_tokenizer.encode("The sky ")
     assert sample.between == [(tiny_tokenizer.encode(" and the sea ", add_special_tokens=False), text.images[1])]

@@ -21,7 +21,10 @@ def test_gpu_check_tiny_mode_writes_every_section(tmp_path):
     backends = report["backends"]
     assert backends["backends"][:2] == ["eager", "sdpa"]
     # bf16: sdpa and eager agree to bf16 rounding of the logits; router weights (fp32 softmax) closer still
-    assert backends["sdpa vs eager"]["max |logit difference|"] <= 2e-2 * backends["sdpa vs eager"]["logit scale (max |logit|)"]
+    assert (
+        backends["sdpa vs eager"]["max |logit difference|"]
+        <= 2e-2 * backends["sdpa vs eager"]["logit scale (max |logit|)"]
+    )
     assert backends["sdpa vs eager"]["max |router weight difference|"] <= 2e-3
     generation = backends["cached vs recomputed generation"]
     assert generation["WINGS"]["tokens equal before the first difference"] == generation["WINGS"]["of"]
@@ -32,5 +35,8 @@ def test_gpu_check_tiny_mode_writes_every_section(tmp_path):
     assert {"base LLM", "WINGS, full learner cache", "WINGS, compact learner cache"} <= generated.keys()
     assert generated["cache bytes, full form"]["LLM"] == generated["cache bytes, compact form"]["LLM"] > 0
     assert generated["learner_cache='auto' picks"] == "full"  # no CUDA here
-    assert set(report["targets"]) == {"instruct step time / LLaVA", "share of bf16 matmul rate",
-                                      "decode tokens/s / base LLM"}
+    assert set(report["targets"]) == {
+        "instruct step time / LLaVA",
+        "share of bf16 matmul rate",
+        "decode tokens/s / base LLM",
+    }

@@ -19,7 +19,8 @@ CHATML_TEMPLATE = (
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
@@ -48,7 +49,10 @@ def build_tokenizer(style: str = "chatml"):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     backend.train_from_iterator(_CORPUS, trainer=trainer)
     if style == "chatml":
@@ -75,4 +79,3 @@ def build_processor(style: str = "chatml", image_size: int = 32, patch_size: int
     tokenizer = build_tokenizer(style)
     vision_config = SiglipVisionConfig(image_size=image_size, patch_size=patch_size)
     return WingsProcessor.from_vision_config(tokenizer, vision_config, image_token_id=len(tokenizer) + 7, **kwargs)
-

@@ -21,7 +21,10 @@ def turn(speaker, value):
 
 
 def image_record(answer="A red square.", images=1):
-    return {"image": ["red.png"] * images, "conversations": [turn("human", "<image>" * images + "\nWhat?"), turn("gpt", answer)]}
+    return {
+        "image": ["red.png"] * images,
+        "conversations": [turn("human", "<image>" * images + "\nWhat?"), turn("gpt", answer)],
+    }
 
 
 def text_record(answer="Hello there."):
@@ -70,8 +73,10 @@ def test_skip_invalid_counts_what_was_skipped_and_why(folder, chatml_processor):
     dataset = ConversationDataset(write(folder, records), chatml_processor, skip_invalid=True)
     assert dataset.indices.tolist() == [0, 4]  # the unreadable image is only found when the sample is loaded
     assert dataset.skipped == {"missing image": 1, "empty turn": 1, "placeholders": 1}
-    assert dataset.summary() == ("2 of 5 records pass the checks so far (images are opened when used); "
-                                 "skipped 1 (missing image), 1 (empty turn), 1 (placeholders)")
+    assert dataset.summary() == (
+        "2 of 5 records pass the checks so far (images are opened when used); "
+        "skipped 1 (missing image), 1 (empty turn), 1 (placeholders)"
+    )
     assert dataset.skipped_records == {"missing image": [1], "empty turn": [2], "placeholders": [3]}
     replacement = dataset[1]  # record 4's image is corrupt: the next usable sample comes instead
     assert not replacement["image_token_mask"].any() and dataset.skipped["unreadable image"] == 1
@@ -99,7 +104,8 @@ def test_mixture_ratios_and_config(folder, chatml_processor):
     counts = np.bincount(mixture.index[:, 0])
     assert counts.tolist() == [5, 10] and len(set(mixture.index[mixture.index[:, 0] == 0, 1])) == 5
     assert np.bincount(mixture.index[mixture.index[:, 0] == 1, 1]).tolist() == [3, 3, 2, 2] or sorted(
-        np.bincount(mixture.index[mixture.index[:, 0] == 1, 1]).tolist()) == [2, 2, 3, 3]
+        np.bincount(mixture.index[mixture.index[:, 0] == 1, 1]).tolist()
+    ) == [2, 2, 3, 3]
     assert mixture.has_images.sum() == 5 and int(mixture[0]["image_token_mask"].sum()) == SEQ
     with pytest.raises(ValueError, match=r"datasets\[0\]: unknown key\(s\) \['weight'\]"):
         read_data_config({"datasets": [{"path": "x", "weight": 2}]})
@@ -126,7 +132,9 @@ def test_sampler_groups_by_modality_and_length():
 
 
 def test_data_loader_end_to_end(folder, chatml_processor):
-    dataset = ConversationDataset(write(folder, [image_record(), text_record(), image_record(images=2)]), chatml_processor)
+    dataset = ConversationDataset(
+        write(folder, [image_record(), text_record(), image_record(images=2)]), chatml_processor
+    )
     sampler = LengthGroupedSampler(dataset.lengths, dataset.has_images, batch_size=3)
     loader = DataLoader(dataset, batch_size=3, sampler=sampler, collate_fn=WingsCollator(chatml_processor.pad_token_id))
     batch = next(iter(loader))

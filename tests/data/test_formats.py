@@ -60,12 +60,15 @@ def test_messages_record_and_text_only():
 def test_openai_content_parts_become_placeholders_in_place():
     record = {
         "messages": [
-            {"role": "user", "content": [
-                {"type": "text", "text": "Compare "},
-                {"type": "image_url", "image_url": {"url": "x.png"}},
-                {"type": "text", "text": " with "},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare "},
+                    {"type": "image_url", "image_url": {"url": "x.png"}},
+                    {"type": "text", "text": " with "},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
             {"role": "assistant", "content": [{"type": "text", "text": "Same."}]},
         ]
     }
@@ -79,7 +82,10 @@ def test_openai_content_parts_become_placeholders_in_place():
     "part, message",
     [
         ({"type": "text"}, "messages[1].content[0]: a text part needs a 'text' string"),
-        ({"type": "image_url", "image_url": {}}, "messages[1].content[0]: an image_url part needs a URL or path string"),
+        (
+            {"type": "image_url", "image_url": {}},
+            "messages[1].content[0]: an image_url part needs a URL or path string",
+        ),
         ({"type": "audio"}, "messages[1].content[0]: expected {'type': 'text'|'image_url'|'image', ...}"),
     ],
 )
@@ -88,16 +94,23 @@ def test_a_malformed_content_part_names_its_field_for_every_reader(part, message
         list(content_parts([part], "messages[1].content"))
     assert str(error.value).startswith(message) and error.value.field == "messages[1].content[0]"
     with pytest.raises(RecordError) as error:  # a data file reports it as its record's field
-        normalize_record({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [part]}]},
-                         None, "data.json", 2)  # fmt: skip
+        normalize_record(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [part]}]}, None, "data.json", 2
+        )
     assert str(error.value).startswith(f"data.json: record 2: {message}")
 
 
 def test_content_parts_give_kind_value_and_field_in_order():
-    parts = [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Hi"},
-             {"type": "image_url", "image_url": "b.png"}]  # fmt: skip
+    parts = [
+        {"type": "image", "image": "a.png"},
+        {"type": "text", "text": "Hi"},
+        {"type": "image_url", "image_url": "b.png"},
+    ]
     assert list(content_parts(parts, "content")) == [
-        ("image", "a.png", "content[0]"), ("text", "Hi", "content[1]"), ("image", "b.png", "content[2]")]
+        ("image", "a.png", "content[0]"),
+        ("text", "Hi", "content[1]"),
+        ("image", "b.png", "content[2]"),
+    ]
 
 
 def test_read_jsonl_skips_blank_lines_and_names_a_bad_line(tmp_path):
@@ -124,7 +137,10 @@ def test_a_missing_required_field_names_the_place_and_the_fields_present():
         ([1], "record 4: <record>: expected a JSON object, got list"),
         ({"foo": 1}, "record 4: <record>: no 'conversations' (LLaVA) or 'messages' (LLaMA-Factory/OpenAI) field"),
         ({"conversations": [{"from": "alien", "value": "x"}]}, "record 4: conversations[0].from: unknown role 'alien'"),
-        ({"conversations": [{"from": "human"}]}, "record 4: conversations[0]: expected an object with 'from' and 'value'"),
+        (
+            {"conversations": [{"from": "human"}]},
+            "record 4: conversations[0]: expected an object with 'from' and 'value'",
+        ),
         ({"messages": [{"role": "user", "content": 3}]}, "record 4: messages[0].content: expected a string or a list"),
         ({"conversations": [], "image": 5}, "record 4: image: expected a path or a list of paths"),
     ],
@@ -139,11 +155,17 @@ def test_unreadable_records_name_file_record_and_field(record, message):
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_round_trip_through_files(tmp_path, style, suffix):
     conversations = [
-        Conversation([Message("user", "<image>\nQ? {not json] \"quoted\" é"), Message("assistant", "A.")],
-                     images=[str(tmp_path / "a.png")], id="0"),
+        Conversation(
+            [Message("user", '<image>\nQ? {not json] "quoted" é'), Message("assistant", "A.")],
+            images=[str(tmp_path / "a.png")],
+            id="0",
+        ),
         Conversation([Message("system", "S"), Message("user", "Hi"), Message("assistant", "Hello")], id="1"),
-        Conversation([Message("user", "<image><image>"), Message("assistant", "two")],
-                     images=[str(tmp_path / "a.png"), str(tmp_path / "b.png")], id="2"),
+        Conversation(
+            [Message("user", "<image><image>"), Message("assistant", "two")],
+            images=[str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+            id="2",
+        ),
     ]
     path = tmp_path / f"data{suffix}"
     write_conversations(conversations, path, style=style)
@@ -155,7 +177,7 @@ def test_round_trip_through_files(tmp_path, style, suffix):
 
 
 def test_record_file_indexes_json_arrays_with_tricky_strings(tmp_path):
-    records = [{"messages": [{"role": "user", "content": s}]} for s in ['{"[', "]}\\", "\\\"}]", "ünï{cödé}"]]
+    records = [{"messages": [{"role": "user", "content": s}]} for s in ['{"[', "]}\\", '\\"}]', "ünï{cödé}"]]
     path = tmp_path / "tricky.json"
     path.write_text("\ufeff  [\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n", "utf-8")
     index = RecordFile(path)
@@ -180,7 +202,7 @@ def test_record_file_errors(tmp_path):
     truncated.write_text('[{"messages": []}, 3]')
     with pytest.raises(ValueError, match="record 1 is not a JSON object"):
         RecordFile(truncated)
-    truncated.write_text(' [ ] ')
+    truncated.write_text(" [ ] ")
     assert len(RecordFile(truncated)) == 0
     with pytest.raises(FileNotFoundError, match="data file not found"):
         RecordFile(tmp_path / "absent.json")
@@ -189,7 +211,7 @@ def test_record_file_errors(tmp_path):
 @pytest.mark.parametrize("suffix, line", [(".jsonl", 2), (".json", 3)])
 def test_bytes_that_are_not_utf8_name_file_record_and_line(tmp_path, suffix, line):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
-    bad = good.replace("yo", "caf\u00e9").encode("utf-8").replace("é".encode("utf-8"), b"\xe9")  # Latin-1 é
+    bad = good.replace("yo", "caf\u00e9").encode("utf-8").replace("é".encode(), b"\xe9")  # Latin-1 é
     path = tmp_path / f"latin1{suffix}"
     if suffix == ".jsonl":
         path.write_bytes(good.encode() + b"\n" + bad + b"\n" + good.encode() + b"\n")
@@ -197,6 +219,9 @@ def test_bytes_that_are_not_utf8_name_file_record_and_line(tmp_path, suffix, lin
         path.write_bytes(b"[\n" + good.encode() + b",\n" + bad + b",\n" + good.encode() + b"\n]")
     records = RecordFile(path)
     assert len(records) == 3 and records.record(2) == records.record(0)
-    with pytest.raises(RecordError, match=rf"^{path}: record 1: <record>: line {line}: not UTF-8 text \(byte 0xe9 .*"
-                                          r"re-encode the file as UTF-8 or skip such records"):
+    with pytest.raises(
+        RecordError,
+        match=rf"^{path}: record 1: <record>: line {line}: not UTF-8 text \(byte 0xe9 .*"
+        r"re-encode the file as UTF-8 or skip such records",
+    ):
         records.record(1)

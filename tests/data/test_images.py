@@ -50,7 +50,9 @@ def test_palette_with_transparency(tmp_path):
 
 def test_greyscale_cmyk_and_sixteen_bit(tmp_path):
     assert pixel(load_image(saved(tmp_path, Image.new("L", (2, 2), 7), "l.png"))) == (7, 7, 7)
-    assert pixel(load_image(saved(tmp_path, Image.new("CMYK", (2, 2), (0, 255, 255, 0)), "c.jpg", quality=100)))[0] > 240
+    assert (
+        pixel(load_image(saved(tmp_path, Image.new("CMYK", (2, 2), (0, 255, 255, 0)), "c.jpg", quality=100)))[0] > 240
+    )
     sixteen = Image.fromarray(np.array([[65535, 32768], [0, 257]], dtype=np.uint16))
     image = load_image(saved(tmp_path, sixteen, "i16.png"))
     assert [pixel(image, xy)[0] for xy in ((0, 0), (1, 0), (0, 1), (1, 1))] == [255, 128, 0, 1]
@@ -75,8 +77,11 @@ def test_pixel_limit_refuses_large_images_naming_the_file(tmp_path):
 def test_corrupt_truncated_and_missing_files_are_errors_naming_the_file(tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"not an image at all")
-    with pytest.raises(ImageLoadError, match=rf"^{corrupt}: not a readable image file \(corrupt or not an image; accepted "
-                                          r"formats: PNG, JPEG, WebP, GIF or BMP\)$"):
+    with pytest.raises(
+        ImageLoadError,
+        match=rf"^{corrupt}: not a readable image file \(corrupt or not an image; accepted "
+        r"formats: PNG, JPEG, WebP, GIF or BMP\)$",
+    ):
         load_image(corrupt)
     buffer = io.BytesIO()
     Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="PNG")
@@ -166,8 +171,11 @@ def test_the_processor_never_pads_more_than_the_tower_size(preprocess, monkeypat
     processor = build_processor("chatml", image_preprocess=preprocess)
     padded = []
     original = processing.pad_to_square
-    monkeypatch.setattr(processing, "pad_to_square", lambda image, fill: padded.append(original(image, fill).size)
-                        or original(image, fill))
+    monkeypatch.setattr(
+        processing,
+        "pad_to_square",
+        lambda image, fill: padded.append(original(image, fill).size) or original(image, fill),
+    )
     pixels = processor.preprocess_images([Image.new("RGB", (20000, 50), (255, 0, 0))])
     side = processor.image_size
     assert pixels.shape == (1, 3, side, side)

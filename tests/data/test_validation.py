@@ -38,20 +38,27 @@ def test_every_problem_is_reported_by_record_and_field(tmp_path):
     report = check_file(path)
     found = [str(problem) for problem in report.problems]
     assert found == [
-        "record 1: image: 0 <image> placeholder(s) in the text but 1 image(s); put one <image> in the text where each image goes",
+        "record 1: image: 0 <image> placeholder(s) in the text but 1 image(s); "
+        "put one <image> in the text where each image goes",
         f"record 2: image: image file not found: {tmp_path}/missing.png; check the path or --image-folder",
-        f"record 3: image: {tmp_path}/bad.png: not a readable image file (corrupt or not an image; accepted formats: PNG, JPEG, WebP, GIF or BMP)",
+        f"record 3: image: {tmp_path}/bad.png: not a readable image file "
+        "(corrupt or not an image; accepted formats: PNG, JPEG, WebP, GIF or BMP)",
         "record 4: conversations[1]: roles do not alternate: expected assistant, got user",
         "record 5: conversations[1]: empty assistant turn",
-        "record 6: conversations[2]: the last turn is not the assistant's: there is no answer to learn; remove it or add the answer",
+        "record 6: conversations[2]: the last turn is not the assistant's: there is no answer to learn; "
+        "remove it or add the answer",
         "record 7: conversations[2]: a system message is only allowed first",
-        "record 8: conversations[0].from: unknown role 'robot'; use one of assistant, bot, chatgpt, gpt, human, model, system, user",
+        "record 8: conversations[0].from: unknown role 'robot'; "
+        "use one of assistant, bot, chatgpt, gpt, human, model, system, user",
     ]
     assert (report.records, report.with_images, report.text_only, report.images) == (10, 4, 5, 4)
     assert report.invalid_records == 8  # one problem per deviation: after "user, user" an assistant turn is fine again
     text = report.format()
     assert "  records: 10 (4 with images, 5 text-only)" in text
-    assert "8 problem(s) in 8 record(s): format 1, placeholders 1, roles 3, empty turn 1, missing image 1, unreadable image 1" in text
+    assert (
+        "8 problem(s) in 8 record(s): format 1, placeholders 1, roles 3, empty turn 1, "
+        "missing image 1, unreadable image 1" in text
+    )
 
 
 def test_too_long_samples_with_a_processor(tmp_path, chatml_processor):
@@ -65,7 +72,9 @@ def test_too_long_samples_with_a_processor(tmp_path, chatml_processor):
     messages = [str(problem) for problem in report.problems]
     assert len(messages) == 2
     assert messages[0].startswith("record 1: <record>: ") and messages[0].endswith(
-        " tokens > max_length 40: the sample would be truncated")
-    assert messages[1] == ("record 2: <record>: its 3 image(s) alone take 48 tokens > max_length 40: "
-                           "the sample would be dropped")
+        " tokens > max_length 40: the sample would be truncated"
+    )
+    assert messages[1] == (
+        "record 2: <record>: its 3 image(s) alone take 48 tokens > max_length 40: the sample would be dropped"
+    )
     assert report.length_checked and report.longest_tokens > 48

@@ -16,8 +16,10 @@ from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_mod
 @pytest.fixture()
 def mc_file(tmp_path):
     path = tmp_path / "mine.jsonl"
-    rows = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1)], "answer": 0}
-            for a, b in [(1, 2), (2, 2), (3, 4)]]  # fmt: skip
+    rows = [
+        {"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1)], "answer": 0}
+        for a, b in [(1, 2), (2, 2), (3, 4)]
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 

@@ -10,6 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.data.chat_tokenizers import build_tokenizer
+from tests.evaluation.conftest import shared_data
+from tests.model.tiny import text_config
+from wings.cli import main
 from wings.evaluation.iit import (
     CONFIGURATIONS,
     build_iit,
@@ -20,10 +24,6 @@ from wings.evaluation.iit import (
     render_dialogue,
     write_iit,
 )
-from wings.cli import main
-from tests.data.chat_tokenizers import build_tokenizer
-from tests.evaluation.conftest import shared_data
-from tests.model.tiny import text_config
 
 TOPICS = ["the sky", "a cat", "the sea", "a dog", "the sun", "a fox", "the moon", "a bird"]
 
@@ -33,8 +33,17 @@ def sources(tmp_path):
     text_file, visual_file = tmp_path / "text.jsonl", tmp_path / "visual.jsonl"
     with open(text_file, "w") as handle:
         for index, topic in enumerate(TOPICS * 2):  # each question text twice under two ids: never paired with itself
-            handle.write(json.dumps({"id": f"t{index}", "question": f"What colour is {topic}?",
-                                     "choices": ["blue", "red", "green"], "answer": index % 3}) + "\n")  # fmt: skip
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"t{index}",
+                        "question": f"What colour is {topic}?",
+                        "choices": ["blue", "red", "green"],
+                        "answer": index % 3,
+                    }
+                )
+                + "\n"
+            )
     with open(visual_file, "w") as handle:
         for index, topic in enumerate(TOPICS):
             record = {"id": f"v{index}", "image": f"img/{index}.png", "question": f"Is {topic} in the picture?"}
@@ -74,8 +83,10 @@ def test_configurations_ending_alike_score_the_same_final_questions(sources):
     dialogues = build_iit(text, visual, per_config=5, seed=3)  # 5 of 16 text and 5 of 8 visual questions
     for final in ("T", "V"):
         ending = [c for c in CONFIGURATIONS if c.endswith(final)]
-        scored = {config: [(d["id"][-4:], d["turns"][-1]["source_id"]) for d in dialogues if d["config"] == config]
-                  for config in ending}  # fmt: skip
+        scored = {
+            config: [(d["id"][-4:], d["turns"][-1]["source_id"]) for d in dialogues if d["config"] == config]
+            for config in ending
+        }
         assert len(ending) == 3 and len(scored[ending[0]]) == 5
         assert all(scored[config] == scored[ending[0]] for config in ending), scored  # same questions, same rows
     # Building fewer configurations changes none of them.
@@ -87,12 +98,44 @@ def test_build_from_the_real_arc_files(tmp_path, capsys):
     data = shared_data()
     visual = tmp_path / "visual.jsonl"
     photo = data / "photos" / "000000039769.png"
-    visual.write_text("".join(json.dumps({"id": f"cats{n}", "image": str(photo), "question": question,
-                                          "choices": ["one", "two", "three"], "answer": "two"}) + "\n"
-                              for n, question in enumerate(["How many cats are there?", "How many remotes?"])))  # fmt: skip
+    visual.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"cats{n}",
+                    "image": str(photo),
+                    "question": question,
+                    "choices": ["one", "two", "three"],
+                    "answer": "two",
+                }
+            )
+            + "\n"
+            for n, question in enumerate(["How many cats are there?", "How many remotes?"])
+        )
+    )
     out = tmp_path / "iit.jsonl"
-    assert main(["iit", "build", "--text", "arc_easy", "arc_challenge", "--visual", str(visual), "--data-dir",
-                 str(data), "--split", "validation", "--out", str(out), "--per-config", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "iit",
+                "build",
+                "--text",
+                "arc_easy",
+                "arc_challenge",
+                "--visual",
+                str(visual),
+                "--data-dir",
+                str(data),
+                "--split",
+                "validation",
+                "--out",
+                str(out),
+                "--per-config",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "(T): 3, (T,T): 3, (T,T,T): 3, (T,T,V): 2, (T,V): 2, (V): 2" in capsys.readouterr().out
     dialogues = read_iit(out)
     final = {d["id"]: d["turns"][-1]["source_id"] for d in dialogues}
@@ -124,11 +167,30 @@ def test_missing_visual_source_is_a_clear_error(sources):
 def test_iit_cli_and_scoring(sources, tmp_path, tiny_tokenizer):
     text_file = tmp_path / "text.jsonl"
     out = tmp_path / "iit.jsonl"
-    assert main(["iit", "build", "--text", f"mc:{text_file}", "--visual", str(tmp_path / "visual.jsonl"),
-                 "--out", str(out), "--per-config", "2", "--seed", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "iit",
+                "build",
+                "--text",
+                f"mc:{text_file}",
+                "--visual",
+                str(tmp_path / "visual.jsonl"),
+                "--out",
+                str(out),
+                "--per-config",
+                "2",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     dialogues = read_iit(out)
     assert len(dialogues) == 12
-    context, images = plain_dialogue_text(dialogues[2], with_images=False)  # (T,T): one answered turn, then the question
+    context, images = plain_dialogue_text(
+        dialogues[2], with_images=False
+    )  # (T,T): one answered turn, then the question
     first, last = dialogues[2]["turns"]
     assert context == f"{first['prompt']} {first['choices'][first['answer']]}\n\n{last['prompt']}" and images == []
 
@@ -161,31 +223,57 @@ def test_iit_scoring_shows_the_image_to_a_wings_model(tmp_path, tiny_tokenizer, 
     tokenizer = build_tokenizer("chatml") if chat else copy.deepcopy(tiny_tokenizer)
     processor = WingsProcessor.from_model_config(tokenizer, config)  # it adds <image>
     Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "red.png")
-    turns = [{"modality": "T", "prompt": "Question: what colour is the sky?\nAnswer:", "choices": ["blue", "red"],
-              "answer": 0, "image": None},
-             {"modality": "V", "prompt": "Question: what colour is this?\nAnswer:", "choices": ["blue", "red"],
-              "answer": 1, "image": str(tmp_path / "red.png")}]  # fmt: skip
+    turns = [
+        {
+            "modality": "T",
+            "prompt": "Question: what colour is the sky?\nAnswer:",
+            "choices": ["blue", "red"],
+            "answer": 0,
+            "image": None,
+        },
+        {
+            "modality": "V",
+            "prompt": "Question: what colour is this?\nAnswer:",
+            "choices": ["blue", "red"],
+            "answer": 1,
+            "image": str(tmp_path / "red.png"),
+        },
+    ]
     path = write_iit([{"id": "x", "config": "T,V", "turns": turns}], tmp_path / "iit.jsonl")
     rendered = render_dialogue(read_iit(path)[0], processor, with_images=True)
     assert rendered.images == [str(tmp_path / "red.png")] and rendered.chat_template == chat
     if chat:
         assert "<|im_start|>user\n<image>\nQuestion: what colour is this?<|im_end|>\n<|im_start|>assistant\n" in (
-            rendered.context)  # fmt: skip
+            rendered.context
+        )
     else:
         assert rendered.context.endswith("blue\n\n<image>\nQuestion: what colour is this?\nAnswer:")
     seen: list[list[int]] = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
-                                    with_kwargs=True)  # fmt: skip
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
     result = evaluate_iit(model, processor, path)
     assert result["images_seen"] and result["configs"]["T,V"]["num_samples"] == 1 and result["chat_template"] == chat
     assert len(seen) == 2 and all(ids.count(config.image_token_id) == config.image_seq_length for ids in seen)
 
 
 def two_turn_dialogue() -> dict:
-    turns = [{"modality": "T", "prompt": "Question: What colour is the sky?\nAnswer:", "choices": ["red", "blue"],
-              "answer": 1, "image": None},
-             {"modality": "T", "prompt": "Question: What colour is the sea?\nAnswer:", "choices": ["blue", "red"],
-              "answer": 0, "image": None}]  # fmt: skip
+    turns = [
+        {
+            "modality": "T",
+            "prompt": "Question: What colour is the sky?\nAnswer:",
+            "choices": ["red", "blue"],
+            "answer": 1,
+            "image": None,
+        },
+        {
+            "modality": "T",
+            "prompt": "Question: What colour is the sea?\nAnswer:",
+            "choices": ["blue", "red"],
+            "answer": 0,
+            "image": None,
+        },
+    ]
     return {"id": "d", "config": "T,T", "turns": turns}
 
 
@@ -202,8 +290,9 @@ def test_a_dialogue_is_rendered_through_the_chat_template():
     )
     plain = render_dialogue(two_turn_dialogue(), _without_template(tokenizer), with_images=False)
     assert not plain.chat_template and plain.target_delimiter == " "
-    assert plain.context == ("Question: What colour is the sky?\nAnswer: blue\n\n"
-                             "Question: What colour is the sea?\nAnswer:")  # fmt: skip
+    assert plain.context == (
+        "Question: What colour is the sky?\nAnswer: blue\n\nQuestion: What colour is the sea?\nAnswer:"
+    )
 
 
 def _without_template(tokenizer):
@@ -221,8 +310,9 @@ def test_scoring_reads_the_templated_dialogue_and_scores_each_choice_as_the_answ
     config.vocab_size = len(tokenizer)
     model = AutoModelForCausalLM.from_config(config).eval()
     seen: list[list[int]] = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
-                                    with_kwargs=True)  # fmt: skip
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
     result = evaluate_iit(model, tokenizer, path)
     assert result["chat_template"] is True and result["num_samples"] == 1
     context = render_dialogue(two_turn_dialogue(), tokenizer, with_images=False).context

@@ -68,8 +68,10 @@ def test_acc_and_acc_norm_by_hand():
 
 def test_evaluate_matches_scores_computed_by_hand(tiny_model, tiny_tokenizer):
     task = Task("toy", "multiple_choice", fewshot_split=None)
-    docs = [Doc("0", "Question: What is the capital of France?\nAnswer:", ["Paris", "the lazy dog", "mat"], 0),
-            Doc("1", "Two plus two equals", ["four.", "one hundred.", "a cat"], 0)]  # fmt: skip
+    docs = [
+        Doc("0", "Question: What is the capital of France?\nAnswer:", ["Paris", "the lazy dog", "mat"], 0),
+        Doc("1", "Two plus two equals", ["four.", "one hundred.", "a cat"], 0),
+    ]
     expected = []
     for doc in docs:
         lls = [by_hand(tiny_model, tiny_tokenizer, doc.question, " " + choice) for choice in doc.choices]
@@ -82,19 +84,26 @@ def test_evaluate_matches_scores_computed_by_hand(tiny_model, tiny_tokenizer):
 
 def test_prompt_formats_match_lm_eval():
     arc = Doc("x", "Question: Why?\nAnswer:", ["because", "no"], 0)
-    assert build_requests(TASKS["arc_easy"], [arc], [[]]) == [[("Question: Why?\nAnswer:", " because"),
-                                                                ("Question: Why?\nAnswer:", " no")]]  # fmt: skip
+    assert build_requests(TASKS["arc_easy"], [arc], [[]]) == [
+        [("Question: Why?\nAnswer:", " because"), ("Question: Why?\nAnswer:", " no")]
+    ]
     shot = Doc("s", "Question: 1?\nAnswer:", ["one", "two"], 1)
     requests = build_requests(TASKS["arc_easy"], [arc], [[shot]])
     assert requests[0][0] == ("Question: 1?\nAnswer: two\n\nQuestion: Why?\nAnswer:", " because")
     mmlu = Doc("m", "What?\nA. a\nB. b\nC. c\nD. d\nAnswer:", ["A", "B", "C", "D"], 2, group="global_facts")
     context, continuation = build_requests(TASKS["mmlu"], [mmlu], [[]])[0][2]
-    assert context == "The following are multiple choice questions (with answers) about global facts.\n\n" + mmlu.question
+    assert (
+        context == "The following are multiple choice questions (with answers) about global facts.\n\n" + mmlu.question
+    )
     assert continuation == " C"
     # WinoGrande, partial evaluation: each option completes the context, the rest of the sentence is scored.
-    wino = Doc("w", "", ["The cup is full because Anna", "The cup is full because Bob"], 1, shared_continuation="poured.")
+    wino = Doc(
+        "w", "", ["The cup is full because Anna", "The cup is full because Bob"], 1, shared_continuation="poured."
+    )
     assert build_requests(TASKS["winogrande"], [wino], [[]])[0] == [
-        ("The cup is full because Anna", " poured."), ("The cup is full because Bob", " poured.")]  # fmt: skip
+        ("The cup is full because Anna", " poured."),
+        ("The cup is full because Bob", " poured."),
+    ]
 
 
 def test_fewshot_is_reproducible(tiny_model, tiny_tokenizer):
@@ -137,12 +146,12 @@ class RowCounter(torch.nn.Module):
 
 
 # Four choices of one token each after a shared context (in the tiny vocabulary " the", " is", " of", " a" are).
-MMLU_LIKE = [Doc(str(i), f"Question {i}: which word comes next?\nAnswer:", ["the", "is", "of", "a"], i % 4)
-             for i in range(6)]  # fmt: skip
+MMLU_LIKE = [
+    Doc(str(i), f"Question {i}: which word comes next?\nAnswer:", ["the", "is", "of", "a"], i % 4) for i in range(6)
+]
 
 
-def test_one_token_choices_after_a_shared_context_run_the_context_once_with_the_same_scores(tiny_model,
-                                                                                              tiny_tokenizer):
+def test_one_token_choices_after_a_shared_context_run_the_context_once_with_the_same_scores(tiny_model, tiny_tokenizer):
     requests = [r for rs in build_requests(Task("mmlu_like", "multiple_choice"), MMLU_LIKE, [[]] * 6) for r in rs]
     requests += REQUESTS  # multi-token continuations and one shared context of two of them, mixed in
     shared, separate = RowCounter(tiny_model), RowCounter(tiny_model)
@@ -158,14 +167,19 @@ def test_one_token_choices_after_a_shared_context_run_the_context_once_with_the_
     assert fast_scores == slow_scores
 
 
-ARC_LIKE = [Doc(str(i), f"Question: what does the {'quick brown fox' if i % 2 else 'cat'} do?\nAnswer:",
-                ["jumps over the lazy dog", "sat on the mat", "lived by the sea", "is the capital of France"], i % 4)
-            for i in range(5)]  # fmt: skip
+ARC_LIKE = [
+    Doc(
+        str(i),
+        f"Question: what does the {'quick brown fox' if i % 2 else 'cat'} do?\nAnswer:",
+        ["jumps over the lazy dog", "sat on the mat", "lived by the sea", "is the capital of France"],
+        i % 4,
+    )
+    for i in range(5)
+]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_choices_sharing_a_context_run_it_once_with_a_kv_cache_and_score_the_same(family, tiny_tokenizer,
-                                                                                  monkeypatch):
+def test_choices_sharing_a_context_run_it_once_with_a_kv_cache_and_score_the_same(family, tiny_tokenizer, monkeypatch):
     from tests.evaluation.conftest import make_model
     from wings.evaluation import multiple_choice, shared_prefix
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_model
+
 from wings.evaluation.divergence import continuation_divergence, reference_sequences
 from wings.evaluation.perplexity import file_perplexity, text_perplexity
 
@@ -52,7 +52,11 @@ def test_kl_of_model_against_itself_is_zero(tiny_model, tiny_tokenizer):
 def test_kl_compares_on_the_base_vocabulary(tiny_model, tiny_tokenizer):
     # A WINGS model adds an image token: one more logit. KL is taken on the shared vocabulary.
     bigger = make_model(len(tiny_tokenizer) + 1, seed=0)
-    state = {key: value for key, value in tiny_model.state_dict().items() if "embed_tokens" not in key and "lm_head" not in key}
+    state = {
+        key: value
+        for key, value in tiny_model.state_dict().items()
+        if "embed_tokens" not in key and "lm_head" not in key
+    }
     bigger.load_state_dict(state, strict=False)
     with torch.no_grad():
         bigger.model.embed_tokens.weight[:-1] = tiny_model.model.embed_tokens.weight
@@ -81,8 +85,13 @@ def _generated_alone(model, tokenizer, prompts, max_new_tokens):
     sequences = []
     for prompt in prompts:
         ids = torch.tensor([tokenizer.encode(prompt)])
-        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.eos_token_id,
+        )
         sequences.append((output[0].tolist(), ids.shape[1]))
     return sequences
 

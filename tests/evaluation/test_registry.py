@@ -39,8 +39,12 @@ def test_smollm2_converts_once_and_answers_sensibly():
     assert not [p for p in os.listdir(os.path.dirname(path)) if ".tmp-" in p]
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)  # fmt: skip
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

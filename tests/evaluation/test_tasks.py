@@ -6,8 +6,8 @@ import json
 from collections import Counter
 
 import pytest
-
 from conftest import shared_data
+
 from wings.evaluation.tasks import TASKS, expand_task_names, get_task, load_generic_jsonl, retention_file
 
 
@@ -25,8 +25,15 @@ def test_arc_real_files():
 
 def test_mmlu_real_files_per_subject_and_overall():
     data = shared_data()
-    subjects = {"abstract_algebra": 11, "college_physics": 11, "elementary_mathematics": 41, "global_facts": 10,
-                "high_school_geography": 22, "marketing": 25, "us_foreign_policy": 11}  # fmt: skip
+    subjects = {
+        "abstract_algebra": 11,
+        "college_physics": 11,
+        "elementary_mathematics": 41,
+        "global_facts": 10,
+        "high_school_geography": 22,
+        "marketing": 25,
+        "us_foreign_policy": 11,
+    }
     total = 0
     for subject, count in subjects.items():
         docs = get_task(f"mmlu_{subject}").load(data, "val")
@@ -48,22 +55,49 @@ def test_piqa_real_files():
 
 def test_hellaswag_openbookqa_winogrande_layouts(tmp_path):
     (tmp_path / "hellaswag").mkdir()
-    (tmp_path / "hellaswag" / "hellaswag_val.jsonl").write_text(json.dumps({
-        "ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
-        "ctx_b": "then", "endings": [", the man [title] adds wax.", ", the man leaves."], "label": 1}) + "\n")  # fmt: skip
+    (tmp_path / "hellaswag" / "hellaswag_val.jsonl").write_text(
+        json.dumps(
+            {
+                "ind": 4,
+                "activity_label": "Removing ice from car",
+                "ctx_a": "Then, the man writes over the snow.",
+                "ctx_b": "then",
+                "endings": [", the man [title] adds wax.", ", the man leaves."],
+                "label": 1,
+            }
+        )
+        + "\n"
+    )
     doc = TASKS["hellaswag"].load(tmp_path, "validation")[0]
     assert doc.question == "Removing ice from car: Then, the man writes over the snow. Then"
     assert doc.choices == [", the man. adds wax.", ", the man leaves."] and doc.gold == 1
     (tmp_path / "openbookqa").mkdir()
-    (tmp_path / "openbookqa" / "test.jsonl").write_text(json.dumps({
-        "id": "7-980", "question_stem": "The sun is responsible for", "answerKey": "D",
-        "choices": {"text": ["puppies", "rocks", "water", "plants sprouting"], "label": ["A", "B", "C", "D"]}}) + "\n")  # fmt: skip
+    (tmp_path / "openbookqa" / "test.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "7-980",
+                "question_stem": "The sun is responsible for",
+                "answerKey": "D",
+                "choices": {"text": ["puppies", "rocks", "water", "plants sprouting"], "label": ["A", "B", "C", "D"]},
+            }
+        )
+        + "\n"
+    )
     doc = TASKS["openbookqa"].load(tmp_path, "test")[0]
     assert (doc.question, doc.gold) == ("The sun is responsible for", 3)
     (tmp_path / "winogrande").mkdir()
-    (tmp_path / "winogrande" / "dev.jsonl").write_text(json.dumps({
-        "qID": "q1", "sentence": "Sarah was a better cook than Maria so _ made dinner.",
-        "option1": "Sarah", "option2": "Maria", "answer": "1"}) + "\n")  # fmt: skip
+    (tmp_path / "winogrande" / "dev.jsonl").write_text(
+        json.dumps(
+            {
+                "qID": "q1",
+                "sentence": "Sarah was a better cook than Maria so _ made dinner.",
+                "option1": "Sarah",
+                "option2": "Maria",
+                "answer": "1",
+            }
+        )
+        + "\n"
+    )
     doc = TASKS["winogrande"].load(tmp_path, "validation")[0]
     assert doc.choices == ["Sarah was a better cook than Maria so Sarah", "Sarah was a better cook than Maria so Maria"]
     assert doc.shared_continuation == "made dinner." and doc.gold == 0
@@ -71,9 +105,11 @@ def test_hellaswag_openbookqa_winogrande_layouts(tmp_path):
 
 def test_generic_jsonl_schema(tmp_path):
     path = tmp_path / "mine.jsonl"
-    rows = [{"question": "2+2?", "choices": ["3", "4"], "answer": 1},
-            {"question": "Sky?", "choices": ["blue", "green"], "answer": "A"},
-            {"question": "Cat?", "choices": ["meow", "woof"], "answer": "meow", "id": "c"}]  # fmt: skip
+    rows = [
+        {"question": "2+2?", "choices": ["3", "4"], "answer": 1},
+        {"question": "Sky?", "choices": ["blue", "green"], "answer": "A"},
+        {"question": "Cat?", "choices": ["meow", "woof"], "answer": "meow", "id": "c"},
+    ]
     path.write_text("\n".join(map(json.dumps, rows)) + "\n")
     docs = get_task(f"mc:{path}").load(None, "file")
     assert [d.gold for d in docs] == [1, 0, 0] and docs[2].id == "c"
@@ -82,14 +118,18 @@ def test_generic_jsonl_schema(tmp_path):
 
 @pytest.mark.parametrize(
     ("record", "message"),
-    [({"question": "q", "choices": ["a", "b"]}, "missing field 'answer'"),
-     ({"question": "q", "choices": ["a"], "answer": 0}, "at least two strings"),
-     ({"question": "q", "choices": ["a", "b"], "answer": 5}, "out of range"),
-     ({"question": "q", "choices": ["a", "b"], "answer": "maybe"}, "neither a letter")],
-)  # fmt: skip
+    [
+        ({"question": "q", "choices": ["a", "b"]}, "missing field 'answer'"),
+        ({"question": "q", "choices": ["a"], "answer": 0}, "at least two strings"),
+        ({"question": "q", "choices": ["a", "b"], "answer": 5}, "out of range"),
+        ({"question": "q", "choices": ["a", "b"], "answer": "maybe"}, "neither a letter"),
+    ],
+)
 def test_malformed_records_name_file_and_record(tmp_path, record, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"question": "ok", "choices": ["a", "b"], "answer": 0}) + "\n" + json.dumps(record) + "\n")
+    path.write_text(
+        json.dumps({"question": "ok", "choices": ["a", "b"], "answer": 0}) + "\n" + json.dumps(record) + "\n"
+    )
     with pytest.raises(ValueError, match=message) as error:
         load_generic_jsonl(path)
     assert f"{path} record 2" in str(error.value)
@@ -110,8 +150,10 @@ def test_unknown_task_and_missing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="task arc_easy: split 'validation' is not under --data-dir"):
         TASKS["arc_easy"].load(tmp_path, "validation")
-    with pytest.raises(FileNotFoundError, match="task piqa: no --data-dir given and the hub is not usable "
-                                                "\\(HF_HUB_OFFLINE is set\\); pass --data-dir"):  # fmt: skip
+    with pytest.raises(
+        FileNotFoundError,
+        match="task piqa: no --data-dir given and the hub is not usable \\(HF_HUB_OFFLINE is set\\); pass --data-dir",
+    ):
         TASKS["piqa"].load(None, "validation")
     assert expand_task_names(["arc_easy,retention", "arc_easy"]) == ["arc_easy", "retention_mc", "retention_lm"]
 
@@ -129,8 +171,9 @@ class NoHub:
 
 
 @pytest.mark.parametrize("offline", ["0", "1"])
-def test_a_split_missing_from_data_dir_is_one_line_naming_the_files_and_the_splits_there(tmp_path, monkeypatch,
-                                                                                         offline):
+def test_a_split_missing_from_data_dir_is_one_line_naming_the_files_and_the_splits_there(
+    tmp_path, monkeypatch, offline
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     monkeypatch.setitem(__import__("sys").modules, "datasets", NoHub)  # online too: --data-dir means local only
     (tmp_path / "arc").mkdir()
@@ -142,12 +185,18 @@ def test_a_split_missing_from_data_dir_is_one_line_naming_the_files_and_the_spli
         TASKS["arc_easy"].load(tmp_path, "test")
     message = str(error.value)
     assert "\n" not in message
-    assert message == (f"task arc_easy: split 'test' is not under --data-dir {tmp_path} (looked for "
-                       "arc/ARC-Easy-test.jsonl, ARC-Easy-test.jsonl, ARC-Easy/test.jsonl); splits there: train, "
-                       "validation (pass --split validation)")  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="task mmlu_anatomy: split 'test' .* splits there: dev \\(pass --split dev"):
+    assert message == (
+        f"task arc_easy: split 'test' is not under --data-dir {tmp_path} (looked for "
+        "arc/ARC-Easy-test.jsonl, ARC-Easy-test.jsonl, ARC-Easy/test.jsonl); splits there: train, "
+        "validation (pass --split validation)"
+    )
+    with pytest.raises(
+        FileNotFoundError, match="task mmlu_anatomy: split 'test' .* splits there: dev \\(pass --split dev"
+    ):
         TASKS["mmlu_anatomy"].load(tmp_path, "test")
-    with pytest.raises(FileNotFoundError, match="task hellaswag: .*; no split of it is there; put a copy of Rowan/hellaswag"):
+    with pytest.raises(
+        FileNotFoundError, match="task hellaswag: .*; no split of it is there; put a copy of Rowan/hellaswag"
+    ):
         TASKS["hellaswag"].load(tmp_path, "validation")
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_cli_and_report import run_eval
 from transformers import Qwen2Config, SiglipVisionConfig
 
-from test_cli_and_report import run_eval
 from tests.data.chat_tokenizers import build_processor
 from wings.evaluation import vqa
 from wings.evaluation.tasks import get_task
@@ -36,11 +36,19 @@ def tiny_wings(tmp_path_factory):
     from wings import WingsConfig, WingsForConditionalGeneration
 
     processor = build_processor("chatml", image_size=16, patch_size=8)
-    text_config = Qwen2Config(vocab_size=len(processor.tokenizer), hidden_size=32, intermediate_size=48,
-                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                              max_position_embeddings=256, pad_token_id=0)  # fmt: skip
-    vision_config = SiglipVisionConfig(hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       image_size=16, patch_size=8)  # fmt: skip
+    text_config = Qwen2Config(
+        vocab_size=len(processor.tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    vision_config = SiglipVisionConfig(
+        hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8
+    )
     torch.manual_seed(0)
     config = WingsConfig(text_config=text_config, vision_config=vision_config, image_token_id=processor.image_token_id)
     model = WingsForConditionalGeneration(config).eval()
@@ -59,18 +67,58 @@ def easy_folder(tmp_path) -> Path:
     (tmp_path / "images" / "test").mkdir(parents=True)
     for image_id, color in ((0, (255, 0, 0)), (1, (0, 0, 255))):
         (tmp_path / "images" / "test" / f"{image_id}.png").write_bytes(png(color))
-    write_jsonl(tmp_path / "test_questions.jsonl", [
-        {"id": "test-0-0", "image": "images/test/0.png", "question": "What color is the shape?", "answer": "red", "type": "open"},
-        {"id": "test-0-1", "image": "images/test/0.png", "question": "Is there a circle?", "answer": "yes", "type": "yes/no"},
-        {"id": "test-1-0", "image": "images/test/1.png", "question": "What shape is this?", "answer": "circle", "type": "open"},
-        {"id": "test-1-1", "image": "images/test/1.png", "question": "Is the shape red?", "answer": "no", "type": "yes/no"},
-    ])  # fmt: skip
-    train = [{"id": "train-0-0", "image": "images/train/0.png", "answer_types": ["open", "yes/no", "open", "yes/no", "yes/no"],
-              "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "circle"},
-                                {"from": "human", "value": "q"}, {"from": "gpt", "value": "no"},
-                                {"from": "human", "value": "q"}, {"from": "gpt", "value": "circle"},
-                                {"from": "human", "value": "q"}, {"from": "gpt", "value": "no"},
-                                {"from": "human", "value": "q"}, {"from": "gpt", "value": "yes"}]}]  # fmt: skip
+    write_jsonl(
+        tmp_path / "test_questions.jsonl",
+        [
+            {
+                "id": "test-0-0",
+                "image": "images/test/0.png",
+                "question": "What color is the shape?",
+                "answer": "red",
+                "type": "open",
+            },
+            {
+                "id": "test-0-1",
+                "image": "images/test/0.png",
+                "question": "Is there a circle?",
+                "answer": "yes",
+                "type": "yes/no",
+            },
+            {
+                "id": "test-1-0",
+                "image": "images/test/1.png",
+                "question": "What shape is this?",
+                "answer": "circle",
+                "type": "open",
+            },
+            {
+                "id": "test-1-1",
+                "image": "images/test/1.png",
+                "question": "Is the shape red?",
+                "answer": "no",
+                "type": "yes/no",
+            },
+        ],
+    )
+    train = [
+        {
+            "id": "train-0-0",
+            "image": "images/train/0.png",
+            "answer_types": ["open", "yes/no", "open", "yes/no", "yes/no"],
+            "conversations": [
+                {"from": "human", "value": "<image>\nq"},
+                {"from": "gpt", "value": "circle"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "no"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "circle"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "no"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "yes"},
+            ],
+        }
+    ]
     (tmp_path / "train.json").write_text(json.dumps(train))
     return tmp_path
 
@@ -79,11 +127,26 @@ def easy_folder(tmp_path) -> Path:
 def vqa_file(tmp_path) -> Path:
     (tmp_path / "red.png").write_bytes(png((255, 0, 0)))
     (tmp_path / "green.png").write_bytes(png((0, 255, 0)))
-    return write_jsonl(tmp_path / "vqa.jsonl", [
-        {"id": "a", "image": "red.png", "question": "What color?", "answer": "red"},
-        {"id": "b", "image": "green.png", "question": "How many shapes?", "answer": ["two", "2"], "category": "count"},
-        {"id": "c", "image": "green.png", "question": "Which color?", "choices": ["red", "green", "blue"], "answer": "B"},
-    ])  # fmt: skip
+    return write_jsonl(
+        tmp_path / "vqa.jsonl",
+        [
+            {"id": "a", "image": "red.png", "question": "What color?", "answer": "red"},
+            {
+                "id": "b",
+                "image": "green.png",
+                "question": "How many shapes?",
+                "answer": ["two", "2"],
+                "category": "count",
+            },
+            {
+                "id": "c",
+                "image": "green.png",
+                "question": "Which color?",
+                "choices": ["red", "green", "blue"],
+                "answer": "B",
+            },
+        ],
+    )
 
 
 def mmbench_tsv(path: Path, rows: list[dict]) -> Path:
@@ -96,19 +159,49 @@ def mmbench_tsv(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def mmbench_file(tmp_path) -> Path:
     image = base64.b64encode(png((0, 0, 255))).decode()
-    return mmbench_tsv(tmp_path / "mmbench.tsv", [
-        {"index": 7, "question": "What color?", "hint": "A picture.", "A": "red", "B": "blue", "C": "green", "D": "",
-         "answer": "B", "category": "color", "image": image},
-        {"index": 8, "question": "Is it dark?", "hint": "nan", "A": "yes", "B": "no", "answer": "A",
-         "category": "attribute", "image": image},
-    ])  # fmt: skip
+    return mmbench_tsv(
+        tmp_path / "mmbench.tsv",
+        [
+            {
+                "index": 7,
+                "question": "What color?",
+                "hint": "A picture.",
+                "A": "red",
+                "B": "blue",
+                "C": "green",
+                "D": "",
+                "answer": "B",
+                "category": "color",
+                "image": image,
+            },
+            {
+                "index": 8,
+                "question": "Is it dark?",
+                "hint": "nan",
+                "A": "yes",
+                "B": "no",
+                "answer": "A",
+                "category": "attribute",
+                "image": image,
+            },
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------- normalisation
-@pytest.mark.parametrize("text, normal", [
-    ("The Circle.", "circle"), ("  RED ", "red"), ("Two", "2"), ("a triangle!", "triangle"),
-    ("isn't", "isnt"), ("yes\nbecause it is", "yes"), ("", ""), ("blue-green", "blue green"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, normal",
+    [
+        ("The Circle.", "circle"),
+        ("  RED ", "red"),
+        ("Two", "2"),
+        ("a triangle!", "triangle"),
+        ("isn't", "isnt"),
+        ("yes\nbecause it is", "yes"),
+        ("", ""),
+        ("blue-green", "blue green"),
+    ],
+)
 def test_normalize_answer(text, normal):
     assert vqa.normalize_answer(text) == normal
 
@@ -148,8 +241,10 @@ def test_errors_name_the_file_the_record_and_the_field(tmp_path, vqa_file):
         get_task(f"vqa:{tmp_path / 'missing.jsonl'}")
     with pytest.raises(FileNotFoundError, match="no test_questions.jsonl in .*wings data easy-vqa"):
         get_task(f"easyvqa:{tmp_path / 'nowhere'}")
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"image": "red.png", "question": "q", "answer": "x"},
-                                               {"image": "red.png", "question": "q"}])  # fmt: skip
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"image": "red.png", "question": "q", "answer": "x"}, {"image": "red.png", "question": "q"}],
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl record 2: missing field 'answer'"):
         vqa.load_vqa_jsonl(bad)
     write_jsonl(bad, [{"image": "nope.png", "question": "q", "answer": "x"}])
@@ -158,8 +253,13 @@ def test_errors_name_the_file_the_record_and_the_field(tmp_path, vqa_file):
     write_jsonl(bad, [{"image": "red.png", "question": "q", "choices": ["x", "y"], "answer": "E"}])
     with pytest.raises(ValueError, match=r"bad.jsonl record 1: field 'answer' 'E' is out of range"):
         vqa.load_vqa_jsonl(bad)
-    tsv = mmbench_tsv(tmp_path / "bad.tsv", [{"question": "q", "A": "x", "B": "y", "answer": "C", "image": "aGk="},
-                                              {"question": "q", "A": "x", "B": "y", "answer": "A", "image": "%%%"}])  # fmt: skip
+    tsv = mmbench_tsv(
+        tmp_path / "bad.tsv",
+        [
+            {"question": "q", "A": "x", "B": "y", "answer": "C", "image": "aGk="},
+            {"question": "q", "A": "x", "B": "y", "answer": "A", "image": "%%%"},
+        ],
+    )
     with pytest.raises(ValueError, match=r"bad.tsv line 2: field 'answer' 'C' is not one of the options"):
         vqa.load_mmbench_tsv(tsv)
     mmbench_tsv(tsv, [{"question": "q", "A": "x", "B": "y", "answer": "A", "image": "%%%"}])
@@ -177,10 +277,16 @@ def test_answer_prior_on_a_hand_made_set(easy_folder):
 
 
 def test_question_prior_answers_each_question_as_it_was_most_often_answered_in_training(easy_folder):
-    train = [("open", "<image>\nWhat color is the shape?", "red"), ("open", "what color is  the shape?", "red"),
-             ("open", "What color is the shape?", "blue"), ("yes/no", "Is the shape red?", "no"),
-             ("yes/no", "Is there a circle?", "no"), ("yes/no", "Is there a circle?", "yes"),
-             ("yes/no", "Is there a circle?", "yes"), ("open", "What shape?", "square")]  # fmt: skip
+    train = [
+        ("open", "<image>\nWhat color is the shape?", "red"),
+        ("open", "what color is  the shape?", "red"),
+        ("open", "What color is the shape?", "blue"),
+        ("yes/no", "Is the shape red?", "no"),
+        ("yes/no", "Is there a circle?", "no"),
+        ("yes/no", "Is there a circle?", "yes"),
+        ("yes/no", "Is there a circle?", "yes"),
+        ("open", "What shape?", "square"),
+    ]
     by_question = vqa.question_prior(train)
     assert by_question["what color is the shape?"] == "red"  # placeholder, case and spacing ignored
     assert by_question["is there a circle?"] == "yes"
@@ -242,8 +348,15 @@ def test_a_model_that_answers_right_scores_one(tiny_wings, easy_folder, monkeypa
 # ------------------------------------------------------------------------------------------- the CLI
 def iit_file(tmp_path: Path, image: Path) -> Path:
     def turn(modality, prompt, answer, with_image=False):
-        return {"modality": modality, "source": "s", "source_id": prompt, "prompt": f"Question: {prompt}\nAnswer:",
-                "choices": ["red", "blue"], "answer": answer, "image": str(image) if with_image else None}
+        return {
+            "modality": modality,
+            "source": "s",
+            "source_id": prompt,
+            "prompt": f"Question: {prompt}\nAnswer:",
+            "choices": ["red", "blue"],
+            "answer": answer,
+            "image": str(image) if with_image else None,
+        }
 
     dialogues = [
         {"id": "1", "config": "T", "turns": [turn("T", "Sky?", 1)]},
@@ -259,8 +372,23 @@ def test_cli_writes_vqa_easy_vqa_and_iit_results(tiny_wings, vqa_file, easy_fold
     iit = iit_file(tmp_path, vqa_file.parent / "red.png")
     out = tmp_path / "out"
     tasks = f"vqa:{vqa_file},easyvqa:{easy_folder},mmbench:{mmbench_file},iit:{iit}"
-    assert run_eval(["--model", str(folder), "--tasks", tasks, "--vqa-max-new-tokens", "3",
-                     "--vqa-prompt-suffix", "Answer with one word.", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        run_eval(
+            [
+                "--model",
+                str(folder),
+                "--tasks",
+                tasks,
+                "--vqa-max-new-tokens",
+                "3",
+                "--vqa-prompt-suffix",
+                "Answer with one word.",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     scores = results["models"][str(folder)]
     assert set(scores[f"iit:{iit}"]["configs"]) == {"T", "T,V", "V"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_cli_and_report import run_eval
 
 
@@ -16,8 +15,23 @@ def test_fresh_wings_model_has_no_text_forgetting(tiny_dirs, tiny_tokenizer, tmp
     model.save_pretrained(tmp_path / "wings")
     tiny_tokenizer.save_pretrained(tmp_path / "wings")  # the tokenizer is saved beside the checkpoint
     out = tmp_path / "out"
-    assert run_eval(["--model", str(tmp_path / "wings"), "--tasks", "retention", "--limit", "8",
-                     "--max-new-tokens", "4", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        run_eval(
+            [
+                "--model",
+                str(tmp_path / "wings"),
+                "--tasks",
+                "retention",
+                "--limit",
+                "8",
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["base"] == str(tiny_dirs["base"])
     scores, base = results["models"][str(tmp_path / "wings")], results["models"][str(tiny_dirs["base"])]

@@ -28,9 +28,30 @@ def test_question_kinds():
 
 def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
     out = tmp_path / "stage1"
-    result = main(["--data", str(easy_vqa), "--out", str(out), "--llm", str(tiny_llm_dir), "--steps", "2",
-                   "--batch-size", "2", "--eval-every", "1", "--test-questions", "9", "--train-file", "align.json",
-                   "--loraplus-ratio", "10", "--lorra-rank", "4"])  # fmt: skip
+    result = main(
+        [
+            "--data",
+            str(easy_vqa),
+            "--out",
+            str(out),
+            "--llm",
+            str(tiny_llm_dir),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "1",
+            "--test-questions",
+            "9",
+            "--train-file",
+            "align.json",
+            "--loraplus-ratio",
+            "10",
+            "--lorra-rank",
+            "4",
+        ]
+    )
     assert set(result["scores"]) == {*KINDS, "all"}
     assert all(0 <= value <= 100 for value in result["scores"].values())
     assert [entry["step"] for entry in result["history"]] == [1]  # every step before the last; the last is final
@@ -42,11 +63,43 @@ def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_v
 
 def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
     first = tmp_path / "stage1"
-    main(["--data", str(easy_vqa), "--out", str(first), "--llm", str(tiny_llm_dir), "--steps", "1", "--batch-size",
-          "2", "--test-questions", "3", "--lorra-rank", "4"])  # fmt: skip
+    main(
+        [
+            "--data",
+            str(easy_vqa),
+            "--out",
+            str(first),
+            "--llm",
+            str(tiny_llm_dir),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--test-questions",
+            "3",
+            "--lorra-rank",
+            "4",
+        ]
+    )
     out = tmp_path / "stage2"
-    result = main(["--data", str(easy_vqa), "--out", str(out), "--init-from", str(first / "model"), "--steps", "1",
-                   "--batch-size", "2", "--test-questions", "3", "--rates", '{"textual_learners": 0.001}'])  # fmt: skip
+    result = main(
+        [
+            "--data",
+            str(easy_vqa),
+            "--out",
+            str(out),
+            "--init-from",
+            str(first / "model"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--test-questions",
+            "3",
+            "--rates",
+            '{"textual_learners": 0.001}',
+        ]
+    )
     provenance = json.loads((out / "model" / "provenance.json").read_text())
     assert provenance["stage"] == "instruct" and provenance["status"] == "complete"
     assert provenance["learning_rates"]["textual_learners"] == 1e-3  # changed; the others are the demo's

@@ -42,8 +42,14 @@ def test_bf16_generation_agrees_with_recomputation_as_closely_as_the_model_witho
     # bf16 rounding of a few more attention sums: the same order as the LLM's own disagreement.
     assert errors["wings"] <= 4 * max(errors["none"], 2**-10), errors
     with torch.no_grad():
-        generated = bf16_model().generate(input_ids=ids, pixel_values=pixels.to(torch.bfloat16), max_new_tokens=4,
-                                          min_new_tokens=4, do_sample=False, pad_token_id=0)
+        generated = bf16_model().generate(
+            input_ids=ids,
+            pixel_values=pixels.to(torch.bfloat16),
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
     assert generated.shape[1] == ids.shape[1] + 4
 
 

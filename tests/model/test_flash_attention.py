@@ -33,8 +33,10 @@ def built(backend: str, family: str = "qwen2", config: WingsConfig | None = None
 
 def outputs_and_router_weights(model, ids, pixels, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     captured = []
-    hooks = [layer.router.register_forward_hook(lambda module, args, out: captured.append(torch.cat(out, -1)))
-             for layer in model.wings_layers.values()]
+    hooks = [
+        layer.router.register_forward_hook(lambda module, args, out: captured.append(torch.cat(out, -1)))
+        for layer in model.wings_layers.values()
+    ]
     with torch.no_grad():
         logits = model(input_ids=ids, pixel_values=pixels, **kwargs).logits
     for hook in hooks:
@@ -123,9 +125,11 @@ def test_training_config_offers_the_flash_backends_and_rejects_others(tmp_path):
     from wings.training.arguments import build_config
 
     def config(backend: str) -> dict:
-        return {"model": {"llm": "smollm2-135m-instruct", "vision": "siglip-scratch-32", "attn_implementation": backend},
-                "data": {"datasets": [{"path": str(tmp_path / "train.json")}]},
-                "training": {"output_dir": str(tmp_path / "out")}}
+        return {
+            "model": {"llm": "smollm2-135m-instruct", "vision": "siglip-scratch-32", "attn_implementation": backend},
+            "data": {"datasets": [{"path": str(tmp_path / "train.json")}]},
+            "training": {"output_dir": str(tmp_path / "out")},
+        }
 
     for backend in ("sdpa", "eager", *FLASH):
         assert build_config(config(backend)).model.attn_implementation == backend

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, Qwen2Config
-from transformers import initialization
+from transformers import AutoModel, AutoModelForCausalLM, Qwen2Config, initialization
 
 from wings import WingsForConditionalGeneration
+
 from .tiny import COMMON, randomize_learners, sample, text_config, vision_config
 
 
@@ -33,8 +33,11 @@ def test_partial_checkpoint_loads_identical_weights_without_initialising_the_llm
     model, directory, _ = partial_checkpoint
     drawn = []  # every tensor transformers' weight initialisation writes into
     for name, function in list(initialization.TORCH_INIT_FUNCTIONS.items()):
-        monkeypatch.setitem(initialization.TORCH_INIT_FUNCTIONS, name,
-                            lambda tensor, *a, f=function, **k: (drawn.append(tensor.data_ptr()), f(tensor, *a, **k))[1])
+        monkeypatch.setitem(
+            initialization.TORCH_INIT_FUNCTIONS,
+            name,
+            lambda tensor, *a, f=function, **k: (drawn.append(tensor.data_ptr()), f(tensor, *a, **k))[1],
+        )
     loaded = WingsForConditionalGeneration.from_pretrained(directory).eval()
     # (loading the LLM's weights into a randomly initialised LLM, as before, draws every one of them here)
     assert not set(drawn) & {parameter.data_ptr() for parameter in loaded.language_model.parameters()}
@@ -45,8 +48,9 @@ def test_partial_checkpoint_loads_identical_weights_without_initialising_the_llm
     assert not [name for name, p in loaded.named_parameters() if p.device.type == "meta"]
     ids, pixels = sample(model, images=1)
     with torch.no_grad():
-        assert torch.equal(loaded(input_ids=ids, pixel_values=pixels).logits,
-                           model(input_ids=ids, pixel_values=pixels).logits)
+        assert torch.equal(
+            loaded(input_ids=ids, pixel_values=pixels).logits, model(input_ids=ids, pixel_values=pixels).logits
+        )
 
 
 def test_partial_checkpoint_keeps_the_loaded_llms_storage(partial_checkpoint):
@@ -63,8 +67,10 @@ def test_partial_checkpoint_with_another_llm_or_none_says_what_to_do(partial_che
     other = {**COMMON, "hidden_size": 48}
     AutoModelForCausalLM.from_config(Qwen2Config(**other)).save_pretrained(tmp_path / "other")
     config = json.loads((directory / "config.json").read_text())
-    for source, error, message in ((tmp_path / "other", ValueError, "holds an LLM with"),
-                                   (tmp_path / "absent", FileNotFoundError, "is not available here")):
+    for source, error, message in (
+        (tmp_path / "other", ValueError, "holds an LLM with"),
+        (tmp_path / "absent", FileNotFoundError, "is not available here"),
+    ):
         config["llm_checkpoint"] = str(source)
         (directory / "config.json").write_text(json.dumps(config))
         with pytest.raises(error, match=message):

@@ -16,8 +16,9 @@ from .tiny import randomize_learners, sample, text_config, tiny_wings, vision_co
 
 
 # ----- save / load ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family,tower,mode", [("qwen2", "siglip", "wings"), ("llama", "clip", "visual"),
-                                               ("qwen3", "siglip", "none")])
+@pytest.mark.parametrize(
+    "family,tower,mode", [("qwen2", "siglip", "wings"), ("llama", "clip", "visual"), ("qwen3", "siglip", "none")]
+)
 def test_save_load_round_trip_is_exact_with_auto_classes(tmp_path, family, tower, mode):
     model = tiny_wings(family, tower, learners=mode, wings_layers=[0, 2] if mode != "none" else None)
     randomize_learners(model)
@@ -35,8 +36,9 @@ def test_save_load_round_trip_is_exact_with_auto_classes(tmp_path, family, tower
         assert all(torch.equal(original[key], reloaded[key]) for key in original)
         ids, pixels = sample(model, images=2)
         with torch.no_grad():
-            assert torch.equal(model(input_ids=ids, pixel_values=pixels).logits,
-                               loaded(input_ids=ids, pixel_values=pixels).logits)
+            assert torch.equal(
+                model(input_ids=ids, pixel_values=pixels).logits, loaded(input_ids=ids, pixel_values=pixels).logits
+            )
 
 
 def test_checkpoint_keeps_the_llm_weight_names(tmp_path):
@@ -76,8 +78,12 @@ def test_stage_two_routers_start_at_the_configured_visual_weight(tmp_path, initi
         torch.testing.assert_close(textual_weight[0, :, 0], torch.tensor([1.0, 1 - initial, 1 - initial]))
     ids, pixels = sample(instruct, images=1)
     with torch.no_grad():
-        torch.testing.assert_close(instruct(input_ids=ids, pixel_values=pixels).logits,
-                                   aligned.eval()(input_ids=ids, pixel_values=pixels).logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            instruct(input_ids=ids, pixel_values=pixels).logits,
+            aligned.eval()(input_ids=ids, pixel_values=pixels).logits,
+            atol=1e-6,
+            rtol=0,
+        )
 
 
 # ----- bad input -------------------------------------------------------------------------------------------------

@@ -96,7 +96,9 @@ def test_image_token_is_an_added_special_token_and_text_around_it_is_unchanged(p
 
 
 def test_text_only_sample_has_no_image_tokens_and_an_empty_pixel_tensor(processor):
-    encoded = processor.encode_conversation([{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}])
+    encoded = processor.encode_conversation(
+        [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}]
+    )
     assert not encoded["image_token_mask"].any()
     assert encoded["pixel_values"].shape == (0, 3, 32, 32)
 
@@ -166,7 +168,10 @@ def test_save_and_load_round_trip(tmp_path, processor):
         assert getattr(loaded, name) == getattr(processor, name)
     assert loaded.image_placeholder_id == processor.image_placeholder_id
     assert loaded.image_processor.size == processor.image_processor.size
-    first, second = processor.encode_conversation(CONVERSATION, [red()]), loaded.encode_conversation(CONVERSATION, [red()])
+    first, second = (
+        processor.encode_conversation(CONVERSATION, [red()]),
+        loaded.encode_conversation(CONVERSATION, [red()]),
+    )
     for key in first:
         assert torch.equal(first[key], second[key]), key
 
@@ -183,7 +188,10 @@ def test_batch_call_pads_left_for_generation_and_decodes_without_image_tokens(pr
     text = processor.batch_decode(batch["input_ids"][:, :], skip_special_tokens=False)[0]
     assert text.endswith(processor.render(prompts[0], add_generation_prompt=True).replace("<image>", ""))
     single = processor(text="<image> hi", images=[red()])
-    assert single["input_ids"].shape == (1, SEQ + len(processor.tokenizer(" hi", add_special_tokens=False)["input_ids"]))
+    assert single["input_ids"].shape == (
+        1,
+        SEQ + len(processor.tokenizer(" hi", add_special_tokens=False)["input_ids"]),
+    )
 
 
 def test_auto_processor_loads_a_saved_processor(tmp_path, chatml_processor):
@@ -200,8 +208,13 @@ def test_auto_processor_loads_a_saved_processor(tmp_path, chatml_processor):
 def test_collator_pads_either_side(side):
     def sample(length, images):
         ids = torch.arange(1, length + 1)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
-                "image_token_mask": ids > 100, "pixel_values": torch.full((images, 3, 2, 2), float(length))}
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": ids.clone(),
+            "image_token_mask": ids > 100,
+            "pixel_values": torch.full((images, 3, 2, 2), float(length)),
+        }
 
     batch = WingsCollator(pad_token_id=0, padding_side=side)([sample(3, 1), sample(5, 0), sample(2, 2)])
     assert batch["input_ids"].shape == (3, 5) and batch["image_token_mask"].dtype == torch.bool

@@ -112,8 +112,9 @@ def test_padded_batch_equals_samples_alone(side):
     pad = long_ids.shape[1] - short_ids.shape[1]
     padding = torch.zeros(1, pad, dtype=torch.long)
     short_padded = torch.cat([padding, short_ids] if side == "left" else [short_ids, padding], dim=1)
-    short_mask = torch.cat([padding, torch.ones_like(short_ids)] if side == "left" else
-                           [torch.ones_like(short_ids), padding], dim=1)
+    short_mask = torch.cat(
+        [padding, torch.ones_like(short_ids)] if side == "left" else [torch.ones_like(short_ids), padding], dim=1
+    )
     batch = torch.cat([long_ids, short_padded])
     mask = torch.cat([torch.ones_like(long_ids), short_mask])
     out = logits(model, batch, long_pixels, attention_mask=mask)
@@ -132,8 +133,9 @@ def test_left_padded_batch_generation_equals_single_generation():
     mask = torch.cat([torch.ones_like(ids_a), torch.cat([torch.zeros(1, pad), torch.ones_like(ids_b)], 1).long()])
     options = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        together = model.generate(input_ids=batch, attention_mask=mask, pixel_values=torch.cat([pixels_a, pixels_b]),
-                                  **options)
+        together = model.generate(
+            input_ids=batch, attention_mask=mask, pixel_values=torch.cat([pixels_a, pixels_b]), **options
+        )
         alone_a = model.generate(input_ids=ids_a, pixel_values=pixels_a, **options)
         alone_b = model.generate(input_ids=ids_b, pixel_values=pixels_b, **options)
     assert torch.equal(together[0, -8:], alone_a[0, -8:])
@@ -170,7 +172,8 @@ def test_router_gives_textual_weight_one_before_the_first_image():
     assert torch.all(visual_weight[0, :3] == 0) and torch.all(textual_weight[0, :3] == 1)
     after = slice(3, None)
     assert torch.all(visual_weight[0, after] > 0) and torch.allclose(
-        visual_weight[0, after] + textual_weight[0, after], torch.ones(1))
+        visual_weight[0, after] + textual_weight[0, after], torch.ones(1)
+    )
 
 
 # 6. Attention backend -----------------------------------------------------------------------------------------
@@ -220,8 +223,9 @@ def test_decoding_step_attention_equals_the_indicator_channel(mask_kind):
     is_visual[0, 2:5] = is_visual[1, 1:3] = True
     allowed = torch.ones(batch, 1, 1, keys, dtype=torch.bool)
     allowed[1, ..., :2] = False  # left padding of the second sample
-    mask = {"none": None, "bool": allowed,
-            "additive": torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))}[mask_kind]  # fmt: skip
+    mask = {"none": None, "bool": allowed, "additive": torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))}[
+        mask_kind
+    ]
     module = SimpleNamespace(scaling=dim**-0.5, training=False)
     additive = None if mask is None else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
     expected = attend_with_indicators(eager_attention, module, query, key, value, additive, is_visual)
@@ -261,8 +265,7 @@ def test_layer_subset_and_rank_are_configurable():
     assert model.wings_layers["0"].visual_learner.query.down.weight.shape == (3, 32)
     randomize_learners(model)
     with torch.no_grad():
-        generated = model.generate(*sample(model)[:1], pixel_values=sample(model)[1], max_new_tokens=4,
-                                   do_sample=False)
+        generated = model.generate(*sample(model)[:1], pixel_values=sample(model)[1], max_new_tokens=4, do_sample=False)
     assert generated.shape[1] == sample(model)[0].shape[1] + 4
 
 
@@ -276,7 +279,8 @@ def test_from_llm_and_vision_uses_the_given_modules():
     assert vision.config._attn_implementation == "sdpa"  # the composite config must not reset the tower's backend
     assert llm.config._attn_implementation == "wings_sdpa"
     eager = WingsForConditionalGeneration.from_llm_and_vision(
-        tiny_wings("qwen2").language_model, tiny_wings("qwen2").vision_tower, attn_implementation="eager")
+        tiny_wings("qwen2").language_model, tiny_wings("qwen2").vision_tower, attn_implementation="eager"
+    )
     assert eager.language_model.config._attn_implementation == "wings_eager"
 
 
@@ -284,8 +288,7 @@ def test_beam_search_with_the_cache_equals_recomputation():
     model = tiny_wings("qwen2")
     randomize_learners(model)
     ids, pixels = sample(model, images=2)
-    options = dict(input_ids=ids, pixel_values=pixels, max_new_tokens=6, min_new_tokens=6, num_beams=3,
-                   do_sample=False)
+    options = dict(input_ids=ids, pixel_values=pixels, max_new_tokens=6, min_new_tokens=6, num_beams=3, do_sample=False)
     with torch.no_grad():
         assert torch.equal(model.generate(**options, use_cache=True), model.generate(**options, use_cache=False))
 
@@ -360,10 +363,17 @@ def test_learner_outputs_follow_the_written_out_formulas():
     assert len(records) == len(model.wings_layers)
     for index, layer in model.wings_layers.items():
         x, added, mass = records[layer]
-        visual = reference_learner(layer.visual_learner, x, embeds[0, is_visual], causal[:, is_visual], (cos, sin),
-                                   (cos[is_visual], sin[is_visual]))
-        text = reference_learner(layer.textual_learner, x, embeds[0], causal & ~is_visual[None, :], (cos, sin),
-                                 (cos, sin))
+        visual = reference_learner(
+            layer.visual_learner,
+            x,
+            embeds[0, is_visual],
+            causal[:, is_visual],
+            (cos, sin),
+            (cos[is_visual], sin[is_visual]),
+        )
+        text = reference_learner(
+            layer.textual_learner, x, embeds[0], causal & ~is_visual[None, :], (cos, sin), (cos, sin)
+        )
         weights = torch.softmax(layer.router.proj(mass), dim=-1)
         w_v = torch.where(seen_image, weights[:, :1], 0.0)
         w_t = torch.where(seen_image, weights[:, 1:], 1.0)
@@ -387,9 +397,12 @@ def test_in_place_learner_cache_layer_behaves_like_the_concatenating_one():
 
     for length in (5, 1, 1, 40, 1):
         step(length)
-    for operation in (lambda layer: layer.reorder_cache(torch.tensor([1, 0])), lambda layer: layer.crop(-3),
-                      lambda layer: layer.batch_repeat_interleave(2), lambda layer: layer.batch_select_indices(
-                          torch.tensor([0, 3]))):
+    for operation in (
+        lambda layer: layer.reorder_cache(torch.tensor([1, 0])),
+        lambda layer: layer.crop(-3),
+        lambda layer: layer.batch_repeat_interleave(2),
+        lambda layer: layer.batch_select_indices(torch.tensor([0, 3])),
+    ):
         operation(reference)
         operation(in_place)
         step(1)

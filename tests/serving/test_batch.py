@@ -11,11 +11,27 @@ from wings.serving.engine import Prompt, SamplingOptions
 
 def write_requests(path, image_name: str) -> None:
     records = [
-        {"id": "a", "image": image_name, "conversations": [{"from": "human", "value": "<image>\nWhat is in the image?"},
-                                                            {"from": "gpt", "value": "A red circle."}]},
+        {
+            "id": "a",
+            "image": image_name,
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is in the image?"},
+                {"from": "gpt", "value": "A red circle."},
+            ],
+        },
         {"id": "b", "messages": [{"role": "user", "content": "Hello there"}]},
-        {"id": "c", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "Who are they?"}, {"type": "image_url", "image_url": {"url": image_name}}]}]},
+        {
+            "id": "c",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Who are they?"},
+                        {"type": "image_url", "image_url": {"url": image_name}},
+                    ],
+                }
+            ],
+        },
         {"id": "d", "messages": [{"role": "user", "content": "How are you?"}]},
         {"id": "e", "image": "missing.png", "conversations": [{"from": "human", "value": "<image> what color?"}]},
     ]
@@ -49,8 +65,23 @@ def test_generate_resumes_after_an_interrupted_run(engine, tmp_path, image_file)
     write_requests(requests_path, image_file.name)
     # a previous run answered "a" and died while writing "b"
     answers_path.write_text(json.dumps({"id": "a", "answer": "earlier"}) + "\n" + '{"id": "b", "ans')
-    code = main(["generate", "--model", str(engine_folder(engine)), "--input", str(requests_path),
-                 "--output", str(answers_path), "--max-new-tokens", "4", "--batch-size", "3", "--device", "cpu"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(engine_folder(engine)),
+            "--input",
+            str(requests_path),
+            "--output",
+            str(answers_path),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 1  # record "e" has a missing image
     answers = read_answers(answers_path)
     assert [answer["id"] for answer in answers][0] == "a" and answers[0]["answer"] == "earlier"

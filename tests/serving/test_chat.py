@@ -23,8 +23,18 @@ def answer(engine, messages, images=()) -> str:
 
 
 def test_images_go_with_the_next_message_and_history_is_kept(engine, image_file):
-    session, text = chat(engine, ["/image does-not-exist.png", f"/image {image_file}", "What is in the image?",
-                                  f"/image {image_file}", "Who are they?", "/quit", "never read"])
+    session, text = chat(
+        engine,
+        [
+            "/image does-not-exist.png",
+            f"/image {image_file}",
+            "What is in the image?",
+            f"/image {image_file}",
+            "Who are they?",
+            "/quit",
+            "never read",
+        ],
+    )
     assert "does-not-exist.png: image file not found" in text
     assert [m["content"].count("<image>") for m in session.messages if m["role"] == "user"] == [1, 1]
     assert len(session.images) == 2 and text.count("wings> ") == 2
@@ -37,8 +47,9 @@ def test_images_go_with_the_next_message_and_history_is_kept(engine, image_file)
 def test_reset_starts_over_and_errors_do_not_end_the_chat(engine, image_file, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    session, text = chat(engine, ["Hello there", "/reset", f"/image {broken}", "look: <image>", "/nonsense",
-                                  "Hello there"])
+    session, text = chat(
+        engine, ["Hello there", "/reset", f"/image {broken}", "look: <image>", "/nonsense", "Hello there"]
+    )
     assert "(conversation reset)" in text and "not a readable image" in text
     assert "error: type /image PATH" in text and "unknown command /nonsense" in text
     assert len(session.messages) == 2 and session.images == []
@@ -47,8 +58,21 @@ def test_reset_starts_over_and_errors_do_not_end_the_chat(engine, image_file, tm
 
 def test_chat_command_reads_stdin(engine, image_file, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("What is in the image?\n"))
-    code = main(["chat", "--model", engine.model.name_or_path, "--image", str(image_file), "--temperature", "0",
-                 "--max-new-tokens", "5", "--device", "cpu"])
+    code = main(
+        [
+            "chat",
+            "--model",
+            engine.model.name_or_path,
+            "--image",
+            str(image_file),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "5",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     expected = answer(engine, [{"role": "user", "content": "<image>What is in the image?"}], [str(image_file)])

@@ -62,8 +62,11 @@ def test_incremental_text_finds_the_earliest_stop_across_token_boundaries(engine
 def test_a_stop_string_ends_generation_at_the_step_that_completes_it(engine):
     whole = engine.complete([HELLO], SamplingOptions(max_new_tokens=24))[0]
     steps_whole = engine.recent[-1].steps
-    stop = next(whole.text[i:i + 2] for i in range(3, len(whole.text) - 2)
-                if "\ufffd" not in whole.text[i:i + 2] and whole.text[i:i + 2].strip())
+    stop = next(
+        whole.text[i : i + 2]
+        for i in range(3, len(whole.text) - 2)
+        if "\ufffd" not in whole.text[i : i + 2] and whole.text[i : i + 2].strip()
+    )
     cut = engine.complete([HELLO], SamplingOptions(max_new_tokens=24, stop=[stop]))[0]
     assert cut.text == whole.text[: whole.text.find(stop)] and cut.finish_reason == "stop"
     assert engine.recent[-1].steps == cut.completion_tokens < steps_whole

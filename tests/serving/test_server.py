@@ -30,8 +30,9 @@ def free_port() -> int:
 def base_url(engine):
     from wings.serving.server import ServerLimits, create_app
 
-    limits = ServerLimits(max_request_bytes=200_000, max_image_pixels=64 * 64, max_images=2, max_tokens=64,
-                          default_max_tokens=16)
+    limits = ServerLimits(
+        max_request_bytes=200_000, max_image_pixels=64 * 64, max_images=2, max_tokens=64, default_max_tokens=16
+    )
     app = create_app(engine, api_key=API_KEY, limits=limits)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,15 +60,19 @@ def data_url(image: bytes) -> str:
 def ask(client, engine, content, **options):
     options.setdefault("max_tokens", 8)
     options.setdefault("temperature", 0)
-    return client.chat.completions.create(model=engine.model_id, messages=[{"role": "user", "content": content}],
-                                          **options)
+    return client.chat.completions.create(
+        model=engine.model_id, messages=[{"role": "user", "content": content}], **options
+    )
 
 
 def streamed(client, engine, content, **options) -> tuple[str, list]:
     options.setdefault("max_tokens", 8)
     options.setdefault("temperature", 0)
-    chunks = list(client.chat.completions.create(
-        model=engine.model_id, messages=[{"role": "user", "content": content}], stream=True, **options))
+    chunks = list(
+        client.chat.completions.create(
+            model=engine.model_id, messages=[{"role": "user", "content": content}], stream=True, **options
+        )
+    )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     return text, chunks
 
@@ -90,22 +95,35 @@ def test_plain_completion_honours_max_tokens(client, engine):
 
 def test_an_image_part_adds_its_visual_tokens_whatever_the_image(client, engine):
     text = ask(client, engine, [{"type": "text", "text": "What is in the image?"}])
-    with_image = ask(client, engine, [{"type": "text", "text": "What is in the image?"},
-                                      {"type": "image_url", "image_url": {"url": data_url(png_bytes())}}])
+    with_image = ask(
+        client,
+        engine,
+        [
+            {"type": "text", "text": "What is in the image?"},
+            {"type": "image_url", "image_url": {"url": data_url(png_bytes())}},
+        ],
+    )
     seq = engine.processor.image_seq_length
     assert with_image.usage.prompt_tokens == text.usage.prompt_tokens + seq
-    other_image = ask(client, engine, [{"type": "text", "text": "What is in the image?"},
-                                       {"type": "image_url", "image_url": {"url": data_url(png_bytes((0, 0, 250)))}}])
+    other_image = ask(
+        client,
+        engine,
+        [
+            {"type": "text", "text": "What is in the image?"},
+            {"type": "image_url", "image_url": {"url": data_url(png_bytes((0, 0, 250)))}},
+        ],
+    )
     assert with_image.usage.prompt_tokens == other_image.usage.prompt_tokens
 
 
 @pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": 1.0, "top_p": 0.9, "seed": 7}])
 def test_stream_concatenates_to_the_same_answer(client, engine, options):
-    content = [{"type": "image_url", "image_url": {"url": data_url(png_bytes())}},
-               {"type": "text", "text": "Who are they?"}]
+    content = [
+        {"type": "image_url", "image_url": {"url": data_url(png_bytes())}},
+        {"type": "text", "text": "Who are they?"},
+    ]
     whole = ask(client, engine, content, max_tokens=10, **options)
-    text, chunks = streamed(client, engine, content, max_tokens=10, stream_options={"include_usage": True},
-                            **options)
+    text, chunks = streamed(client, engine, content, max_tokens=10, stream_options={"include_usage": True}, **options)
     assert text == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
     finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
@@ -123,8 +141,8 @@ def test_same_seed_same_sample(client, engine):
 def test_stop_string_cuts_the_answer(client, engine):
     full = ask(client, engine, "Hello", max_tokens=16).choices[0].message.content
     # a stop string from the middle of the greedy answer, free of replacement characters
-    start = next(i for i in range(2, len(full) - 2) if "\ufffd" not in full[i:i + 2] and full[i:i + 2].strip())
-    stop = full[start:start + 2]
+    start = next(i for i in range(2, len(full) - 2) if "\ufffd" not in full[i : i + 2] and full[i : i + 2].strip())
+    stop = full[start : start + 2]
     expected = full[: full.find(stop)]
     cut = ask(client, engine, "Hello", max_tokens=16, stop=[stop, "never-generated"])
     assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
@@ -136,8 +154,7 @@ def test_concurrent_requests_are_queued_and_each_answered_alone(client, engine):
     prompts = ["Hello", "What is in the image?", "Who are they?", "Hello there"]
     alone = [ask(client, engine, prompt).choices[0].message.content for prompt in prompts]
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-        together = list(pool.map(lambda prompt: ask(client, engine, prompt).choices[0].message.content,
-                                 prompts * 2))
+        together = list(pool.map(lambda prompt: ask(client, engine, prompt).choices[0].message.content, prompts * 2))
     assert together == alone * 2
 
 
@@ -154,17 +171,32 @@ def test_error_cases_answer_openai_shaped_4xx(base_url, client, engine):
     wrong_key = openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
     assert error_of(lambda: wrong_key.models.list()).status_code == 401
     assert error_of(lambda: ask(wrong_key, engine, "Hello")).status_code == 401
-    missing = error_of(lambda: client.chat.completions.create(model="gpt-4o", messages=[{"role": "user",
-                                                                                         "content": "hi"}]))
+    missing = error_of(
+        lambda: client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    )
     assert missing.status_code == 404 and missing.code == "model_not_found"
     too_many = error_of(lambda: ask(client, engine, "Hello", max_tokens=65))
     assert too_many.status_code == 400 and too_many.param == "max_tokens"
-    bad_base64 = error_of(lambda: ask(client, engine, [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]))
+    bad_base64 = error_of(
+        lambda: ask(client, engine, [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}])
+    )
     assert bad_base64.status_code == 400 and bad_base64.code == "invalid_image"
-    not_image = error_of(lambda: ask(client, engine, [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello").decode()}}]))
+    not_image = error_of(
+        lambda: ask(
+            client,
+            engine,
+            [
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello").decode()},
+                }
+            ],
+        )
+    )
     assert not_image.code == "invalid_image" and not_image.param == "messages[0].content[0]"
-    huge = error_of(lambda: ask(client, engine, [{"type": "image_url", "image_url": {"url": data_url(png_bytes(size=(65, 64)))}}]))
+    huge = error_of(
+        lambda: ask(client, engine, [{"type": "image_url", "image_url": {"url": data_url(png_bytes(size=(65, 64)))}}])
+    )
     assert huge.status_code == 400 and "pixels" in huge.message
     for url in ("https://example.com/cat.png", "/etc/passwd", "file:///etc/hostname"):
         refused = error_of(lambda: ask(client, engine, [{"type": "image_url", "image_url": {"url": url}}]))
@@ -176,8 +208,9 @@ def test_error_cases_answer_openai_shaped_4xx(base_url, client, engine):
     assert long_prompt.status_code == 400 and long_prompt.code == "context_length_exceeded"
     assert error_of(lambda: ask(client, engine, "Hello", n=2)).param == "n"
     assert error_of(lambda: ask(client, engine, "Hello", temperature=5)).status_code == 400
-    bad_role = error_of(lambda: client.chat.completions.create(model=engine.model_id,
-                                                               messages=[{"role": "robot", "content": "hi"}]))
+    bad_role = error_of(
+        lambda: client.chat.completions.create(model=engine.model_id, messages=[{"role": "robot", "content": "hi"}])
+    )
     assert bad_role.status_code == 400
     assert error_of(lambda: client.chat.completions.create(model=engine.model_id, messages=[])).status_code == 400
     oversized = error_of(lambda: ask(client, engine, "x" * 300_000))
@@ -215,6 +248,7 @@ def test_a_full_queue_answers_429(engine, monkeypatch):
 
     client = TestClient(create_app(engine))
     monkeypatch.setattr(engine, "max_pending", 0)
-    busy = client.post("/v1/chat/completions",
-                       json={"model": engine.model_id, "messages": [{"role": "user", "content": "Hello"}]})
+    busy = client.post(
+        "/v1/chat/completions", json={"model": engine.model_id, "messages": [{"role": "user", "content": "Hello"}]}
+    )
     assert busy.status_code == 429 and busy.json()["error"]["code"] == "server_busy"

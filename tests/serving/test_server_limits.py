@@ -31,8 +31,15 @@ def app_factory(engine):
     from wings.serving.server import ServerLimits, create_app
 
     def make(**limits):
-        defaults = dict(max_image_pixels=64 * 64, max_request_pixels=3 * 64 * 64, max_images=4, max_tokens=256,
-                        default_max_tokens=16, max_messages=32, max_text_chars=2000)
+        defaults = dict(
+            max_image_pixels=64 * 64,
+            max_request_pixels=3 * 64 * 64,
+            max_images=4,
+            max_tokens=256,
+            default_max_tokens=16,
+            max_messages=32,
+            max_text_chars=2000,
+        )
         return create_app(engine, limits=ServerLimits(**{**defaults, **limits}))
 
     return make
@@ -56,6 +63,7 @@ def spies(engine, monkeypatch):
         def wrapper(*args, **kwargs):
             counts[name] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(server, "image_header", counting("header", server.image_header))
@@ -89,8 +97,11 @@ def test_over_long_conversations_are_refused_before_rendering_or_decoding(client
     error = error_of(client.post("/v1/chat/completions", json=long_text), 400)
     assert error["param"] == "messages[0].content[1]" and "2000 characters" in error["message"]
     # 30 messages and 4 images cannot fit in a 256-token context: known without any template
-    crowded = {"model": engine.model_id, "messages": [{"role": "user", "content": [image_part(png_bytes())] * 4}]
-               + [{"role": "user", "content": "hi"}] * 29}
+    crowded = {
+        "model": engine.model_id,
+        "messages": [{"role": "user", "content": [image_part(png_bytes())] * 4}]
+        + [{"role": "user", "content": "hi"}] * 29,
+    }
     engine.max_context, saved = 40, engine.max_context
     try:
         error = error_of(client.post("/v1/chat/completions", json=crowded), 400)
@@ -124,9 +135,12 @@ def test_a_long_thin_image_is_shrunk_before_padding(client, engine, monkeypatch)
 
     sides = []
     original = processing.pad_to_square
-    monkeypatch.setattr(processing, "pad_to_square", lambda image, fill: sides.append(image.size) or original(image, fill))
-    body = request_body(engine, [image_part(png_bytes(size=(4000, 1))), {"type": "text", "text": "What?"}],
-                        max_tokens=2)
+    monkeypatch.setattr(
+        processing, "pad_to_square", lambda image, fill: sides.append(image.size) or original(image, fill)
+    )
+    body = request_body(
+        engine, [image_part(png_bytes(size=(4000, 1))), {"type": "text", "text": "What?"}], max_tokens=2
+    )
     assert client.post("/v1/chat/completions", json=body).status_code == 200
     assert sides == [(engine.processor.image_size, 1)]
 
@@ -147,26 +161,29 @@ def test_only_png_jpeg_webp_gif_and_bmp_are_opened(client, engine):
 
 
 def test_stop_strings_are_bounded_in_number_and_length(client, engine):
-    five = error_of(client.post("/v1/chat/completions", json=request_body(engine, stop=["a", "b", "c", "d", "e"])),
-                    400)
+    five = error_of(client.post("/v1/chat/completions", json=request_body(engine, stop=["a", "b", "c", "d", "e"])), 400)
     assert five["param"] == "stop" and "at most 4" in five["message"]
     long = error_of(client.post("/v1/chat/completions", json=request_body(engine, stop=["x" * 129])), 400)
     assert long["param"] == "stop" and "128 characters" in long["message"]
-    assert client.post("/v1/chat/completions",
-                       json=request_body(engine, stop=["x" * 128], max_tokens=2)).status_code == 200
+    assert (
+        client.post("/v1/chat/completions", json=request_body(engine, stop=["x" * 128], max_tokens=2)).status_code
+        == 200
+    )
 
 
 def test_client_mistakes_are_4xx_naming_the_field(client, engine):
     deep = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    error = error_of(client.post("/v1/chat/completions", content=deep,
-                                 headers={"content-type": "application/json"}), 400)
+    error = error_of(
+        client.post("/v1/chat/completions", content=deep, headers={"content-type": "application/json"}), 400
+    )
     assert error["code"] == "invalid_json" and "nests too deeply" in error["message"]
     for stream in (False, True):
-        error = error_of(client.post("/v1/chat/completions", json=request_body(engine, seed=2**70, stream=stream)),
-                         400)
+        error = error_of(client.post("/v1/chat/completions", json=request_body(engine, seed=2**70, stream=stream)), 400)
         assert error["param"] == "seed"
-    assert error_of(client.post("/v1/chat/completions", json=request_body(engine, max_tokens=2**70)),
-                    400)["param"] == "max_tokens"
+    assert (
+        error_of(client.post("/v1/chat/completions", json=request_body(engine, max_tokens=2**70)), 400)["param"]
+        == "max_tokens"
+    )
     assert client.post("/v1/chat/completions", json=request_body(engine, seed=2**63, max_tokens=1)).status_code == 200
 
 
@@ -181,8 +198,11 @@ def test_server_limits_must_be_positive():
 def send_raw(port: int, body: dict) -> socket.socket:
     data = json.dumps(body).encode()
     connection = socket.create_connection(("127.0.0.1", port))
-    connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    connection.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
     connection.settimeout(0.05)
     return connection
 
@@ -190,7 +210,7 @@ def send_raw(port: int, body: dict) -> socket.socket:
 def read_available(connection: socket.socket) -> bytes:
     try:
         return connection.recv(1 << 16)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return b""
 
 
@@ -216,8 +236,9 @@ def test_a_streaming_client_that_leaves_cancels_within_one_step(app_factory, eng
         gate.release(500)
         assert wait_until(lambda: engine.pending == 0 and not engine.busy)
         assert record.cancelled and record.steps <= released + 1  # at most the step the gate held
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=request_body(engine, max_tokens=2),
-                            timeout=60)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json=request_body(engine, max_tokens=2), timeout=60
+        )
         assert answer.status_code == 200 and engine.recent[-1].steps == 2
 
 

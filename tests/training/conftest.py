@@ -37,12 +37,28 @@ def tiny_data(tmp_path_factory) -> Path:
         colour = colours[number % 4]
         if number % 2 == 0:
             Image.new("RGB", (40, 30), colour).save(directory / "images" / f"{number}.png")
-            records.append({"id": str(number), "image": f"images/{number}.png", "conversations": [
-                {"from": "human", "value": "<image>\nwhat color is it?"}, {"from": "gpt", "value": colour},
-                {"from": "human", "value": "is it a square?"}, {"from": "gpt", "value": "yes"}]})
+            records.append(
+                {
+                    "id": str(number),
+                    "image": f"images/{number}.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nwhat color is it?"},
+                        {"from": "gpt", "value": colour},
+                        {"from": "human", "value": "is it a square?"},
+                        {"from": "gpt", "value": "yes"},
+                    ],
+                }
+            )
         else:
-            records.append({"id": str(number), "conversations": [
-                {"from": "human", "value": f"say {colour}"}, {"from": "gpt", "value": f"{colour} it is"}]})
+            records.append(
+                {
+                    "id": str(number),
+                    "conversations": [
+                        {"from": "human", "value": f"say {colour}"},
+                        {"from": "gpt", "value": f"{colour} it is"},
+                    ],
+                }
+            )
     (directory / "train.json").write_text(json.dumps(records))
     return directory
 
@@ -52,9 +68,20 @@ def tiny_config(llm_dir: Path, data_dir: Path, output_dir: Path, stage: str = "a
     return {
         "stage": stage,
         "model": {"llm": str(llm_dir), "vision": "siglip-scratch-32", "lorra_rank": 4},
-        "data": {"datasets": [{"path": str(data_dir / "train.json"), "image_folder": str(data_dir)}],
-                 "max_length": 128},
-        "training": {"output_dir": str(output_dir), "max_steps": 2, "per_device_train_batch_size": 2,
-                     "logging_steps": 1, "save_steps": 1000, "report_to": "none", "use_cpu": True,
-                     "seed": 7, "warmup_steps": 0, **training},
+        "data": {
+            "datasets": [{"path": str(data_dir / "train.json"), "image_folder": str(data_dir)}],
+            "max_length": 128,
+        },
+        "training": {
+            "output_dir": str(output_dir),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "report_to": "none",
+            "use_cpu": True,
+            "seed": 7,
+            "warmup_steps": 0,
+            **training,
+        },
     }

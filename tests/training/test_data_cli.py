@@ -33,15 +33,22 @@ def test_check_prints_counts_and_problems_and_sets_the_exit_code(tmp_path, capsy
     good = write(tmp_path, [{"conversations": [turn("human", "Q"), turn("gpt", "A")]}], "good.json")
     assert run_cli("data", "check", good) == 0
     assert "no problems found" in capsys.readouterr().out
-    bad = write(tmp_path, [{"image": "x.png", "conversations": [turn("human", "<image>"), turn("gpt", "A")]}], "bad.json")
+    bad = write(
+        tmp_path, [{"image": "x.png", "conversations": [turn("human", "<image>"), turn("gpt", "A")]}], "bad.json"
+    )
     assert run_cli("data", "check", bad, "--image-folder", "/nowhere") == 1
     assert "record 0: image: image file not found: /nowhere/x.png" in capsys.readouterr().out
 
 
 def test_check_measures_lengths_with_a_saved_processor(tmp_path, capsys):
     build_processor("chatml").save_pretrained(tmp_path / "processor")
-    data = write(tmp_path, [{"conversations": [turn("human", "Q"), turn("gpt", "A")]},
-                            {"conversations": [turn("human", "Q " * 40), turn("gpt", "A")]}])  # fmt: skip
+    data = write(
+        tmp_path,
+        [
+            {"conversations": [turn("human", "Q"), turn("gpt", "A")]},
+            {"conversations": [turn("human", "Q " * 40), turn("gpt", "A")]},
+        ],
+    )
     assert run_cli("data", "check", data, "--processor", str(tmp_path / "processor"), "--max-length", "30") == 1
     out = capsys.readouterr().out
     assert "record 1: <record>: " in out and "tokens > max_length 30: the sample would be truncated" in out

@@ -44,8 +44,9 @@ def _progress(log: Path, output_dir: Path) -> tuple:
 def run_watched(command: list[str], env: dict, log: Path, output_dir: Path) -> tuple[int, str]:
     """Run `command` (its output to `log`); kill its process group only when it stops making progress."""
     with open(log, "w") as sink:
-        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
     started = last_change = time.monotonic()
     seen = None
     while process.poll() is None:
@@ -56,8 +57,10 @@ def run_watched(command: list[str], env: dict, log: Path, output_dir: Path) -> t
         if now - last_change > IDLE_LIMIT_S or now - started > HARD_LIMIT_S:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            pytest.fail(f"no progress for {now - last_change:.0f} s (or over {HARD_LIMIT_S} s in all): killed\n"
-                        + log.read_text()[-6000:])
+            pytest.fail(
+                f"no progress for {now - last_change:.0f} s (or over {HARD_LIMIT_S} s in all): killed\n"
+                + log.read_text()[-6000:]
+            )
     return process.returncode, log.read_text()
 
 
@@ -77,8 +80,16 @@ def run_two_processes(tmp_path: Path, raw: dict, launcher: list[str] | None = No
 
 
 def test_ddp_two_processes_with_mixed_image_and_text_batches(tiny_llm_dir, tiny_data, tmp_path):
-    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "out", "instruct", per_device_train_batch_size=1,
-                      train_sampling_strategy="sequential", ddp_find_unused_parameters=False, ddp_backend="gloo")
+    raw = tiny_config(
+        tiny_llm_dir,
+        tiny_data,
+        tmp_path / "out",
+        "instruct",
+        per_device_train_batch_size=1,
+        train_sampling_strategy="sequential",
+        ddp_find_unused_parameters=False,
+        ddp_backend="gloo",
+    )
     assert run_two_processes(tmp_path, raw)["distributed"] == "MULTI_CPU"
 
 
@@ -89,10 +100,16 @@ def test_deepspeed_zero_on_cpu_with_mixed_batches(tiny_llm_dir, tiny_data, tmp_p
     if zero == 3:  # partition every parameter, however small (the tiny model's would all stay whole by default)
         deepspeed_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "deepspeed.json").write_text(json.dumps(deepspeed_config))
-    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "out", "instruct", per_device_train_batch_size=1,
-                      train_sampling_strategy="sequential", ddp_backend="gloo",
-                      deepspeed=str(tmp_path / "deepspeed.json"))
+    raw = tiny_config(
+        tiny_llm_dir,
+        tiny_data,
+        tmp_path / "out",
+        "instruct",
+        per_device_train_batch_size=1,
+        train_sampling_strategy="sequential",
+        ddp_backend="gloo",
+        deepspeed=str(tmp_path / "deepspeed.json"),
+    )
     assert run_two_processes(tmp_path, raw)["distributed"] == "DEEPSPEED"
     model = WingsForConditionalGeneration.from_pretrained(tmp_path / "out")  # gathered weights, loadable
     assert all(parameter.numel() for parameter in model.parameters())
-

@@ -18,8 +18,7 @@ from .conftest import tiny_config
 from .test_training import KillAt, Snapshot
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_complete_one(tiny_llm_dir, tiny_data, tmp_path,
-                                                                            capsys):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_complete_one(tiny_llm_dir, tiny_data, tmp_path, capsys):
     settings = dict(max_steps=6, save_steps=2, per_device_train_batch_size=1)
     uninterrupted = Snapshot()
     run_stage(build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "a", **settings)), callbacks=[uninterrupted])
@@ -48,23 +47,28 @@ def test_damaged_torch_files_and_state_are_named(tmp_path):
     assert checkpoint_problem(folder).startswith("trainer_state.json is damaged")
     (folder / "trainer_state.json").write_text("{}")
     assert checkpoint_problem(folder) == "no model weights (model.safetensors) in it"
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(4)}, folder / "model.safetensors")
     torch.save({"state": {}}, folder / "optimizer.pt")
     assert checkpoint_problem(folder) is None
     (folder / "optimizer.pt").write_bytes((folder / "optimizer.pt").read_bytes()[:50])
     assert checkpoint_problem(folder).startswith("optimizer.pt is damaged (")
-    with pytest.raises(ValueError, match=r"no complete checkpoint to resume from .*checkpoint-3: optimizer.pt is "
-                                         r"damaged.*--resume-from"):
+    with pytest.raises(
+        ValueError,
+        match=r"no complete checkpoint to resume from .*checkpoint-3: optimizer.pt is "
+        r"damaged.*--resume-from",
+    ):
         choose_checkpoint(tmp_path)
     with pytest.raises(ValueError, match=r"--resume-from\) .*checkpoint-3: optimizer.pt is damaged"):
         choose_checkpoint(tmp_path, str(folder))
 
 
 def test_resume_from_names_the_checkpoint(tiny_llm_dir, tiny_data, tmp_path, capsys):
-    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "run", max_steps=4, save_steps=1, per_device_train_batch_size=1)
+    raw = tiny_config(
+        tiny_llm_dir, tiny_data, tmp_path / "run", max_steps=4, save_steps=1, per_device_train_batch_size=1
+    )
     with pytest.raises(KeyboardInterrupt):
         run_stage(build_config(raw), callbacks=[KillAt(3)])
     path = tmp_path / "config.yaml"
@@ -75,26 +79,38 @@ def test_resume_from_names_the_checkpoint(tiny_llm_dir, tiny_data, tmp_path, cap
     assert json.loads((tmp_path / "run" / "provenance.json").read_text())["global_step"] == 4
 
 
-BASE = {"stage": "align", "model": {"llm": "x"}, "data": {"datasets": [{"path": "a.json"}]},
-        "training": {"output_dir": "out", "max_steps": 5}}
+BASE = {
+    "stage": "align",
+    "model": {"llm": "x"},
+    "data": {"datasets": [{"path": "a.json"}]},
+    "training": {"output_dir": "out", "max_steps": 5},
+}
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("training", "learning_rate", -1, "training.learning_rate must be > 0, got -1"),
-    ("training", "gradient_accumulation_steps", 0, "training.gradient_accumulation_steps must be >= 1, got 0"),
-    ("training", "max_steps", 0, r"training.max_steps must be >= 1 \(or -1: train for num_train_epochs\), got 0"),
-    ("training", "per_device_train_batch_size", 2.5, "training.per_device_train_batch_size must be an integer, got float 2.5"),
-    ("training", "bf16", "yes", "training.bf16 must be true or false, got str 'yes'"),
-    ("training", "lerning_rate", 0.1, r"training: unknown keys \['lerning_rate'\]"),
-    ("training", "seed", 2**40, r"training.seed must be < 2\*\*32"),
-    ("model", "lorra_rank", "eight", "model.lorra_rank must be an integer, got str 'eight'"),
-    ("model", "lorra_rank", 0, "model.lorra_rank must be >= 1, got 0"),
-    ("model", "wings_layers", [0, -2], r"model.wings_layers\[1\] must be a layer index >= 0, got -2"),
-    ("data", "max_length", 0, "data.max_length must be >= 1, got 0"),
-    ("data", "skip_invalid_samples", "sometimes", "data.skip_invalid_samples must be true or false"),
-    ("optim", "learning_rates", {"projector": -1e-3}, "optim.learning_rates.projector must be a number >= 0"),
-    ("optim", "loraplus_lr_ratio", "big", "optim.loraplus_lr_ratio must be a number, got str 'big'"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("training", "learning_rate", -1, "training.learning_rate must be > 0, got -1"),
+        ("training", "gradient_accumulation_steps", 0, "training.gradient_accumulation_steps must be >= 1, got 0"),
+        ("training", "max_steps", 0, r"training.max_steps must be >= 1 \(or -1: train for num_train_epochs\), got 0"),
+        (
+            "training",
+            "per_device_train_batch_size",
+            2.5,
+            "training.per_device_train_batch_size must be an integer, got float 2.5",
+        ),
+        ("training", "bf16", "yes", "training.bf16 must be true or false, got str 'yes'"),
+        ("training", "lerning_rate", 0.1, r"training: unknown keys \['lerning_rate'\]"),
+        ("training", "seed", 2**40, r"training.seed must be < 2\*\*32"),
+        ("model", "lorra_rank", "eight", "model.lorra_rank must be an integer, got str 'eight'"),
+        ("model", "lorra_rank", 0, "model.lorra_rank must be >= 1, got 0"),
+        ("model", "wings_layers", [0, -2], r"model.wings_layers\[1\] must be a layer index >= 0, got -2"),
+        ("data", "max_length", 0, "data.max_length must be >= 1, got 0"),
+        ("data", "skip_invalid_samples", "sometimes", "data.skip_invalid_samples must be true or false"),
+        ("optim", "learning_rates", {"projector": -1e-3}, "optim.learning_rates.projector must be a number >= 0"),
+        ("optim", "loraplus_lr_ratio", "big", "optim.loraplus_lr_ratio must be a number, got str 'big'"),
+    ],
+)
 def test_every_option_is_checked_for_type_and_range_naming_it(section, key, value, message):
     raw = copy.deepcopy(BASE)
     raw.setdefault(section, {})[key] = value
@@ -116,13 +132,18 @@ def test_dataset_ratios_and_paths_are_checked():
 def test_provenance_records_every_record_skipped_or_dropped_while_training(tiny_llm_dir, tmp_path):
     Image.new("RGB", (12, 12), "red").save(tmp_path / "red.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    good = {"image": "red.png", "conversations": [{"from": "human", "value": "<image>\nwhat color?"},
-                                                  {"from": "gpt", "value": "red"}]}
+    good = {
+        "image": "red.png",
+        "conversations": [{"from": "human", "value": "<image>\nwhat color?"}, {"from": "gpt", "value": "red"}],
+    }
     broken = {**good, "image": "broken.png"}
     empty = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": ""}]}
     lines = [json.dumps(record).encode() for record in (good, broken, good, empty, good)]
-    lines.append(json.dumps({"conversations": [{"from": "human", "value": "caf\u00e9?"},
-                                               {"from": "gpt", "value": "yes"}]}).encode().replace(b"\\u00e9", b"\xe9"))
+    lines.append(
+        json.dumps({"conversations": [{"from": "human", "value": "caf\u00e9?"}, {"from": "gpt", "value": "yes"}]})
+        .encode()
+        .replace(b"\\u00e9", b"\xe9")
+    )
     (tmp_path / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     raw = tiny_config(tiny_llm_dir, tmp_path, tmp_path / "out", max_steps=3, per_device_train_batch_size=1)
     raw["data"]["datasets"] = [{"path": str(tmp_path / "train.jsonl")}]

@@ -107,16 +107,18 @@ def test_align_checkpoint_leaves_out_the_frozen_llm_and_export_restores_it(tiny_
 
     loaded = WingsForConditionalGeneration.from_pretrained(output).eval()
     base = WingsForConditionalGeneration.from_llm_and_vision(str(tiny_llm_dir), None).language_model
-    assert all(torch.equal(a, b) for a, b in zip(loaded.language_model.state_dict().values(),
-                                                 base.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.language_model.state_dict().values(), base.state_dict().values())
+    )
     assert wings_main(["export", "--checkpoint", str(output), "--out", str(tmp_path / "standalone")]) == 0
     standalone = WingsForConditionalGeneration.from_pretrained(tmp_path / "standalone").eval()
     assert standalone.config.llm_checkpoint is None
     ids = torch.tensor([[5, 6, 7] + [loaded.config.image_token_id] * loaded.config.image_seq_length + [8, 9]])
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(loaded(input_ids=ids, pixel_values=pixels).logits,
-                           standalone(input_ids=ids, pixel_values=pixels).logits)
+        assert torch.equal(
+            loaded(input_ids=ids, pixel_values=pixels).logits, standalone(input_ids=ids, pixel_values=pixels).logits
+        )
 
 
 def test_stage_chain_and_provenance(tiny_llm_dir, tiny_data, tmp_path):
@@ -188,11 +190,29 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llm_di
 
 def test_yaml_config_with_command_line_overrides(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"stage": "align", "model": {"llm": "x"},
-                                    "data": {"datasets": [{"path": "a.json"}]},
-                                    "training": {"output_dir": "out", "max_steps": 5}}))
-    config = load_config(str(path), ["--stage", "instruct", "--training.max_steps", "9", "--model.wings_layers",
-                                     "[0, 2]", "--optim.learning_rates.llm=1e-5", "--data.max_length=64"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "align",
+                "model": {"llm": "x"},
+                "data": {"datasets": [{"path": "a.json"}]},
+                "training": {"output_dir": "out", "max_steps": 5},
+            }
+        )
+    )
+    config = load_config(
+        str(path),
+        [
+            "--stage",
+            "instruct",
+            "--training.max_steps",
+            "9",
+            "--model.wings_layers",
+            "[0, 2]",
+            "--optim.learning_rates.llm=1e-5",
+            "--data.max_length=64",
+        ],
+    )
     assert config.stage == "instruct" and config.training["max_steps"] == 9
     assert config.optim.learning_rates == {"llm": 1e-5}
     assert config.model.wings_layers == [0, 2] and config.data.max_length == 64
@@ -231,8 +251,9 @@ def test_train_command_end_to_end(tiny_llm_dir, tiny_data, tmp_path, capsys):
     assert missing == 1 and "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_ready_configs_are_valid(path):
     config = load_config(str(path), [])
     assert config.stage in STAGES and config.training["output_dir"]

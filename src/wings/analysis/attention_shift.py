@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import AttentionInterface
@@ -309,8 +309,10 @@ def model_inputs(model: torch.nn.Module, sample: AnalysisSample, processor: Any 
     if vision:
         if processor is None and not all(isinstance(image, torch.Tensor) for image in sample.images):
             raise ValueError(f"sample {sample.id!r}: an image path needs the model's WingsProcessor")
-        pixels = [image if isinstance(image, torch.Tensor) else processor.preprocess_images([image])[0]
-                  for image in sample.images]  # fmt: skip
+        pixels = [
+            image if isinstance(image, torch.Tensor) else processor.preprocess_images([image])[0]
+            for image in sample.images
+        ]
         inputs["pixel_values"] = torch.stack(pixels).to(next(model.parameters()).dtype)  # (images, 3, H, W)
     return inputs
 
@@ -326,8 +328,9 @@ def analyze_sample(
     between_length = sum(len(text_ids) for text_ids, _ in sample.between)
     layout = {"before_length": len(sample.before_ids), "after_start": len(sample.before_ids) + between_length}
     segments = sample_segments(model, inputs["input_ids"], **layout)
-    sums = sample_segment_sums(model, inputs["input_ids"], inputs.get("pixel_values"), query_tokens=query_tokens,
-                               **layout)[:, 0]  # fmt: skip
+    sums = sample_segment_sums(
+        model, inputs["input_ids"], inputs.get("pixel_values"), query_tokens=query_tokens, **layout
+    )[:, 0]
     laws = laws_curves(sums, int(query_mask(segments, query_tokens).sum()))
     # Without an image the two text segments sum to a constant per layer, which forces pearson = -1: a model that
     # does not see the image has no attention shift (WINGS.md), reported as None (n/a), never as 2.
@@ -357,9 +360,12 @@ def analyze_model(
     multi_image = [sample.id for sample in samples if len(sample.images) > 1]
     if multi_image:
         shown = ", ".join(repr(sample_id) for sample_id in multi_image[:5]) + (", ..." if len(multi_image) > 5 else "")
-        warnings.warn(f"{len(multi_image)} of {len(samples)} samples have several images ({shown}): V_before ends at "
-                      "the first image, V_after starts after the last, and the text between images belongs to no "
-                      "segment", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{len(multi_image)} of {len(samples)} samples have several images ({shown}): V_before ends at "
+            "the first image, V_after starts after the last, and the text between images belongs to no "
+            "segment",
+            stacklevel=2,
+        )
     per_sample = [analyze_sample(model, sample, processor, query_tokens) for sample in samples]
     seen = [s["attention_shift"] for s in per_sample if s["attention_shift"] is not None]
     shifts = [shift for shift in seen if not math.isnan(shift)]

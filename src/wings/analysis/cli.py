@@ -36,24 +36,39 @@ from wings.threads import add_threads_argument
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Register `wings analyze` and its subcommands."""
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     analyses = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
-    shift = analyses.add_parser("attention-shift", help="LAWS curves and attention shift per model",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    shift.add_argument("--model", action="append", required=True,
-                       help="WINGS checkpoint, registry name or HF causal LM (repeatable)")  # fmt: skip
+    shift = analyses.add_parser(
+        "attention-shift",
+        help="LAWS curves and attention shift per model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    shift.add_argument(
+        "--model", action="append", required=True, help="WINGS checkpoint, registry name or HF causal LM (repeatable)"
+    )
     shift.add_argument("--data", type=Path, required=True, help="JSONL samples with text before and after one image")
     shift.add_argument("--out", type=Path, required=True, help="output folder")
     shift.add_argument("--image-folder", type=Path, help="where relative image paths point (default: --data's folder)")
     shift.add_argument("--limit", type=int, help="only the first N samples")
-    shift.add_argument("--query-tokens", choices=QUERY_CHOICES, default=QUERY_TOKENS,
-                       help="queries summed over: all (WINGS.md; default) or after (text after the image)")  # fmt: skip
+    shift.add_argument(
+        "--query-tokens",
+        choices=QUERY_CHOICES,
+        default=QUERY_TOKENS,
+        help="queries summed over: all (WINGS.md; default) or after (text after the image)",
+    )
     shift.add_argument("--eval-results", type=Path, help="a `wings eval` results.json giving each model's text score")
     shift.add_argument("--score-task", help="the task of --eval-results to read (e.g. arc_easy)")
     shift.add_argument("--score-metric", default="acc", help="the metric of that task (default acc)")
-    shift.add_argument("--score", action="append", default=[], metavar="MODEL=VALUE",
-                       help="a model's text score given directly (repeatable; overrides --eval-results)")  # fmt: skip
+    shift.add_argument(
+        "--score",
+        action="append",
+        default=[],
+        metavar="MODEL=VALUE",
+        help="a model's text score given directly (repeatable; overrides --eval-results)",
+    )
     shift.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     shift.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_threads_argument(shift)
@@ -97,12 +112,15 @@ def sample_texts(path: Path, tokenizer: Any, image_folder: Path | None = None) -
                 text = "\n".join(message["content"] for message in messages)
         placeholders = text.count(IMAGE_PLACEHOLDER)
         if placeholders == 0 or placeholders != len(images):
-            raise ValueError(f"{where}: needs at least one {IMAGE_PLACEHOLDER} and one image per placeholder "
-                             f"(found {placeholders} placeholders, {len(images)} images)")  # fmt: skip
+            raise ValueError(
+                f"{where}: needs at least one {IMAGE_PLACEHOLDER} and one image per placeholder "
+                f"(found {placeholders} placeholders, {len(images)} images)"
+            )
         pieces = text.split(IMAGE_PLACEHOLDER)
         if not pieces[0].strip() or not pieces[-1].strip():
-            raise ValueError(f"{where}: the attention shift needs text both before the first and after the last "
-                             f"{IMAGE_PLACEHOLDER}")  # fmt: skip
+            raise ValueError(
+                f"{where}: the attention shift needs text both before the first and after the last {IMAGE_PLACEHOLDER}"
+            )
         out.append(SampleText(str(record.get("id", index)), pieces, images))
     return out
 
@@ -146,8 +164,9 @@ def load_processor(entry: Any, name: str) -> Any:
     try:
         return WingsProcessor.from_pretrained(path)
     except Exception:  # older checkpoints: rebuild it from the config and the tokenizer
-        return WingsProcessor.from_model_config(entry.tokenizer, model.config,
-                                                image_processor_path=path if path.is_dir() else None)  # fmt: skip
+        return WingsProcessor.from_model_config(
+            entry.tokenizer, model.config, image_processor_path=path if path.is_dir() else None
+        )
 
 
 def shift_summary(analysis: dict[str, Any]) -> str:
@@ -182,13 +201,18 @@ def run_attention_shift(args: argparse.Namespace) -> int:
     (args.out / "attention_shift.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     png, _ = plot_laws({name: r["laws"] for name, r in results["models"].items()}, args.out / "laws.png")
     print(f"wrote {args.out / 'attention_shift.json'} and {png}")
-    scored = {name: (r["attention_shift"], scores[name]) for name, r in results["models"].items()
-              if name in scores and r["attention_shift"] is not None}  # fmt: skip
+    scored = {
+        name: (r["attention_shift"], scores[name])
+        for name, r in results["models"].items()
+        if name in scores and r["attention_shift"] is not None
+    }
     if len(scored) >= 2:
         label = f"{args.score_task} {args.score_metric}" if args.score_task else "text score"
         png, _, correlation = plot_shift_vs_score(scored, args.out / "shift_vs_score.png", label)
         print(f"wrote {png} (Pearson r = {correlation:.3f} over {len(scored)} models)")
     elif scores:
-        print(f"the shift/score scatter needs two or more scored models that see images; {len(scored)} given "
-              "(a model without an image has no attention shift)")  # fmt: skip
+        print(
+            f"the shift/score scatter needs two or more scored models that see images; {len(scored)} given "
+            "(a model without an image has no attention shift)"
+        )
     return 0

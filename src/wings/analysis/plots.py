@@ -17,8 +17,11 @@ from wings.analysis.attention_shift import SEGMENTS, pearson
 
 # (line style, marker) per model, in order: curves that coincide stay visible as different dashes and markers.
 MODEL_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P")]
-SEGMENT_TITLES = {"V_before": "text before the (first) image", "V_itself": "the image(s)",
-                  "V_after": "text after the (last) image"}  # fmt: skip
+SEGMENT_TITLES = {
+    "V_before": "text before the (first) image",
+    "V_itself": "the image(s)",
+    "V_after": "text after the (last) image",
+}
 
 
 def _pyplot():
@@ -28,8 +31,10 @@ def _pyplot():
         matplotlib.use("Agg")  # files only: no display on servers or in tests
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install matplotlib (the `analysis` extra of wings-mllm: "
-                          "pip install -e '.[analysis]' in its clone)") from error
+        raise ImportError(
+            "plots need matplotlib: pip install matplotlib (the `analysis` extra of wings-mllm: "
+            "pip install -e '.[analysis]' in its clone)"
+        ) from error
     return plt
 
 
@@ -48,8 +53,17 @@ def plot_laws(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
         for index, (model_name, model_curves) in enumerate(curves.items()):
             values = list(model_curves[segment])
             linestyle, marker = MODEL_STYLES[index % len(MODEL_STYLES)]
-            axis.plot(range(len(values)), values, linestyle=linestyle, marker=marker, markersize=max(3.0, 7.0 - index),
-                      linewidth=1.4, markerfacecolor="none", color=f"C{index % 10}", label=model_name)  # fmt: skip
+            axis.plot(
+                range(len(values)),
+                values,
+                linestyle=linestyle,
+                marker=marker,
+                markersize=max(3.0, 7.0 - index),
+                linewidth=1.4,
+                markerfacecolor="none",
+                color=f"C{index % 10}",
+                label=model_name,
+            )
         axis.set_title(f"{segment}: {SEGMENT_TITLES[segment]}")
         axis.set_xlabel("layer")
         axis.grid(alpha=0.3)
@@ -59,8 +73,9 @@ def plot_laws(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
     figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    json_path = _write_json({"segments": list(SEGMENTS), "curves": {m: dict(c) for m, c in curves.items()}},
-                            path.with_suffix(".json"))  # fmt: skip
+    json_path = _write_json(
+        {"segments": list(SEGMENTS), "curves": {m: dict(c) for m, c in curves.items()}}, path.with_suffix(".json")
+    )
     return path, json_path
 
 

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,9 @@ class ConversationDataset(Dataset):
                 self._note("dropped", IMAGES_ALONE_TOO_LONG, index, log=False)
                 continue
             indices.append(index)
-            lengths.append(image_tokens + conversation.num_text_chars // CHARS_PER_TOKEN + 4 * len(conversation.messages))
+            lengths.append(
+                image_tokens + conversation.num_text_chars // CHARS_PER_TOKEN + 4 * len(conversation.messages)
+            )
             has_images.append(bool(conversation.images))
         return np.asarray(indices, dtype=np.int64), np.asarray(lengths, dtype=np.int64), np.asarray(has_images, bool)
 
@@ -125,8 +128,9 @@ class ConversationDataset(Dataset):
             try:
                 return self.processor.encode_conversation(conversation.to_chat(), conversation.images, self.max_length)
             except SampleDropped as error:
-                self._note("dropped", NO_ANSWER_LEFT if "assistant" in str(error) else IMAGES_ALONE_TOO_LONG,
-                           record_index)
+                self._note(
+                    "dropped", NO_ANSWER_LEFT if "assistant" in str(error) else IMAGES_ALONE_TOO_LONG, record_index
+                )
                 logger.warning("%s: record %d dropped: %s", self.path, record_index, error)
             except (ImageLoadError, ValueError) as error:
                 if not self.skip_invalid:
@@ -134,8 +138,9 @@ class ConversationDataset(Dataset):
                         f"{self.path}: record {record_index}: {error}. Fix it or pass skip_invalid=True "
                         "(--skip-invalid-samples) to skip such records"
                     ) from error
-                self._note("skipped", "unreadable image" if isinstance(error, ImageLoadError) else "encoding",
-                           record_index)
+                self._note(
+                    "skipped", "unreadable image" if isinstance(error, ImageLoadError) else "encoding", record_index
+                )
                 logger.warning("%s: record %d skipped: %s", self.path, record_index, error)
         raise InvalidSampleError(f"{self.path}: no usable sample left ({self.summary()})")
 
@@ -161,8 +166,12 @@ def read_data_events(events_dir: str | os.PathLike) -> dict[str, dict[str, dict[
             except json.JSONDecodeError:  # a line cut short by a killed worker
                 continue
             found[event["path"]][event["what"]][event["reason"]].add(int(event["record"]))
-    return {path: {what: {reason: sorted(indices) for reason, indices in reasons.items()}
-                   for what, reasons in kinds.items()} for path, kinds in found.items()}
+    return {
+        path: {
+            what: {reason: sorted(indices) for reason, indices in reasons.items()} for what, reasons in kinds.items()
+        }
+        for path, kinds in found.items()
+    }
 
 
 class MixtureDataset(Dataset):
@@ -184,8 +193,9 @@ class MixtureDataset(Dataset):
         for number, (dataset, ratio) in enumerate(zip(self.datasets, self.ratios)):
             count = int(round(ratio * len(dataset)))
             repeats, remainder = divmod(count, len(dataset)) if len(dataset) else (0, 0)
-            chosen = np.concatenate([np.tile(np.arange(len(dataset)), repeats),
-                                     generator.permutation(len(dataset))[:remainder]]).astype(np.int64)
+            chosen = np.concatenate(
+                [np.tile(np.arange(len(dataset)), repeats), generator.permutation(len(dataset))[:remainder]]
+            ).astype(np.int64)
             parts.append(np.stack([np.full_like(chosen, number), chosen], axis=1))
         self.index = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
         self.lengths = np.asarray([self.datasets[d].lengths[i] for d, i in self.index], dtype=np.int64)
@@ -238,7 +248,9 @@ def read_data_config(config: str | os.PathLike | dict[str, Any]) -> list[DataSou
         def resolve(value: str | None) -> str | None:
             return value if value is None or base is None or os.path.isabs(value) else str(base / value)
 
-        sources.append(DataSource(resolve(entry["path"]), resolve(entry.get("image_folder")), float(entry.get("ratio", 1.0))))
+        sources.append(
+            DataSource(resolve(entry["path"]), resolve(entry.get("image_folder")), float(entry.get("ratio", 1.0)))
+        )
     return sources
 
 

@@ -20,9 +20,10 @@ import json
 import mmap
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,9 @@ def _from_llava(record: dict, source: str, index: int) -> Conversation:
         fields.append(where)
     images_key = "image" if "image" in record else "images"
     images = _image_list(record, images_key, source, index)
-    image_fields = [images_key if isinstance(record.get(images_key), str) else f"{images_key}[{i}]" for i in range(len(images))]
+    image_fields = [
+        images_key if isinstance(record.get(images_key), str) else f"{images_key}[{i}]" for i in range(len(images))
+    ]
     return Conversation(messages, images, message_fields=fields, image_fields=image_fields, images_field=images_key)
 
 
@@ -202,8 +205,9 @@ def content_parts(parts: list, where: str) -> Iterator[tuple[str, str, str]]:
             value = part.get(kind)
             url = value.get("url") if isinstance(value, dict) else value
             if not isinstance(url, str):
-                raise ContentPartError(part_field, f"an {kind} part needs a URL or path string, "
-                                                   f"e.g. {{'{kind}': {{'url': ...}}}}")  # fmt: skip
+                raise ContentPartError(
+                    part_field, f"an {kind} part needs a URL or path string, e.g. {{'{kind}': {{'url': ...}}}}"
+                )
             yield "image", url, part_field
         else:
             raise ContentPartError(part_field, "expected {'type': 'text'|'image_url'|'image', ...}")
@@ -237,7 +241,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}); fix or remove that line") from error
+                raise ValueError(
+                    f"{path}:{line_number}: not valid JSON ({error.msg}); fix or remove that line"
+                ) from error
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
@@ -285,16 +291,22 @@ class RecordFile:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             raise RecordError(
-                self.path, index, "<record>",
+                self.path,
+                index,
+                "<record>",
                 f"line {self.line(index)}: not UTF-8 text (byte {raw[error.start]:#04x} at position {error.start} of "
                 "the record); re-encode the file as UTF-8 or skip such records (--skip-invalid-samples)",
             ) from error
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise RecordError(self.path, index, "<record>", f"line {self.line(index)}: invalid JSON: {error}") from error
+            raise RecordError(
+                self.path, index, "<record>", f"line {self.line(index)}: invalid JSON: {error}"
+            ) from error
         except RecursionError as error:
-            raise RecordError(self.path, index, "<record>", f"line {self.line(index)}: JSON nests too deeply") from error
+            raise RecordError(
+                self.path, index, "<record>", f"line {self.line(index)}: JSON nests too deeply"
+            ) from error
 
     def line(self, index: int) -> int:
         """The 1-based line of the file where record `index` starts (read only when reporting an error)."""
@@ -366,12 +378,14 @@ class RecordFile:
             elif text.startswith("]", position):
                 return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
             else:
-                raise ValueError(f"{self.path}: the JSON array is not closed after record {len(starts) - 1} "
-                                 "(truncated file?)")
+                raise ValueError(
+                    f"{self.path}: the JSON array is not closed after record {len(starts) - 1} (truncated file?)"
+                )
 
 
 def read_conversations(path: str | os.PathLike, image_folder: str | os.PathLike | None = None) -> list[Conversation]:
-    """Load a whole (small) file as conversations; images resolve against `image_folder` (default: the file's folder)."""
+    """Load a whole (small) file as conversations; images resolve against `image_folder` (default: the file's
+    folder)."""
     records = RecordFile(path)
     folder = Path(path).parent if image_folder is None else image_folder
     return [normalize_record(records.record(i), folder, records.path, i) for i in range(len(records))]

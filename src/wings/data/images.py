@@ -13,7 +13,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,7 +24,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image]
+ImageSource = str | os.PathLike | bytes | Image.Image
 
 
 class ImageLoadError(ValueError):

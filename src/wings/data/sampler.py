@@ -7,7 +7,7 @@ mega-batch is sorted by length before it is cut into batches. The batch order is
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler

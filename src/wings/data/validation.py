@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from wings.data.formats import IMAGE_PLACEHOLDER, Conversation, RecordError, RecordFile, normalize_record
 from wings.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, load_image
@@ -98,11 +99,16 @@ def conversation_problems(conversation: Conversation, check_image_files: bool = 
     if not turns:
         add("<record>", "roles", "no user/assistant turns")
     elif turns[-1].role != "assistant":
-        add(conversation.message_fields[-1] if conversation.message_fields else "<record>", "roles",
-            "the last turn is not the assistant's: there is no answer to learn; remove it or add the answer")
+        add(
+            conversation.message_fields[-1] if conversation.message_fields else "<record>",
+            "roles",
+            "the last turn is not the assistant's: there is no answer to learn; remove it or add the answer",
+        )
     if check_image_files:
         for image, where in zip(conversation.images, conversation.image_fields):
-            if not image.startswith(("data:", "http://", "https://")) and not os.path.isfile(image.removeprefix("file://")):
+            if not image.startswith(("data:", "http://", "https://")) and not os.path.isfile(
+                image.removeprefix("file://")
+            ):
                 add(where, "missing image", f"image file not found: {image}; check the path or --image-folder")
     return problems
 
@@ -143,8 +149,10 @@ class CheckReport:
         if not self.problems:
             lines.append("  no problems found")
         else:
-            lines.append(f"  {len(self.problems)} problem(s) in {self.invalid_records} record(s): "
-                         + ", ".join(f"{kind} {counts[kind]}" for kind in PROBLEM_KINDS if counts[kind]))
+            lines.append(
+                f"  {len(self.problems)} problem(s) in {self.invalid_records} record(s): "
+                + ", ".join(f"{kind} {counts[kind]}" for kind in PROBLEM_KINDS if counts[kind])
+            )
             lines.extend(f"  {problem}" for problem in self.problems)
         return "\n".join(lines)
 
@@ -215,8 +223,10 @@ def _length_problems(
         return []
     image_tokens = len(conversation.images) * processor.image_seq_length
     if image_tokens > max_length:
-        message = (f"its {len(conversation.images)} image(s) alone take {image_tokens} tokens > max_length "
-                   f"{max_length}: the sample would be dropped")
+        message = (
+            f"its {len(conversation.images)} image(s) alone take {image_tokens} tokens > max_length "
+            f"{max_length}: the sample would be dropped"
+        )
     else:
         message = f"{length} tokens > max_length {max_length}: the sample would be truncated"
     return [Problem(conversation.index, "<record>", "too long", message)]

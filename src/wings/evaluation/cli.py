@@ -23,34 +23,57 @@ from wings.threads import add_threads_argument
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Register `wings eval`."""
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--model", action="append", required=True,
-                        help="registry name, HF causal-LM directory or id, or WINGS checkpoint directory (repeatable)")  # fmt: skip
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="registry name, HF causal-LM directory or id, or WINGS checkpoint directory (repeatable)",
+    )
     parser.add_argument("--base", help="the base LLM to compare against (default: the WINGS model's own base LLM)")
-    parser.add_argument("--tasks", nargs="+", default=["retention"],
-                        help=f"task names or comma lists: {', '.join(sorted(n for n in TASKS if not n.startswith('mmlu_') and n != 'easy_vqa'))}, "
-                             "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE, easy-vqa (with --data-dir), easy-vqa:DIR, "
-                             "vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE (default: retention)")  # fmt: skip
+    named = ", ".join(sorted(n for n in TASKS if not n.startswith("mmlu_") and n != "easy_vqa"))
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["retention"],
+        help=f"task names or comma lists: {named}, "
+        "mmlu_<subject>, retention, mc:FILE.jsonl, ppl:FILE, easy-vqa (with --data-dir), easy-vqa:DIR, "
+        "vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE (default: retention)",
+    )
     parser.add_argument("--data-dir", type=Path, help="local copies of the benchmarks, in their published layouts")
     parser.add_argument("--split", help="evaluate this split instead of each task's default (e.g. validation)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars before each question (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, help="requests per forward pass (default 16)")
     parser.add_argument("--limit", type=int, help="only the first N documents of each task (quick checks)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="length of the base LLM's reference continuations")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="length of the base LLM's reference continuations"
+    )
     parser.add_argument("--max-tokens", type=int, help="ppl: tasks score only the first N tokens of the file")
     parser.add_argument("--vqa-max-new-tokens", type=int, default=8, help="length of generated VQA answers (default 8)")
     parser.add_argument("--vqa-prompt-suffix", help='appended to vqa:FILE questions, e.g. "Answer with one word."')
-    parser.add_argument("--mc-mode", choices=["likelihood", "letter"],
-                        help="visual multiple choice: log-likelihood of each choice, or of its letter after the listed "
-                             "options (default: letter for mmbench:, likelihood for vqa:)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("runs/eval"),
-                        help="folder for results.json and results.md (default runs/eval)")
+    parser.add_argument(
+        "--mc-mode",
+        choices=["likelihood", "letter"],
+        help="visual multiple choice: log-likelihood of each choice, or of its letter after the listed "
+        "options (default: letter for mmbench:, likelihood for vqa:)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/eval"), help="folder for results.json and results.md (default runs/eval)"
+    )
     parser.add_argument("--output-dir", type=Path, dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda, cuda:1... (default: cuda when available)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="weights' dtype (default float32)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda, cuda:1... (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights' dtype (default float32)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads_argument(parser)
     parser.set_defaults(func=run)
@@ -70,14 +93,25 @@ def run(args: argparse.Namespace) -> int:
     if base_name is None:
         bases = sorted({m.base_llm for m in models if m.is_wings and m.base_llm})
         if len(bases) > 1:
-            raise ValueError(f"the WINGS models were built from different LLMs ({', '.join(bases)}); choose one with --base")
+            raise ValueError(
+                f"the WINGS models were built from different LLMs ({', '.join(bases)}); choose one with --base"
+            )
         base_name = bases[0] if bases else models[0].name
     base = next((m for m in models if m.name == base_name), None) or load_eval_model(base_name, dtype, args.device)
-    settings = EvalSettings(tasks=args.tasks, data_dir=args.data_dir, split=args.split, num_fewshot=args.num_fewshot,
-                            batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                            ppl_max_tokens=args.max_tokens, progress=not args.no_progress,
-                            vqa_max_new_tokens=args.vqa_max_new_tokens, vqa_prompt_suffix=args.vqa_prompt_suffix,
-                            mc_mode=args.mc_mode)  # fmt: skip
+    settings = EvalSettings(
+        tasks=args.tasks,
+        data_dir=args.data_dir,
+        split=args.split,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        ppl_max_tokens=args.max_tokens,
+        progress=not args.no_progress,
+        vqa_max_new_tokens=args.vqa_max_new_tokens,
+        vqa_prompt_suffix=args.vqa_prompt_suffix,
+        mc_mode=args.mc_mode,
+    )
     results = evaluate_models([m for m in models if m is not base], base, settings)
     json_path, md_path = write_report(results, args.out)
     print(markdown_table(results))

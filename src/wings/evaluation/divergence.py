@@ -41,8 +41,13 @@ def reference_sequences(
         for row, ids in enumerate(encoded):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             mask[row, width - len(ids) :] = 1
-        output = base_model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad)  # fmt: skip
+        output = base_model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+        )
         for row, ids in enumerate(encoded):
             continuation = output[row, width:].tolist()
             ends = [position for position, token in enumerate(continuation) if token in eos]
@@ -110,5 +115,7 @@ def continuation_divergences(
         count += sum(len(ids) - prompt_length for ids, prompt_length in batch)
     if count == 0:
         raise ValueError("kl: the reference continuations are empty")
-    return {name: {"kl": kl / count, "perplexity": math.exp(nll / count), "num_tokens": count}
-            for name, (kl, nll) in totals.items()}  # fmt: skip
+    return {
+        name: {"kl": kl / count, "perplexity": math.exp(nll / count), "num_tokens": count}
+        for name, (kl, nll) in totals.items()
+    }

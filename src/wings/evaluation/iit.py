@@ -78,8 +78,11 @@ def load_text_questions(task_name: str, data_dir: Path | None = None, split: str
         raise ValueError(f"IIT text source {task_name}: a {task.kind} task, not multiple choice")
     docs = task.load(data_dir, split or task.split)
     # Partial-evaluation items (WinoGrande) have no single question/answer pair to put in a dialogue.
-    return [Question("T", task_name, doc.id, doc.question, tuple(doc.choices), doc.gold)
-            for doc in docs if doc.shared_continuation is None and doc.question]  # fmt: skip
+    return [
+        Question("T", task_name, doc.id, doc.question, tuple(doc.choices), doc.gold)
+        for doc in docs
+        if doc.shared_continuation is None and doc.question
+    ]
 
 
 def load_visual_questions(path: str | Path) -> list[Question]:
@@ -128,8 +131,10 @@ def tfidf_similarity(queries: list[str], pool: list[str]) -> np.ndarray:
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ImportError as error:  # an optional extra: only the IIT builder needs it
-        raise ImportError("TF-IDF similarity needs scikit-learn: pip install scikit-learn (the `analysis` extra), "
-                          "or pass an embedding model") from error
+        raise ImportError(
+            "TF-IDF similarity needs scikit-learn: pip install scikit-learn (the `eval` extra), "
+            "or pass an embedding model"
+        ) from error
 
     vectors = TfidfVectorizer(sublinear_tf=True).fit(pool + queries)
     return (vectors.transform(queries) @ vectors.transform(pool).T).toarray()  # rows are L2-normalised

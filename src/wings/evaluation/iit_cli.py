@@ -21,20 +21,31 @@ from wings.evaluation.iit import CONFIGURATIONS, build_iit, load_sources, write_
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Register `wings iit` and its `build` subcommand."""
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     actions = parser.add_subparsers(dest="iit_command", metavar="ACTION", required=True)
-    build = actions.add_parser("build", help="write the IIT dialogues", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    build = actions.add_parser(
+        "build",
+        help="write the IIT dialogues",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     build.add_argument("--text", nargs="+", default=[], help="text multiple-choice tasks (names or mc:FILE.jsonl)")
     build.add_argument("--visual", nargs="+", default=[], help="visual multiple-choice JSONL files")
     build.add_argument("--out", type=Path, required=True, help="the IIT file to write (JSONL)")
     build.add_argument("--data-dir", type=Path, help="local copies of the text benchmarks")
     build.add_argument("--split", help="split of the text tasks (default: each task's evaluation split)")
     build.add_argument("--per-config", type=int, default=100, help="scored questions per configuration (default 100)")
-    build.add_argument("--configs", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS, metavar="CONFIG",
-                       help="configurations to build, earlier turns then the scored one, T text and V visual: "
-                            f"{' | '.join(CONFIGURATIONS)} (default: all six)")  # fmt: skip
+    build.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CONFIGURATIONS),
+        choices=CONFIGURATIONS,
+        metavar="CONFIG",
+        help="configurations to build, earlier turns then the scored one, T text and V visual: "
+        f"{' | '.join(CONFIGURATIONS)} (default: all six)",
+    )
     build.add_argument("--seed", type=int, default=0, help="seed of the question draw (default 0)")
     build.add_argument("--embedding-model", help="a local sentence-embedding model (mean-pooled) instead of TF-IDF")
     build.set_defaults(func=run_build)
@@ -65,8 +76,9 @@ def run_build(args: argparse.Namespace) -> int:
     text = load_sources(args.text, "T", args.data_dir, args.split)
     visual = load_sources(args.visual, "V")
     embed = embedding_function(args.embedding_model) if args.embedding_model else None
-    dialogues = build_iit(text, visual, per_config=args.per_config, seed=args.seed, embed=embed,
-                          configurations=args.configs)  # fmt: skip
+    dialogues = build_iit(
+        text, visual, per_config=args.per_config, seed=args.seed, embed=embed, configurations=args.configs
+    )
     write_iit(dialogues, args.out)
     counts = Counter(d["config"] for d in dialogues)
     print(", ".join(f"({c}): {counts[c]}" for c in args.configs))

@@ -21,7 +21,7 @@ try:
     from lm_eval.api.registry import register_model
     from lm_eval.models.huggingface import HFLM
 except ImportError as error:  # the extra is optional: say how to get it
-    raise ImportError("the lm-eval adapter needs lm-evaluation-harness: pip install -e \".[eval]\"") from error
+    raise ImportError('the lm-eval adapter needs lm-evaluation-harness: pip install -e ".[eval]"') from error
 
 from wings.evaluation.runner import load_eval_model
 

@@ -123,12 +123,17 @@ def loglikelihoods(
         shared = dict.fromkeys(prefix[r] for r in batch)
         if sharing and len(shared) < len(batch) and all(shared):  # some rows share a prefix: run it once
             prefixes = list(shared)
-            logits = prefix_shared_logits(model, prefixes, [row_inputs[r][len(prefix[r]) :] for r in batch],
-                                          [prefixes.index(prefix[r]) for r in batch])  # fmt: skip
+            logits = prefix_shared_logits(
+                model,
+                prefixes,
+                [row_inputs[r][len(prefix[r]) :] for r in batch],
+                [prefixes.index(prefix[r]) for r in batch],
+            )
             if logits is not None:
                 for row, r in enumerate(batch):
-                    _score_row(torch.log_softmax(logits[row, : span[r]].float(), dim=-1), row_members[r], encoded,
-                               results)  # fmt: skip
+                    _score_row(
+                        torch.log_softmax(logits[row, : span[r]].float(), dim=-1), row_members[r], encoded, results
+                    )
                 continue
             sharing = False  # this model's cache cannot be shared: every later batch runs its rows whole
         width = max(len(row_inputs[r]) for r in batch)
@@ -142,8 +147,9 @@ def loglikelihoods(
         logits = positions_logits(model, input_ids.to(device), attention_mask.to(device), first, width)
         for row, r in enumerate(batch):
             end = len(row_inputs[r]) - first
-            _score_row(torch.log_softmax(logits[row, end - span[r] : end].float(), dim=-1), row_members[r], encoded,
-                       results)  # fmt: skip
+            _score_row(
+                torch.log_softmax(logits[row, end - span[r] : end].float(), dim=-1), row_members[r], encoded, results
+            )
     return results
 
 
@@ -186,7 +192,9 @@ def build_requests(task: Task, docs: list[Doc], fewshot: list[list[Doc]]) -> lis
     for doc, exemplars in zip(docs, fewshot):
         prefix = (task.description(doc) if task.description else "") + "".join(map(_exemplar_text, exemplars))
         if doc.shared_continuation is not None:
-            all_requests.append([(prefix + choice, TARGET_DELIMITER + doc.shared_continuation) for choice in doc.choices])
+            all_requests.append(
+                [(prefix + choice, TARGET_DELIMITER + doc.shared_continuation) for choice in doc.choices]
+            )
         else:
             all_requests.append([(prefix + doc.question, TARGET_DELIMITER + choice) for choice in doc.choices])
     return all_requests
@@ -231,8 +239,9 @@ def evaluate_multiple_choice(
     fewshot = _fewshot_docs(task, docs, fewshot_pool or [], num_fewshot)
     per_doc = build_requests(task, docs, fewshot)
     flat = [request for requests in per_doc for request in requests]
-    results = loglikelihoods(model, tokenizer, flat, batch_size=batch_size, progress=progress and task.name,
-                             share_inputs=share_inputs)  # fmt: skip
+    results = loglikelihoods(
+        model, tokenizer, flat, batch_size=batch_size, progress=progress and task.name, share_inputs=share_inputs
+    )
     lls, start = [], 0
     for requests in per_doc:
         lls.append([score for score, _ in results[start : start + len(requests)]])

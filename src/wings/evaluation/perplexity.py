@@ -44,8 +44,10 @@ def text_perplexity(
     window = min(window or 1024, model_max_length(model) - 1)
     device = next(model.parameters()).device
     # Each row: the token before the window (or the prefix token), then the window's tokens.
-    rows = [[tokens[start - 1] if start else prefix_token_id(tokenizer)] + tokens[start : start + window]
-            for start in range(0, len(tokens), window)]  # fmt: skip
+    rows = [
+        [tokens[start - 1] if start else prefix_token_id(tokenizer)] + tokens[start : start + window]
+        for start in range(0, len(tokens), window)
+    ]
     total_nll, label = 0.0, progress if isinstance(progress, str) else "perplexity"
     for begin in tqdm(range(0, len(rows), batch_size), desc=label, disable=not progress, leave=False):
         batch = rows[begin : begin + batch_size]

@@ -42,7 +42,9 @@ def _rows(results: dict[str, Any], task: str, metrics: list[str]) -> list[tuple[
     base = results["models"][results["base"]].get(task, {})
     for key in BREAKDOWNS:
         for name in base.get(key, {}):
-            rows.append((f"acc[{name}]", lambda scores, key=key, name=name: scores.get(key, {}).get(name, {}).get("acc")))
+            rows.append(
+                (f"acc[{name}]", lambda scores, key=key, name=name: scores.get(key, {}).get(name, {}).get("acc"))
+            )
     return rows
 
 
@@ -69,15 +71,20 @@ def markdown_table(results: dict[str, Any]) -> str:
             for name in others:
                 scores = results["models"][name][task]
                 value = get(scores)
-                delta = "-" if value is None or base_value is None else (
-                    ("+" if value >= base_value else "") + _format(metric, value - base_value))
+                delta = (
+                    "-"
+                    if value is None or base_value is None
+                    else (("+" if value >= base_value else "") + _format(metric, value - base_value))
+                )
                 row += [_cell(metric, value, scores), delta]
             lines.append("| " + " | ".join(row) + " |")
     summary = []
     for name in others:
         value = forgetting(results, name)
         if value is not None:
-            summary.append(f"- **{name}**: forgetting {value:+.2f} points (mean base acc - model acc over text-only tasks)")
+            summary.append(
+                f"- **{name}**: forgetting {value:+.2f} points (mean base acc - model acc over text-only tasks)"
+            )
     settings = results.get("settings", {})
     notes = f"\n\n{settings.get('num_fewshot', 0)}-shot; accuracies in points; delta = model - base."
     if blind:
@@ -91,8 +98,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         by_question = info.get("question_prior")
         if by_question:
             parts = ", ".join(f"{m} {100 * by_question[m]:.2f}" for m in info["metrics"] if m in by_question)
-            notes += (f"\n\n{task} question-prior baseline (the most frequent training answer of the same question, "
-                      f"image never seen): {parts}.")  # fmt: skip
+            notes += (
+                f"\n\n{task} question-prior baseline (the most frequent training answer of the same question, "
+                f"image never seen): {parts}."
+            )
     return "\n".join(lines) + notes + ("\n\n" + "\n".join(summary) if summary else "") + "\n"
 
 

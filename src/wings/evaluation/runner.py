@@ -79,8 +79,9 @@ def load_eval_model(name_or_path: str, dtype: torch.dtype = torch.float32, devic
         config = model.config
         text_config = getattr(config, "text_config", None)
         base = getattr(config, "base_llm", None) or getattr(text_config, "_name_or_path", None) or None
-        return EvalModel(str(name_or_path), model.to(device).eval(), tokenizer, base_llm=base, is_wings=True,
-                         processor=processor)  # fmt: skip
+        return EvalModel(
+            str(name_or_path), model.to(device).eval(), tokenizer, base_llm=base, is_wings=True, processor=processor
+        )
     text = str(name_or_path)
     looks_local = text.startswith((".", "/", "~")) or "/" not in text
     if not path.exists() and looks_local and text.lower() not in _registry_names():
@@ -166,21 +167,38 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
                 def score(entry: EvalModel = entry) -> dict[str, Any]:
                     seed_everything()
                     return evaluate_multiple_choice(
-                        entry.model, entry.tokenizer, task, docs, pool, settings.num_fewshot,
-                        batch_size=settings.batch_size, limit=settings.limit, progress=settings.progress,
-                    )  # fmt: skip
+                        entry.model,
+                        entry.tokenizer,
+                        task,
+                        docs,
+                        pool,
+                        settings.num_fewshot,
+                        batch_size=settings.batch_size,
+                        limit=settings.limit,
+                        progress=settings.progress,
+                    )
 
-                key = [task.name, [vars(doc) for doc in docs], [vars(doc) for doc in pool], settings.num_fewshot,
-                       settings.batch_size, settings.limit]  # fmt: skip
+                key = [
+                    task.name,
+                    [vars(doc) for doc in docs],
+                    [vars(doc) for doc in pool],
+                    settings.num_fewshot,
+                    settings.batch_size,
+                    settings.limit,
+                ]
                 results[entry.name][task.name] = cached(entry, "mc", key, score)
         elif task.kind == "perplexity":
             for entry in everyone:
 
                 def score(entry: EvalModel = entry) -> dict[str, Any]:
                     return file_perplexity(
-                        entry.model, entry.tokenizer, task.path, batch_size=max(1, settings.batch_size // 4),
-                        max_tokens=settings.ppl_max_tokens, progress=settings.progress and task.name,
-                    )  # fmt: skip
+                        entry.model,
+                        entry.tokenizer,
+                        task.path,
+                        batch_size=max(1, settings.batch_size // 4),
+                        max_tokens=settings.ppl_max_tokens,
+                        progress=settings.progress and task.name,
+                    )
 
                 text = Path(task.path).read_text() if task.path and Path(task.path).is_file() else None
                 key = [task.name, text, settings.batch_size, settings.ppl_max_tokens]
@@ -198,9 +216,13 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
             for entry in everyone:
                 _check_same_tokenization(entry, base, prompts)
             # The base runs once per batch for every model (its logits are the reference of each KL).
-            divergences = continuation_divergences({entry.name: entry.model for entry in everyone}, base.model,
-                                                   sequences, batch_size=settings.batch_size,
-                                                   progress=settings.progress)  # fmt: skip
+            divergences = continuation_divergences(
+                {entry.name: entry.model for entry in everyone},
+                base.model,
+                sequences,
+                batch_size=settings.batch_size,
+                progress=settings.progress,
+            )
             for entry in everyone:
                 results[entry.name][task.name] = divergences[entry.name]
         elif task.kind == "vqa":
@@ -210,26 +232,43 @@ def evaluate_models(models: list[EvalModel], base: EvalModel, settings: EvalSett
         elif task.kind == "iit":
             for entry in everyone:
                 seed_everything()
-                results[entry.name][task.name] = evaluate_iit(entry.model, entry.encoder, task.path,
-                                                              limit=settings.limit, progress=settings.progress)  # fmt: skip
+                results[entry.name][task.name] = evaluate_iit(
+                    entry.model, entry.encoder, task.path, limit=settings.limit, progress=settings.progress
+                )
         else:  # a registered kind without a scorer is a programming error, not a user one
             raise NotImplementedError(f"task kind {task.kind!r}")
     return {
         "base": base.name,
         "models": results,
-        "tasks": {t.name: {"kind": t.kind, "metrics": list(t.metrics), "text_only": t.text_only,
-                           "split": settings.split or t.split} | baselines.get(t.name, {}) for t in tasks},  # fmt: skip
-        "settings": {"num_fewshot": settings.num_fewshot, "batch_size": settings.batch_size, "limit": settings.limit,
-                     "data_dir": str(settings.data_dir) if settings.data_dir else None, "seed": SEED,
-                     "max_new_tokens": settings.max_new_tokens, "ppl_max_tokens": settings.ppl_max_tokens,
-                     "vqa_max_new_tokens": settings.vqa_max_new_tokens, "vqa_prompt_suffix": settings.vqa_prompt_suffix,
-                     "mc_mode": settings.mc_mode},  # fmt: skip
+        "tasks": {
+            t.name: {
+                "kind": t.kind,
+                "metrics": list(t.metrics),
+                "text_only": t.text_only,
+                "split": settings.split or t.split,
+            }
+            | baselines.get(t.name, {})
+            for t in tasks
+        },
+        "settings": {
+            "num_fewshot": settings.num_fewshot,
+            "batch_size": settings.batch_size,
+            "limit": settings.limit,
+            "data_dir": str(settings.data_dir) if settings.data_dir else None,
+            "seed": SEED,
+            "max_new_tokens": settings.max_new_tokens,
+            "ppl_max_tokens": settings.ppl_max_tokens,
+            "vqa_max_new_tokens": settings.vqa_max_new_tokens,
+            "vqa_prompt_suffix": settings.vqa_prompt_suffix,
+            "mc_mode": settings.mc_mode,
+        },
         "base_of": {m.name: m.base_llm for m in models},
     }
 
 
-def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, results: dict[str, Any],
-             cached: Any = None) -> dict | None:
+def _run_vqa(
+    task: Task, everyone: list[EvalModel], settings: EvalSettings, results: dict[str, Any], cached: Any = None
+) -> dict | None:
     """A VQA task on every model; for easy-vqa also its blind baselines, returned as {"answer_prior",
     "question_prior"} and added to each model's scores as `prior_acc` and `question_prior_acc`."""
     every = task.load(settings.data_dir, settings.split or task.split)
@@ -247,21 +286,37 @@ def _run_vqa(task: Task, everyone: list[EvalModel], settings: EvalSettings, resu
         try:
             train = vqa.easy_vqa_train_answers(folder)
             by_type = vqa.answer_prior(train)
-            priors = {"answer_prior": vqa.prior_accuracy(questions, by_type),
-                      "question_prior": vqa.prior_accuracy(questions, by_type, vqa.question_prior(train))}  # fmt: skip
+            priors = {
+                "answer_prior": vqa.prior_accuracy(questions, by_type),
+                "question_prior": vqa.prior_accuracy(questions, by_type, vqa.question_prior(train)),
+            }
         except FileNotFoundError as error:  # the model scores stand without it
             print(f"{task.name}: no answer-prior baseline ({error})", file=sys.stderr)
     for entry in everyone:
 
         def score(entry: EvalModel = entry) -> dict[str, Any]:
             seed_everything()
-            return vqa.evaluate_vqa(entry.model, entry.encoder, questions, mc_mode=mc_mode, suffix=suffix,
-                                    batch_size=settings.batch_size, max_new_tokens=settings.vqa_max_new_tokens,
-                                    progress=settings.progress, swapped=swapped)  # fmt: skip
+            return vqa.evaluate_vqa(
+                entry.model,
+                entry.encoder,
+                questions,
+                mc_mode=mc_mode,
+                suffix=suffix,
+                batch_size=settings.batch_size,
+                max_new_tokens=settings.vqa_max_new_tokens,
+                progress=settings.progress,
+                swapped=swapped,
+            )
 
         if cached is not None and not vqa.can_see_images(entry.model, entry.encoder):  # text alone: images unread
-            key = [task.name, [{k: v for k, v in vars(q).items() if k != "image"} for q in questions], mc_mode, suffix,
-                   settings.batch_size, settings.vqa_max_new_tokens]  # fmt: skip
+            key = [
+                task.name,
+                [{k: v for k, v in vars(q).items() if k != "image"} for q in questions],
+                mc_mode,
+                suffix,
+                settings.batch_size,
+                settings.vqa_max_new_tokens,
+            ]
             scores = cached(entry, "vqa", key, score)
         else:
             scores = score()

@@ -40,8 +40,9 @@ def prefix_shared_logits(
     for row, prefix in enumerate(prefixes):
         prefix_ids[row, : len(prefix)] = torch.tensor(prefix)
         prefix_mask[row, : len(prefix)] = 1
-    cache = model(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True,
-                  logits_to_keep=1).cache  # fmt: skip
+    cache = model(
+        input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True, logits_to_keep=1
+    ).cache
     if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
     index = torch.tensor(prefix_of_row)
@@ -54,5 +55,10 @@ def prefix_shared_logits(
         suffix_mask[row, : len(suffix)] = 1
     mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
     positions = lengths[index][:, None] + torch.arange(suffix_width)[None, :]  # continue from the true length
-    return model(input_ids=suffix_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                 cache=cache, use_cache=True).logits  # fmt: skip
+    return model(
+        input_ids=suffix_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        cache=cache,
+        use_cache=True,
+    ).logits

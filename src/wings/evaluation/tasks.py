@@ -27,19 +27,64 @@ from wings.evaluation import vqa
 from wings.evaluation.task_types import Doc, Task
 
 MMLU_SUBJECTS: tuple[str, ...] = (
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
-    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
-    "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
-    "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
-    "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
-    "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history",
-    "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning",
-    "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine",
-    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
     "world_religions",
-)  # fmt: skip
+)
 
 
 # ---------------------------------------------------------------- file helpers
@@ -68,26 +113,39 @@ def local_splits(data_dir: Path | None, task: str, names_of: Callable[[str], lis
     return list(found.values())
 
 
-def _hub_records(task: str, hub_path: str, hub_name: str | None, split: str, names_of: Callable[[str], list[str]],
-                 data_dir: Path | None) -> list[dict[str, Any]]:  # fmt: skip
+def _hub_records(
+    task: str,
+    hub_path: str,
+    hub_name: str | None,
+    split: str,
+    names_of: Callable[[str], list[str]],
+    data_dir: Path | None,
+) -> list[dict[str, Any]]:
     """Records from the Hugging Face hub when no --data-dir is given and the hub may be used; otherwise (offline,
     or a --data-dir without this split) a one-line error naming the files looked for and the splits that are there."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if data_dir is not None:
         present = local_splits(data_dir, task, names_of)
         suggested = next((name for name in present if name != "train"), present[0]) if present else None
-        there = (f"splits there: {', '.join(present)} (pass --split {suggested})" if present
-                 else f"no split of it is there; put a copy of {hub_path} there")  # fmt: skip
-        raise FileNotFoundError(f"task {task}: split '{split}' is not under --data-dir {data_dir} "
-                                f"(looked for {', '.join(names_of(split))}); {there}")  # fmt: skip
+        there = (
+            f"splits there: {', '.join(present)} (pass --split {suggested})"
+            if present
+            else f"no split of it is there; put a copy of {hub_path} there"
+        )
+        raise FileNotFoundError(
+            f"task {task}: split '{split}' is not under --data-dir {data_dir} "
+            f"(looked for {', '.join(names_of(split))}); {there}"
+        )
     try:  # an optional package, needed only to read the hub
         import datasets
     except ImportError:
         datasets = None
     if offline or datasets is None:
         why = "HF_HUB_OFFLINE is set" if offline else "the `datasets` package is not installed"
-        raise FileNotFoundError(f"task {task}: no --data-dir given and the hub is not usable ({why}); "
-                                f"pass --data-dir with a local copy of {hub_path} (split '{split}')")  # fmt: skip
+        raise FileNotFoundError(
+            f"task {task}: no --data-dir given and the hub is not usable ({why}); "
+            f"pass --data-dir with a local copy of {hub_path} (split '{split}')"
+        )
     return [dict(row) for row in datasets.load_dataset(hub_path, hub_name, split=split)]
 
 
@@ -102,8 +160,7 @@ def _arc_loader(subset: str) -> Callable[[Path | None, str], list[Doc]]:
 
     def load(data_dir: Path | None, split: str) -> list[Doc]:
         path = _find(data_dir, subset, names_of(split))
-        records = (read_jsonl(path) if path
-                   else _hub_records(task, "allenai/ai2_arc", subset, split, names_of, data_dir))  # fmt: skip
+        records = read_jsonl(path) if path else _hub_records(task, "allenai/ai2_arc", subset, split, names_of, data_dir)
         docs = []
         for index, record in enumerate(records):
             where = f"{path or 'allenai/ai2_arc'} record {index + 1}"
@@ -133,8 +190,11 @@ def _mmlu_loader(subjects: tuple[str, ...]) -> Callable[[Path | None, str], list
             # Overall MMLU over a partial local copy scores the subjects present (e.g. a val split of 7 subjects).
             local = [s for s in subjects if _find(data_dir, "mmlu", names_of(s, split))]
             if local and len(local) < len(subjects):
-                print(f"mmlu: {len(local)} of {len(subjects)} subjects found locally for split '{split}'; "
-                      "scoring those (per-subject scores are in the results)", file=sys.stderr)
+                print(
+                    f"mmlu: {len(local)} of {len(subjects)} subjects found locally for split '{split}'; "
+                    "scoring those (per-subject scores are in the results)",
+                    file=sys.stderr,
+                )
             chosen = tuple(local) or subjects
         for subject in chosen:
             path = _find(data_dir, "mmlu", names_of(subject, split))
@@ -148,9 +208,13 @@ def _mmlu_loader(subjects: tuple[str, ...]) -> Callable[[Path | None, str], list
             for index, row in enumerate(rows):
                 where = f"{path or 'cais/mmlu'} row {index + 1}"
                 if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
-                    raise ValueError(f"{where}: expected 6 columns (question, A, B, C, D, answer letter), got {row[:6]}")
+                    raise ValueError(
+                        f"{where}: expected 6 columns (question, A, B, C, D, answer letter), got {row[:6]}"
+                    )
                 gold = "ABCD".index(row[5].strip())
-                docs.append(Doc(f"{subject}/{index}", _mmlu_prompt(row[0], row[1:5]), ["A", "B", "C", "D"], gold, group=subject))
+                docs.append(
+                    Doc(f"{subject}/{index}", _mmlu_prompt(row[0], row[1:5]), ["A", "B", "C", "D"], gold, group=subject)
+                )
         return docs
 
     return load
@@ -200,14 +264,20 @@ def _hellaswag_preprocess(text: str) -> str:
 
 
 def _hellaswag_names(split: str) -> list[str]:
-    return [f"hellaswag/hellaswag_{split.replace('validation', 'val')}.jsonl", f"hellaswag/{split}.jsonl",
-            f"hellaswag_{split.replace('validation', 'val')}.jsonl"]  # fmt: skip
+    return [
+        f"hellaswag/hellaswag_{split.replace('validation', 'val')}.jsonl",
+        f"hellaswag/{split}.jsonl",
+        f"hellaswag_{split.replace('validation', 'val')}.jsonl",
+    ]
 
 
 def _load_hellaswag(data_dir: Path | None, split: str) -> list[Doc]:
     path = _find(data_dir, "hellaswag", _hellaswag_names(split))
-    records = (read_jsonl(path) if path
-               else _hub_records("hellaswag", "Rowan/hellaswag", None, split, _hellaswag_names, data_dir))  # fmt: skip
+    records = (
+        read_jsonl(path)
+        if path
+        else _hub_records("hellaswag", "Rowan/hellaswag", None, split, _hellaswag_names, data_dir)
+    )
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'Rowan/hellaswag'} record {index + 1}"
@@ -224,8 +294,11 @@ def _openbookqa_names(split: str) -> list[str]:
 
 def _load_openbookqa(data_dir: Path | None, split: str) -> list[Doc]:
     path = _find(data_dir, "openbookqa", _openbookqa_names(split))
-    records = read_jsonl(path) if path else _hub_records("openbookqa", "allenai/openbookqa", "main", split,
-                                                          _openbookqa_names, data_dir)  # fmt: skip
+    records = (
+        read_jsonl(path)
+        if path
+        else _hub_records("openbookqa", "allenai/openbookqa", "main", split, _openbookqa_names, data_dir)
+    )
     docs = []
     for index, record in enumerate(records):
         where = f"{path or 'allenai/openbookqa'} record {index + 1}"
@@ -233,7 +306,14 @@ def _load_openbookqa(data_dir: Path | None, split: str) -> list[Doc]:
         labels, key = list(choices["label"]), str(required_field(record, "answerKey", where)).lstrip()
         if key not in labels:
             raise ValueError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
-        docs.append(Doc(str(record.get("id", index)), required_field(record, "question_stem", where), list(choices["text"]), labels.index(key)))
+        docs.append(
+            Doc(
+                str(record.get("id", index)),
+                required_field(record, "question_stem", where),
+                list(choices["text"]),
+                labels.index(key),
+            )
+        )
     return docs
 
 
@@ -256,9 +336,14 @@ def _load_winogrande(data_dir: Path | None, split: str) -> list[Doc]:
             raise ValueError(f"{where}: needs a '_' blank in 'sentence' and 'answer' 1 or 2")
         blank = sentence.index("_")
         # Partial evaluation (lm-eval): each option fills the blank as context; the rest of the sentence is scored.
-        contexts = [sentence[:blank] + required_field(record, "option1", where), sentence[:blank] + required_field(record, "option2", where)]
+        contexts = [
+            sentence[:blank] + required_field(record, "option1", where),
+            sentence[:blank] + required_field(record, "option2", where),
+        ]
         target = sentence[blank + 1 :].strip()
-        docs.append(Doc(str(record.get("qID", index)), "", contexts, int(record["answer"]) - 1, shared_continuation=target))
+        docs.append(
+            Doc(str(record.get("qID", index)), "", contexts, int(record["answer"]) - 1, shared_continuation=target)
+        )
     return docs
 
 
@@ -305,34 +390,52 @@ def _load_retention(data_dir: Path | None, split: str) -> list[Doc]:
 TASKS: dict[str, Task] = {
     "arc_easy": Task("arc_easy", "multiple_choice", _arc_loader("ARC-Easy"), split="test"),
     "arc_challenge": Task("arc_challenge", "multiple_choice", _arc_loader("ARC-Challenge"), split="test"),
-    "mmlu": Task("mmlu", "multiple_choice", _mmlu_loader(MMLU_SUBJECTS), split="test", fewshot_split="dev",
-                 fewshot_sampler="first_n", description=_mmlu_description, metrics=("acc",)),  # fmt: skip
+    "mmlu": Task(
+        "mmlu",
+        "multiple_choice",
+        _mmlu_loader(MMLU_SUBJECTS),
+        split="test",
+        fewshot_split="dev",
+        fewshot_sampler="first_n",
+        description=_mmlu_description,
+        metrics=("acc",),
+    ),
     "piqa": Task("piqa", "multiple_choice", _load_piqa),
     "hellaswag": Task("hellaswag", "multiple_choice", _load_hellaswag),
     "openbookqa": Task("openbookqa", "multiple_choice", _load_openbookqa, split="test"),
     "winogrande": Task("winogrande", "multiple_choice", _load_winogrande, metrics=("acc",)),
     # The offline retention suite: shipped questions, and the base LLM's continuations of shipped prompts.
     "retention_mc": Task("retention_mc", "multiple_choice", _load_retention, split="test", fewshot_split=None),
-    "retention_lm": Task("retention_lm", "retention_generation", split="test", fewshot_split=None,
-                         metrics=("perplexity", "kl")),  # fmt: skip
+    "retention_lm": Task(
+        "retention_lm", "retention_generation", split="test", fewshot_split=None, metrics=("perplexity", "kl")
+    ),
 }
 for _subject in MMLU_SUBJECTS:
-    TASKS[f"mmlu_{_subject}"] = Task(f"mmlu_{_subject}", "multiple_choice", _mmlu_loader((_subject,)), split="test",
-                                     fewshot_split="dev", fewshot_sampler="first_n", description=_mmlu_description,
-                                     metrics=("acc",))  # fmt: skip
-
+    TASKS[f"mmlu_{_subject}"] = Task(
+        f"mmlu_{_subject}",
+        "multiple_choice",
+        _mmlu_loader((_subject,)),
+        split="test",
+        fewshot_split="dev",
+        fewshot_sampler="first_n",
+        description=_mmlu_description,
+        metrics=("acc",),
+    )
 
 
 def _load_easy_vqa(data_dir: Path | None, split: str) -> list[Any]:
     if data_dir is None:
-        raise FileNotFoundError("task easy-vqa: pass --data-dir with the folder of `wings data easy-vqa --out DIR`, "
-                                "or name the folder directly: easy-vqa:DIR")  # fmt: skip
+        raise FileNotFoundError(
+            "task easy-vqa: pass --data-dir with the folder of `wings data easy-vqa --out DIR`, "
+            "or name the folder directly: easy-vqa:DIR"
+        )
     return vqa.load_easy_vqa(data_dir)
 
 
 EASY_VQA_METRICS = ("acc", "acc_yes_no", "acc_open")
-TASKS["easy_vqa"] = Task("easy_vqa", "vqa", _load_easy_vqa, split="test", fewshot_split=None,
-                         metrics=EASY_VQA_METRICS, text_only=False)  # fmt: skip
+TASKS["easy_vqa"] = Task(
+    "easy_vqa", "vqa", _load_easy_vqa, split="test", fewshot_split=None, metrics=EASY_VQA_METRICS, text_only=False
+)
 
 # Shorthands expanding to several tasks.
 TASK_GROUPS: dict[str, list[str]] = {"retention": ["retention_mc", "retention_lm"]}
@@ -347,15 +450,33 @@ def _visual_task(name: str) -> Task:
     path = Path(file_name).expanduser()
     if prefix == "easyvqa":
         vqa.easy_vqa_questions_file(path)  # fails now, naming the folder, if the test file is missing
-        return Task(name, "vqa", lambda _d, _s: vqa.load_easy_vqa(path), split="test", fewshot_split=None,
-                    metrics=EASY_VQA_METRICS, text_only=False, path=path)  # fmt: skip
+        return Task(
+            name,
+            "vqa",
+            lambda _d, _s: vqa.load_easy_vqa(path),
+            split="test",
+            fewshot_split=None,
+            metrics=EASY_VQA_METRICS,
+            text_only=False,
+            path=path,
+        )
     if not path.is_file():
         raise FileNotFoundError(f"task {name}: file {path} does not exist")
     if prefix == "iit":
-        return Task(name, "iit", split="file", fewshot_split=None, metrics=("acc", "acc_macro"), text_only=False, path=path)
+        return Task(
+            name, "iit", split="file", fewshot_split=None, metrics=("acc", "acc_macro"), text_only=False, path=path
+        )
     loader = vqa.load_vqa_jsonl if prefix == "vqa" else vqa.load_mmbench_tsv
-    return Task(name, "vqa", lambda _d, _s: loader(path), split="file", fewshot_split=None, metrics=("acc",),
-                text_only=False, path=path)  # fmt: skip
+    return Task(
+        name,
+        "vqa",
+        lambda _d, _s: loader(path),
+        split="file",
+        fewshot_split=None,
+        metrics=("acc",),
+        text_only=False,
+        path=path,
+    )
 
 
 def get_task(name: str) -> Task:
@@ -370,12 +491,20 @@ def get_task(name: str) -> Task:
             raise FileNotFoundError(f"task {name}: file {path} does not exist")
         if prefix == "ppl":
             return Task(name, "perplexity", split="file", fewshot_split=None, metrics=("perplexity",), path=path)
-        return Task(name, "multiple_choice", lambda _d, _s: load_generic_jsonl(path, "category"), split="file",
-                    fewshot_split=None, path=path)  # fmt: skip
+        return Task(
+            name,
+            "multiple_choice",
+            lambda _d, _s: load_generic_jsonl(path, "category"),
+            split="file",
+            fewshot_split=None,
+            path=path,
+        )
     if name not in TASKS:
         known = ", ".join(sorted(set(TASKS) - {f"mmlu_{s}" for s in MMLU_SUBJECTS}) + sorted(TASK_GROUPS))
-        raise ValueError(f"unknown task '{name}'; known tasks: {known}, mmlu_<subject>, mc:FILE.jsonl, ppl:FILE, "
-                         "easy-vqa (with --data-dir), easy-vqa:DIR, vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE")
+        raise ValueError(
+            f"unknown task '{name}'; known tasks: {known}, mmlu_<subject>, mc:FILE.jsonl, ppl:FILE, "
+            "easy-vqa (with --data-dir), easy-vqa:DIR, vqa:FILE.jsonl, mmbench:FILE.tsv, iit:FILE"
+        )
     return TASKS[name]
 
 

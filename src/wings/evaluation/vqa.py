@@ -58,8 +58,20 @@ class VisualQuestion:
 
 # ------------------------------------------------------------------------------------------- normalisation
 # The VQA evaluation's normalisation, shortened: lowercase, punctuation out, number words to digits, articles out.
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+_NUMBERS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = re.compile(r"[^\w\s']|_")
 
@@ -107,8 +119,15 @@ def load_easy_vqa(folder: str | Path) -> list[VisualQuestion]:
         answer = str(required_field(record, "answer", where))
         kind = record.get("type") or ("yes/no" if answer in ("yes", "no") else "open")
         image = _image_path(required_field(record, "image", where), path.parent, where)
-        questions.append(VisualQuestion(str(record.get("id", index)), image, str(required_field(record, "question", where)),
-                                        (answer,), kind=kind))  # fmt: skip
+        questions.append(
+            VisualQuestion(
+                str(record.get("id", index)),
+                image,
+                str(required_field(record, "question", where)),
+                (answer,),
+                kind=kind,
+            )
+        )
     return questions
 
 
@@ -148,8 +167,17 @@ def load_vqa_jsonl(path: str | Path) -> list[VisualQuestion]:
             answers = tuple(answer)
         else:
             raise ValueError(f"{where}: field 'answer' must be a string or a list of accepted strings")
-        questions.append(VisualQuestion(str(record.get("id", index)), image, question, answers, tuple(choices or ()),
-                                        gold, group=record.get("category")))  # fmt: skip
+        questions.append(
+            VisualQuestion(
+                str(record.get("id", index)),
+                image,
+                question,
+                answers,
+                tuple(choices or ()),
+                gold,
+                group=record.get("category"),
+            )
+        )
     return questions
 
 
@@ -176,12 +204,16 @@ def load_mmbench_tsv(path: str | Path) -> list[VisualQuestion]:
     questions = []
     for number, row in enumerate(rows, 2):  # line 1 is the header
         where = f"{path} line {number}"
-        options = [(letter, row[letter].strip()) for letter in "ABCD" if (row.get(letter) or "").strip() not in ("", "nan")]
+        options = [
+            (letter, row[letter].strip()) for letter in "ABCD" if (row.get(letter) or "").strip() not in ("", "nan")
+        ]
         if len(options) < 2:
             raise ValueError(f"{where}: needs at least two of the option columns A, B, C, D")
         answer = (required_field(row, "answer", where) or "").strip().upper()
         if answer not in [letter for letter, _ in options]:
-            raise ValueError(f"{where}: field 'answer' {answer!r} is not one of the options {[l for l, _ in options]}")
+            raise ValueError(
+                f"{where}: field 'answer' {answer!r} is not one of the options {[letter for letter, _ in options]}"
+            )
         try:
             image = base64.b64decode(required_field(row, "image", where) or "", validate=True)
         except binascii.Error as error:
@@ -191,9 +223,18 @@ def load_mmbench_tsv(path: str | Path) -> list[VisualQuestion]:
         hint = (row.get("hint") or "").strip()
         choices = tuple(text for _, text in options)
         gold = [letter for letter, _ in options].index(answer)
-        questions.append(VisualQuestion(str(row.get("index", number)), image, str(required_field(row, "question", where)),
-                                        (choices[gold],), choices, gold, group=(row.get("category") or None),
-                                        hint=hint if hint and hint != "nan" else None))  # fmt: skip
+        questions.append(
+            VisualQuestion(
+                str(row.get("index", number)),
+                image,
+                str(required_field(row, "question", where)),
+                (choices[gold],),
+                choices,
+                gold,
+                group=(row.get("category") or None),
+                hint=hint if hint and hint != "nan" else None,
+            )
+        )
     return questions
 
 
@@ -244,7 +285,9 @@ def generate_answers(
     with_images = can_see_images(model, encoder)
     tokenizer = getattr(encoder, "tokenizer", encoder)
     device = next(model.parameters()).device
-    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None)))
+    eos = {tokenizer.eos_token_id} | set(
+        _as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
     for batch in tqdm(_batches(list(questions), batch_size), desc="vqa", disable=not progress, leave=False):
@@ -262,8 +305,14 @@ def generate_answers(
                 tokenizer.padding_side = side
             inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
-                                pad_token_id=pad_id, eos_token_id=sorted(i for i in eos if i is not None))  # fmt: skip
+        output = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            use_cache=True,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(i for i in eos if i is not None),
+        )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_tokens.tolist()]
     return answers
@@ -301,8 +350,9 @@ def choice_loglikelihoods(
     return per_question
 
 
-def _visual_loglikelihoods(model: Any, processor: Any, requests: list[tuple[str, str, Any]], batch_size: int,
-                           progress: bool) -> list[float]:  # fmt: skip
+def _visual_loglikelihoods(
+    model: Any, processor: Any, requests: list[tuple[str, str, Any]], batch_size: int, progress: bool
+) -> list[float]:
     """Right-padded batches of (prompt + continuation, image); the continuation is the tail past the prompt."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     encoded = []
@@ -317,8 +367,11 @@ def _visual_loglikelihoods(model: Any, processor: Any, requests: list[tuple[str,
     collate = WingsCollator(processor.pad_token_id, padding_side="right")
     for batch in tqdm(_batches(encoded, batch_size), desc="vqa-mc", disable=not progress, leave=False):
         inputs = collate([sample for sample, _ in batch])
-        logits = model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
-                       pixel_values=inputs["pixel_values"].to(device, dtype)).logits.float()  # fmt: skip
+        logits = model(
+            input_ids=inputs["input_ids"].to(device),
+            attention_mask=inputs["attention_mask"].to(device),
+            pixel_values=inputs["pixel_values"].to(device, dtype),
+        ).logits.float()
         log_probs = torch.log_softmax(logits, dim=-1)
         for row, (sample, n) in enumerate(batch):
             targets = sample["input_ids"][n:].to(device)
@@ -365,20 +418,34 @@ def evaluate_vqa(
             correct[q.id], predictions[q.id] = float(picked == q.gold), q.choices[picked]
     swap: dict[str, Any] = {}
     if swapped is not None:
-        pairs = [(q, other) for q, other in zip(questions, swapped[: len(questions)]) if other is not None and not q.choices]
+        pairs = [
+            (q, other) for q, other in zip(questions, swapped[: len(questions)]) if other is not None and not q.choices
+        ]
         changed = [0.0] * len(pairs)
         if pairs and can_see_images(model, encoder):  # a model that never sees the image cannot change its answer
-            again = generate_answers(model, encoder, [other for _, other in pairs], suffix, batch_size, max_new_tokens,
-                                     progress)  # fmt: skip
-            changed = [float(normalize_answer(answer) != normalize_answer(predictions[q.id]))
-                       for (q, _), answer in zip(pairs, again)]  # fmt: skip
+            again = generate_answers(
+                model, encoder, [other for _, other in pairs], suffix, batch_size, max_new_tokens, progress
+            )
+            changed = [
+                float(normalize_answer(answer) != normalize_answer(predictions[q.id]))
+                for (q, _), answer in zip(pairs, again)
+            ]
         opened = [value for (q, _), value in zip(pairs, changed) if q.kind == "open"]
-        swap = {"image_swap_changed": sum(changed) / len(pairs) if pairs else float("nan"), "image_swap_questions": len(pairs),
-                "image_swap_changed_open": sum(opened) / len(opened) if opened else float("nan")}  # fmt: skip
-    return summarize(questions, [correct[q.id] for q in questions]) | swap | {
-        "images_seen": can_see_images(model, encoder),
-        "predictions": [{"id": q.id, "prediction": predictions[q.id], "answer": q.answers[0]} for q in questions[:20]],
-    }
+        swap = {
+            "image_swap_changed": sum(changed) / len(pairs) if pairs else float("nan"),
+            "image_swap_questions": len(pairs),
+            "image_swap_changed_open": sum(opened) / len(opened) if opened else float("nan"),
+        }
+    return (
+        summarize(questions, [correct[q.id] for q in questions])
+        | swap
+        | {
+            "images_seen": can_see_images(model, encoder),
+            "predictions": [
+                {"id": q.id, "prediction": predictions[q.id], "answer": q.answers[0]} for q in questions[:20]
+            ],
+        }
+    )
 
 
 def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -394,11 +461,15 @@ def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple[floa
 def summarize(questions: Sequence[VisualQuestion], correct: Sequence[float]) -> dict[str, Any]:
     """`acc` with its 95% interval `acc_ci95`, `acc_yes_no` / `acc_open` (and intervals) when questions have
     easy-vqa types, `categories` when they have groups."""
+
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
-    out: dict[str, Any] = {"acc": mean(list(correct)), "num_samples": len(correct),
-                           "acc_ci95": wilson_interval(sum(correct), len(correct))}  # fmt: skip
+    out: dict[str, Any] = {
+        "acc": mean(list(correct)),
+        "num_samples": len(correct),
+        "acc_ci95": wilson_interval(sum(correct), len(correct)),
+    }
     by_kind, by_group = defaultdict(list), defaultdict(list)
     for q, value in zip(questions, correct):
         if q.kind:
@@ -440,11 +511,20 @@ def image_swapped(
             swapped.append(None)
             continue
         start = images.index(q.image)
-        other = next((images[(start + k) % len(images)] for k in range(1, len(images))
-                      if labels[images[(start + k) % len(images)]][0] != own[0]
-                      and labels[images[(start + k) % len(images)]][1] != own[1]), None)  # fmt: skip
-        swapped.append(None if other is None else VisualQuestion(f"{q.id}-swap", other, q.question, q.answers,
-                                                                   kind=q.kind, group=q.group))  # fmt: skip
+        other = next(
+            (
+                images[(start + k) % len(images)]
+                for k in range(1, len(images))
+                if labels[images[(start + k) % len(images)]][0] != own[0]
+                and labels[images[(start + k) % len(images)]][1] != own[1]
+            ),
+            None,
+        )
+        swapped.append(
+            None
+            if other is None
+            else VisualQuestion(f"{q.id}-swap", other, q.question, q.answers, kind=q.kind, group=q.group)
+        )
     return swapped
 
 

@@ -14,7 +14,8 @@ layer's visual mass in it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +146,7 @@ def single_query_attention(
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # grouped-query heads share their keys
     scores = torch.matmul(grouped, key.transpose(-1, -2)) * (module.scaling if scaling is None else scaling)
     if attention_mask is not None:  # (B, 1, 1, T): the same row for every head
-        mask = attention_mask[..., -key.shape[-2]:]
+        mask = attention_mask[..., -key.shape[-2] :]
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)

@@ -75,12 +75,17 @@ class WingsConfig(PreTrainedConfig):
         shapes = getattr(self.vision_config, "hidden_state_shapes", None)
         if shapes is not None:  # a CNN: its hidden states differ in width and grid
             if not -len(shapes) <= self.vision_feature_layer < len(shapes):
-                raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the tower's "
-                                 f"{len(shapes)} hidden states.")  # fmt: skip
-            if shapes[self.vision_feature_layer][1] != self.vision_config.patch_size:
-                final = [i - len(shapes) for i, (_, stride) in enumerate(shapes) if stride == self.vision_config.patch_size]
                 raise ValueError(
-                    f"vision_feature_layer {self.vision_feature_layer} is a stride-{shapes[self.vision_feature_layer][1]} "
+                    f"vision_feature_layer {self.vision_feature_layer} is outside the tower's "
+                    f"{len(shapes)} hidden states."
+                )
+            if shapes[self.vision_feature_layer][1] != self.vision_config.patch_size:
+                final = [
+                    i - len(shapes) for i, (_, stride) in enumerate(shapes) if stride == self.vision_config.patch_size
+                ]
+                stride = shapes[self.vision_feature_layer][1]
+                raise ValueError(
+                    f"vision_feature_layer {self.vision_feature_layer} is a stride-{stride} "
                     f"map; WINGS reads a map at the tower's final stride ({self.vision_config.patch_size}): one of "
                     f"{final[0]}..-1."
                 )

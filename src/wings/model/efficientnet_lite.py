@@ -105,8 +105,9 @@ class FrozenBatchNorm2d(nn.Module):
 class ConvNorm(nn.Module):
     """Convolution with TensorFlow's SAME padding, frozen batch norm, optional ReLU6."""
 
-    def __init__(self, inputs: int, outputs: int, kernel: int, stride: int, eps: float, groups: int = 1,
-                 activation: bool = True):  # fmt: skip
+    def __init__(
+        self, inputs: int, outputs: int, kernel: int, stride: int, eps: float, groups: int = 1, activation: bool = True
+    ):
         super().__init__()
         self.conv = nn.Conv2d(inputs, outputs, kernel, stride, padding=0, groups=groups, bias=False)
         self.norm = FrozenBatchNorm2d(outputs, eps)
@@ -170,8 +171,11 @@ class EfficientNetLiteVisionModel(EfficientNetLitePreTrainedModel):
         for repeats, kernel, stride, expansion, inputs, outputs in config.stages:
             for repeat in range(repeats):  # the first block of a stage strides and changes the width
                 first = repeat == 0
-                blocks.append(InvertedResidual(inputs if first else outputs, outputs, kernel, stride if first else 1,
-                                               expansion, eps))  # fmt: skip
+                blocks.append(
+                    InvertedResidual(
+                        inputs if first else outputs, outputs, kernel, stride if first else 1, expansion, eps
+                    )
+                )
         self.blocks = nn.ModuleList(blocks)
         self.head = ConvNorm(config.stages[-1][5], config.hidden_size, 1, 1, eps)
         self.post_init()
@@ -183,7 +187,8 @@ class EfficientNetLiteVisionModel(EfficientNetLitePreTrainedModel):
         each block's and the head's, likewise (with `output_hidden_states=True`)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
-                f"pixel_values must be (batch, {self.config.num_channels}, height, width), got {tuple(pixel_values.shape)}"
+                f"pixel_values must be (batch, {self.config.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}"
             )
         states = []
         x = self.stem(pixel_values)
@@ -194,11 +199,14 @@ class EfficientNetLiteVisionModel(EfficientNetLitePreTrainedModel):
         x = self.head(x)
         states.append(x)
         tokens = [state.flatten(2).transpose(1, 2) for state in states] if output_hidden_states else None
-        return BaseModelOutput(last_hidden_state=x.flatten(2).transpose(1, 2),
-                               hidden_states=tuple(tokens) if tokens else None)  # fmt: skip
+        return BaseModelOutput(
+            last_hidden_state=x.flatten(2).transpose(1, 2), hidden_states=tuple(tokens) if tokens else None
+        )
 
 
-def convert_reference_state_dict(state: dict[str, torch.Tensor], config: EfficientNetLiteConfig) -> dict[str, torch.Tensor]:
+def convert_reference_state_dict(
+    state: dict[str, torch.Tensor], config: EfficientNetLiteConfig
+) -> dict[str, torch.Tensor]:
     """Rename the weights of the reference PyTorch port (`_conv_stem`, `_blocks.N._expand_conv`, ..., `_fc`) to this
     module's names; the classifier (`_fc`) and batch-norm counters are left out. Raises when a weight is missing."""
     names = {"_conv_stem.weight": "stem.conv.weight", "_conv_head.weight": "head.conv.weight"}
@@ -207,7 +215,11 @@ def convert_reference_state_dict(state: dict[str, torch.Tensor], config: Efficie
             names[f"{norm}.{field}"] = f"{target}.{field}"
     count = sum(stage[0] for stage in config.stages)
     for index in range(count):
-        for source, target in (("_expand_conv", "expand"), ("_depthwise_conv", "depthwise"), ("_project_conv", "project")):
+        for source, target in (
+            ("_expand_conv", "expand"),
+            ("_depthwise_conv", "depthwise"),
+            ("_project_conv", "project"),
+        ):
             names[f"_blocks.{index}.{source}.weight"] = f"blocks.{index}.{target}.conv.weight"
         for source, target in (("_bn0", "expand"), ("_bn1", "depthwise"), ("_bn2", "project")):
             for field in ("weight", "bias", "running_mean", "running_var"):

@@ -62,7 +62,7 @@ class VisionFeatureCache:
             computed = compute(pixel_values[missing]).detach()
             for index, features in zip(missing, computed):
                 found[index] = self._store(keys[index], features.clone())
-        for key, entry in zip(keys, found):
+        for key in keys:
             if key in self._entries:
                 self._entries.move_to_end(key)
         return torch.stack(found).to(pixel_values.device)

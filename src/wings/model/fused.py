@@ -82,9 +82,7 @@ def keys_and_values(
     return apply_rotary(projected[:count], cos, sin), projected[count:]
 
 
-def attend(
-    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
+def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Rotated queries (B, L, H, D) attend to keys/values (B, H, T, D); result (B, L, H D) before `A_o`.
 
     `mask` (B, 1, L, T) additive (0 / -inf); None means plainly causal over the same L tokens.

@@ -58,8 +58,11 @@ class AppendLayer(DynamicLayer):
     def _append(stored: torch.Tensor, new_states: torch.Tensor, length: int, new: int) -> torch.Tensor:
         room = getattr(stored, "_wings_buffer", None)
         fits = (
-            room is not None and room.shape[-2] >= length + new and room.data_ptr() == stored.data_ptr()
-            and room.shape[:-2] == new_states.shape[:-2] and stored.numel() > 0
+            room is not None
+            and room.shape[-2] >= length + new
+            and room.data_ptr() == stored.data_ptr()
+            and room.shape[:-2] == new_states.shape[:-2]
+            and stored.numel() > 0
         )
         if not fits:
             capacity = length + new + max((length + new) // 4, 64)
@@ -186,7 +189,7 @@ class LowRankKeys:
     @classmethod
     def project(
         cls, learners: list[LowRankResidualAttention], inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> "LowRankKeys":
+    ) -> LowRankKeys:
         """The A projections of every layer's keys and values: one matmul."""
         residuals = [learner.key for learner in learners] + [learner.value for learner in learners]
         if torch.is_grad_enabled():  # (the kept stack is for generation; it would also stack every B here)
@@ -277,8 +280,10 @@ def learner_keys(context: Any, layers: list[Any], cache: Cache | None, first_lay
         compact = isinstance(layer, (CompactLayer, CompactSlotLayer))
         if new_keys is None:  # no new key of this kind: the cache's keys (if any)
             if layer.is_initialized and layer.get_seq_length():
-                result[kind] = from_compact(kind_learners, layer.keys, layer.values) if compact else FullKeys(
-                    layer.keys.unbind(1), layer.values.unbind(1)
+                result[kind] = (
+                    from_compact(kind_learners, layer.keys, layer.values)
+                    if compact
+                    else FullKeys(layer.keys.unbind(1), layer.values.unbind(1))
                 )
             continue
         if compact:

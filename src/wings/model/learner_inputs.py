@@ -63,7 +63,9 @@ class LearnerInputs:
         visual_inputs = self.visual_key_input
         if visual_inputs is None:  # no slot at all: an empty key set, every query without an admissible key
             visual_inputs = self.key_input[:, :0]
-        cos, sin = self.visual_rotary if self.visual_rotary is not None else (self.rotary[0][:, :0], self.rotary[1][:, :0])
+        cos, sin = (
+            self.visual_rotary if self.visual_rotary is not None else (self.rotary[0][:, :0], self.rotary[1][:, :0])
+        )
         return LearnerKeys(visual_inputs, cos, sin, self.visual_key_mask, self.has_visual_key), text
 
 
@@ -129,10 +131,14 @@ def build_learner_inputs(
             gather = order[..., None]
 
             def at_slots(table: torch.Tensor) -> torch.Tensor:  # (B, L, ...) -> (B, slots, ...)
-                return table.gather(1, gather.view(*gather.shape, *[1] * (table.dim() - 3)).expand(-1, -1, *table.shape[2:]))
+                return table.gather(
+                    1, gather.view(*gather.shape, *[1] * (table.dim() - 3)).expand(-1, -1, *table.shape[2:])
+                )
 
             visual.update(
-                visual_key_input=at_slots(inputs_embeds), visual_cos=at_slots(cos), visual_sin=at_slots(sin),
+                visual_key_input=at_slots(inputs_embeds),
+                visual_cos=at_slots(cos),
+                visual_sin=at_slots(sin),
                 visual_rotary=(at_slots(plain_cos), at_slots(plain_sin)),
             )
     return LearnerInputs(

@@ -110,7 +110,9 @@ class LowRankResidualAttention(nn.Module):
             scores = scores + keys.mask
         else:  # plainly causal: query i sees keys 0..i
             length = scores.shape[-1]
-            scores = scores.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=x.device).tril(), -math.inf)
+            scores = scores.masked_fill(
+                ~torch.ones(length, length, dtype=torch.bool, device=x.device).tril(), -math.inf
+            )
         attended = (torch.softmax(scores.float(), dim=-1).to(values.dtype) @ values).transpose(1, 2).flatten(2)
         output = self.output(attended)
         return output if keys.has_key is None else output * keys.has_key.unsqueeze(-1).to(output.dtype)
@@ -159,7 +161,12 @@ class WingsLayer(nn.Module):
     """The learners and router of one decoder layer: `a + w_v L_v(x, X_v) + w_t L_t(x, X_t)`."""
 
     def __init__(
-        self, hidden_size: int, num_heads: int, rank: int, mode: str, init_std: float = 0.02,
+        self,
+        hidden_size: int,
+        num_heads: int,
+        rank: int,
+        mode: str,
+        init_std: float = 0.02,
         router_init_visual_weight: float = 0.9,
     ):
         super().__init__()

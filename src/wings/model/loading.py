@@ -61,7 +61,10 @@ class AsIs:
 
 
 def load_llm_checkpoint(
-    source: str, expected: Any, dtype: torch.dtype | str | None, attn_implementation: str | None,
+    source: str,
+    expected: Any,
+    dtype: torch.dtype | str | None,
+    attn_implementation: str | None,
     wings_class: type[PreTrainedModel],
 ) -> PreTrainedModel:
     """The LLM a checkpoint names in `llm_checkpoint` (a registry name, an HF causal-LM directory or a WINGS
@@ -113,8 +116,12 @@ def from_pretrained_around_llm(
 
 
 def build_around(
-    wings_class: type[PreTrainedModel], llm: PreTrainedModel | str, vision: PreTrainedModel | str | None,
-    dtype: torch.dtype | str | None, attn_implementation: str | None, wings_options: dict[str, Any],
+    wings_class: type[PreTrainedModel],
+    llm: PreTrainedModel | str,
+    vision: PreTrainedModel | str | None,
+    dtype: torch.dtype | str | None,
+    attn_implementation: str | None,
+    wings_options: dict[str, Any],
 ) -> PreTrainedModel:
     """`WingsForConditionalGeneration.from_llm_and_vision`: a new WINGS model around an LLM and a tower (objects,
     hub ids or local paths); new modules are freshly initialised, the LLM and tower keep their weights."""

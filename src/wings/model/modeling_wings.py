@@ -85,7 +85,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     learner_path = "fused"  # "plain": run WingsLayer.forward, the formulas (learners.py), without a KV cache
 
     def __init__(
-        self, config: WingsConfig, language_model: PreTrainedModel | None = None,
+        self,
+        config: WingsConfig,
+        language_model: PreTrainedModel | None = None,
         vision_tower: PreTrainedModel | None = None,
     ):
         super().__init__(config)
@@ -104,8 +106,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         self.wings_layers = nn.ModuleDict(
             {
                 str(index): WingsLayer(
-                    text.hidden_size, text.num_attention_heads, config.lorra_rank, config.learners,
-                    config.lorra_init_std, config.router_init_visual_weight,
+                    text.hidden_size,
+                    text.num_attention_heads,
+                    config.lorra_rank,
+                    config.learners,
+                    config.lorra_init_std,
+                    config.router_init_visual_weight,
                 )
                 for index in config.learner_layers
             }
@@ -143,7 +149,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         **wings_options: Any,
-    ) -> "WingsForConditionalGeneration":
+    ) -> WingsForConditionalGeneration:
         """Build a WINGS model around an existing LLM and vision tower (objects, hub ids or local paths).
 
         `wings_options` are `WingsConfig` fields (learners, wings_layers, lorra_rank, ...). New modules
@@ -169,7 +175,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         for name, parameter in self.named_parameters():
             if name.startswith("wings_layers."):
                 part = name.split(".")[2]
-                group = {"visual_learner": "visual_learners", "textual_learner": "textual_learners"}.get(part, "routers")
+                group = {"visual_learner": "visual_learners", "textual_learner": "textual_learners"}.get(
+                    part, "routers"
+                )
             else:
                 group = {"language_model": "llm"}.get(name.split(".")[0], name.split(".")[0])
             groups[group].append((name, parameter))
@@ -235,7 +243,10 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         return is_visual
 
     def _expand_inputs_for_generation(
-        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
         **model_kwargs: Any,
     ) -> tuple[torch.LongTensor, dict[str, Any]]:
         """Beams / several sequences per prompt: repeat each sample's images with the sample, in order (the
@@ -255,8 +266,13 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
     # ----- the learners' inputs ---------------------------------------------------------------------------
     def _learner_context(
-        self, inputs_embeds: torch.Tensor, is_visual: torch.Tensor, attention_mask: torch.Tensor,
-        position_ids: torch.Tensor, cache: Cache | None, past_length: int,
+        self,
+        inputs_embeds: torch.Tensor,
+        is_visual: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Cache | None,
+        past_length: int,
     ) -> LearnerInputs:
         """This forward's `LearnerInputs`, with every learner layer's keys and values (this step's and the cache's)."""
         if self.learner_path not in ("fused", "plain"):
@@ -268,7 +284,11 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if cache is not None:
             add_learner_layers(cache, self._cache_index(KINDS[0]), self.learner_cache, inputs_embeds.device)
         context = build_learner_inputs(
-            inputs_embeds, is_visual, attention_mask, position_ids, past_length,
+            inputs_embeds,
+            is_visual,
+            attention_mask,
+            position_ids,
+            past_length,
             rotary=self.learner_rotary or self.language_model.model.rotary_emb,
             marks=cache.layers[self._cache_index("marks")] if cache is not None else None,
             run_visual=distributed.needs_same_modules_on_every_rank(self),
@@ -277,7 +297,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         )
         context.plain = self.learner_path == "plain"
         if not context.plain:
-            context.learner_keys = learner_keys(context, list(self.wings_layers.values()), cache, self._cache_index("text"))
+            context.learner_keys = learner_keys(
+                context, list(self.wings_layers.values()), cache, self._cache_index("text")
+            )
         return context
 
     def _cache_index(self, kind: str) -> int:
@@ -368,7 +390,10 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         )
 
     def labelled_loss(
-        self, hidden_states: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+        self,
+        hidden_states: torch.Tensor,
+        labels: torch.Tensor,
+        lm_head: nn.Module,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Next-token cross-entropy from the LM head applied only where a label exists."""

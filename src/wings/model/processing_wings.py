@@ -11,11 +11,17 @@ model (which it does not).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import (
-    AddedToken, AutoImageProcessor, CLIPImageProcessorPil, PreTrainedConfig, ProcessorMixin, SiglipImageProcessorPil,
+    AddedToken,
+    AutoImageProcessor,
+    CLIPImageProcessorPil,
+    PreTrainedConfig,
+    ProcessorMixin,
+    SiglipImageProcessorPil,
 )
 
 from wings.data.formats import IGNORE_INDEX, IMAGE_PLACEHOLDER
@@ -88,14 +94,16 @@ class WingsProcessor(ProcessorMixin):
         image_token_id: int,
         image_processor_path: str | os.PathLike | None = None,
         **kwargs,
-    ) -> "WingsProcessor":
+    ) -> WingsProcessor:
         """Build from a tokenizer and a SigLIP/CLIP vision config (before any model exists)."""
         image_seq_length = tokens_per_image(vision_config)
         image_processor = build_image_processor(vision_config, image_processor_path)
-        return cls(image_processor, tokenizer, image_token_id=image_token_id, image_seq_length=image_seq_length, **kwargs)
+        return cls(
+            image_processor, tokenizer, image_token_id=image_token_id, image_seq_length=image_seq_length, **kwargs
+        )
 
     @classmethod
-    def from_model_config(cls, tokenizer, config, **kwargs) -> "WingsProcessor":
+    def from_model_config(cls, tokenizer, config, **kwargs) -> WingsProcessor:
         """Build from a tokenizer and a `WingsConfig` (its vision_config, image_token_id, image_seq_length)."""
         processor = cls.from_vision_config(tokenizer, config.vision_config, config.image_token_id, **kwargs)
         if processor.image_seq_length != config.image_seq_length:
@@ -261,7 +269,9 @@ class WingsProcessor(ProcessorMixin):
                 encoded.append(self.encode_text(sample, sample_images, max_length=max_length))
             else:
                 encoded.append(
-                    self.encode_conversation(sample, sample_images, max_length, add_generation_prompt=add_generation_prompt)
+                    self.encode_conversation(
+                        sample, sample_images, max_length, add_generation_prompt=add_generation_prompt
+                    )
                 )
         return WingsCollator(self.pad_token_id, padding_side=padding_side)(encoded)
 
@@ -333,7 +343,9 @@ class WingsCollator:
         }
         if all("labels" in sample for sample in samples):
             batch["labels"] = self._pad([s["labels"] for s in samples], length, IGNORE_INDEX)
-        pixel_values = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None and len(s["pixel_values"])]
+        pixel_values = [
+            s["pixel_values"] for s in samples if s.get("pixel_values") is not None and len(s["pixel_values"])
+        ]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)
         return batch

@@ -104,8 +104,9 @@ def load_llm(
     """Load `(model, tokenizer)` for a registry name, a local Hugging Face directory or a hub id, in eval mode."""
     text = str(name_or_path)
     if text.startswith((".", "/", "~")) and not Path(text).expanduser().is_dir():  # written as a path: say so
-        raise FileNotFoundError(f"cannot load the LLM {text!r}: no such folder, and it is not a registry name "
-                                f"({', '.join(list_llms())})")  # fmt: skip
+        raise FileNotFoundError(
+            f"cannot load the LLM {text!r}: no such folder, and it is not a registry name ({', '.join(list_llms())})"
+        )
     path = resolve_llm(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -27,12 +27,20 @@ from .registry import cache_dir, package_file
 VISION_PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 images, 8x8 patches: 64 visual tokens per image; ~1M parameters.
     "siglip-scratch-64": dict(
-        image_size=64, patch_size=8, hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+        image_size=64,
+        patch_size=8,
+        hidden_size=192,
+        intermediate_size=768,
+        num_hidden_layers=4,
         num_attention_heads=4,
     ),
     # 32x32 images, 8x8 patches: 16 visual tokens; for quick checks and the demo's from-scratch comparison.
     "siglip-scratch-32": dict(
-        image_size=32, patch_size=8, hidden_size=96, intermediate_size=384, num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+        hidden_size=96,
+        intermediate_size=384,
+        num_hidden_layers=2,
         num_attention_heads=4,
     ),
 }
@@ -99,8 +107,10 @@ def load_vision_tower(name_or_path: str, dtype: torch.dtype = torch.float32, see
         ) from error
     supported = {"siglip", "siglip_vision_model", "clip", "clip_vision_model", EfficientNetLiteConfig.model_type}
     if getattr(config, "model_type", "") not in supported:
-        raise ValueError(f"{name_or_path} is a {config.model_type!r} model; WINGS needs a SigLIP, CLIP or "
-                         "EfficientNet-Lite vision tower.")  # fmt: skip
+        raise ValueError(
+            f"{name_or_path} is a {config.model_type!r} model; WINGS needs a SigLIP, CLIP or "
+            "EfficientNet-Lite vision tower."
+        )
     return AutoModel.from_pretrained(name_or_path, dtype=dtype)
 
 
@@ -130,15 +140,20 @@ def tower_from_reference_weights(path: Path, config: EfficientNetLiteConfig, nam
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
     except Exception as error:  # a damaged or foreign file
-        raise ValueError(f"vision tower '{name}': cannot read {path} as a state dict ({error}); reinstall the package.") from error
+        raise ValueError(
+            f"vision tower '{name}': cannot read {path} as a state dict ({error}); reinstall the package."
+        ) from error
     if not isinstance(state, dict):
         raise ValueError(f"vision tower '{name}': {path} holds a {type(state).__name__}, not a state dict.")
     tower = EfficientNetLiteVisionModel(config)
     converted = convert_reference_state_dict(state, config)
     expected = tower.state_dict()
     missing = sorted(set(expected) - set(converted))
-    wrong = [f"{key} {tuple(converted[key].shape)} (expected {tuple(value.shape)})"
-             for key, value in expected.items() if key in converted and converted[key].shape != value.shape]  # fmt: skip
+    wrong = [
+        f"{key} {tuple(converted[key].shape)} (expected {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in converted and converted[key].shape != value.shape
+    ]
     if missing or wrong:
         problems = ([f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []) + (
             [f"wrong shapes {', '.join(wrong[:5])}"] if wrong else []

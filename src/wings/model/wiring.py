@@ -41,8 +41,10 @@ class LearnerHook:
             out = self.layer(x, attention_output, *context.rotary, visual, text, visual_mass, context.has_visual_key)
         else:
             keys = {kind: source.layer(self.position) for kind, source in context.learner_keys.items()}
-            masks = {"text": (context.text_key_mask, context.text_has_key),
-                     "visual": (context.visual_key_mask, context.has_visual_key)}
+            masks = {
+                "text": (context.text_key_mask, context.text_has_key),
+                "visual": (context.visual_key_mask, context.has_visual_key),
+            }
             out = fused.wings_layer(self.layer, x, attention_output, keys, context.cos, context.sin, masks, visual_mass)
         return (out, *output[1:])
 

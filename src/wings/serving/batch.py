@@ -30,8 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     add_model_arguments(parser)
     parser.add_argument("--input", required=True, help="conversations to answer (LLaVA / messages, JSON or JSONL)")
-    parser.add_argument("--out", "--output", dest="output", required=True,
-                        help="answers, JSON Lines (appended to: reruns resume)")
+    parser.add_argument(
+        "--out", "--output", dest="output", required=True, help="answers, JSON Lines (appended to: reruns resume)"
+    )
     parser.add_argument("--image-folder", help="folder relative image paths resolve against (default: the input's)")
     parser.add_argument("--batch-size", type=int, default=8, help="conversations per generate call (default: 8)")
     add_sampling_arguments(parser, temperature=0.0)
@@ -49,7 +50,9 @@ class Request:
     reference: str | None = None
 
 
-def read_requests(path: str | os.PathLike, image_folder: str | os.PathLike | None = None) -> tuple[list[Request], list[str]]:
+def read_requests(
+    path: str | os.PathLike, image_folder: str | os.PathLike | None = None
+) -> tuple[list[Request], list[str]]:
     """The requests of a conversation file, and one message per record that cannot be used."""
     source = os.fspath(path)
     image_folder = image_folder if image_folder is not None else Path(source).resolve().parent
@@ -73,7 +76,9 @@ def read_requests(path: str | os.PathLike, image_folder: str | os.PathLike | Non
         if not messages or messages[-1]["role"] != "user":
             problems.append(f"{source}: record {index}: the prompt must end with a user message")
             continue
-        used = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)  # images of a dropped reference: never shown
+        used = sum(
+            m["content"].count(IMAGE_PLACEHOLDER) for m in messages
+        )  # images of a dropped reference: never shown
         requests.append(Request(request_id, messages, conversation.images[:used], reference))
     return requests, problems
 
@@ -94,8 +99,9 @@ def answered_ids(path: str | os.PathLike) -> set[str]:
     return {str(record["id"]) for record in records}
 
 
-def generate_file(engine, input_path, output_path, options, batch_size: int = 8, image_folder=None,
-                  log: TextIO = sys.stderr) -> tuple[int, int, list[str]]:
+def generate_file(
+    engine, input_path, output_path, options, batch_size: int = 8, image_folder=None, log: TextIO = sys.stderr
+) -> tuple[int, int, list[str]]:
     """Answer the requests of `input_path` not yet in `output_path`.
 
     Returns (answered now, skipped as already answered, problems). A batch that fails on one
@@ -109,22 +115,31 @@ def generate_file(engine, input_path, output_path, options, batch_size: int = 8,
     skipped = len(requests) - len(pending)
     answered = 0
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(output_path, "a", encoding="utf-8") as output, tqdm(total=len(pending), desc="generate", unit="conv",
-                                                                   file=log, disable=not pending) as progress:
+    with (
+        open(output_path, "a", encoding="utf-8") as output,
+        tqdm(total=len(pending), desc="generate", unit="conv", file=log, disable=not pending) as progress,
+    ):
         for start in range(0, len(pending), batch_size):
-            batch = pending[start: start + batch_size]
+            batch = pending[start : start + batch_size]
             try:
                 results = list(zip(batch, engine.complete([Prompt(r.messages, r.images) for r in batch], options)))
             except ValueError:  # find which request is bad; the others still get answers
                 results = []
                 for request in batch:
                     try:
-                        results.append((request, engine.complete([Prompt(request.messages, request.images)], options)[0]))
+                        results.append(
+                            (request, engine.complete([Prompt(request.messages, request.images)], options)[0])
+                        )
                     except ValueError as error:
                         problems.append(f"{input_path}: id {request.id!r}: {error}")
             for request, completion in results:
-                record = {"id": request.id, "answer": completion.text, "finish_reason": completion.finish_reason,
-                          "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+                record = {
+                    "id": request.id,
+                    "answer": completion.text,
+                    "finish_reason": completion.finish_reason,
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                }
                 if request.reference is not None:
                     record["reference"] = request.reference
                 output.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -139,8 +154,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.input}: input file not found")
     options = sampling_options(args)
     engine = load_engine(args)
-    answered, skipped, problems = generate_file(engine, args.input, args.output, options, args.batch_size,
-                                                args.image_folder)
+    answered, skipped, problems = generate_file(
+        engine, args.input, args.output, options, args.batch_size, args.image_folder
+    )
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     print(f"{answered} answered, {skipped} already in {args.output}, {len(problems)} skipped", file=sys.stderr)

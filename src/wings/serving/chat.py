@@ -28,8 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     """Register `wings chat`."""
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     add_model_arguments(parser)
-    parser.add_argument("--image", action="append", default=[], metavar="PATH",
-                        help="attach an image to the first message (repeatable)")
+    parser.add_argument(
+        "--image", action="append", default=[], metavar="PATH", help="attach an image to the first message (repeatable)"
+    )
     parser.add_argument("--system", help="system prompt")
     add_sampling_arguments(parser, temperature=0.7)
     parser.set_defaults(func=run_chat_command)

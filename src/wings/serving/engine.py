@@ -18,9 +18,9 @@ import copy
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import AutoModelForImageTextToText, StoppingCriteria, StoppingCriteriaList
@@ -126,13 +126,13 @@ class IncrementalText:
         self._catch_up(final=False)
 
     def _catch_up(self, final: bool) -> None:
-        before = self.decode(self.tokens[self._prefix:self._read])
-        now = self.decode(self.tokens[self._prefix:])
+        before = self.decode(self.tokens[self._prefix : self._read])
+        now = self.decode(self.tokens[self._prefix :])
         incomplete = now.endswith("\ufffd") and len(self.tokens) - self._read < self.MAX_WINDOW
         if len(now) <= len(before) or (incomplete and not final):
             return  # nothing new yet, or half of a multi-byte character: wait for the rest
         start = len(self.text)
-        self.text += now[len(before):]
+        self.text += now[len(before) :]
         self._prefix, self._read = self._read, len(self.tokens)
         if self.stop and self.stop_at is None:
             window = max(0, start - self.longest_stop + 1)
@@ -151,7 +151,7 @@ class IncrementalText:
             return self.text[: self.stop_at]
         if not self.stop:
             return self.text
-        return self.text[: len(self.text) - held_back(self.text[-self.longest_stop:], self.stop)]
+        return self.text[: len(self.text) - held_back(self.text[-self.longest_stop :], self.stop)]
 
 
 @dataclass
@@ -168,8 +168,14 @@ class GenerationRecord:
 class _Progress(StoppingCriteria):
     """Runs after every decoding step: incremental text, eos and stop strings per row, cancellation for all."""
 
-    def __init__(self, engine: "GenerationEngine", rows: int, options: SamplingOptions,
-                 cancel: threading.Event | None, on_step: Callable[["_Progress"], None] | None = None):
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        rows: int,
+        options: SamplingOptions,
+        cancel: threading.Event | None,
+        on_step: Callable[[_Progress], None] | None = None,
+    ):
         self.texts = [IncrementalText(engine._decode, options.stop) for _ in range(rows)]
         self.ended_by_eos = [False] * rows
         self.eos = set(engine.eos_token_ids)
@@ -193,8 +199,9 @@ class _Progress(StoppingCriteria):
             self.on_step(self)
         cancelled = self.cancel is not None and self.cancel.is_set()
         self.record.cancelled |= cancelled
-        return torch.tensor([cancelled or self.done(row) for row in range(len(self.texts))], dtype=torch.bool,
-                            device=input_ids.device)
+        return torch.tensor(
+            [cancelled or self.done(row) for row in range(len(self.texts))], dtype=torch.bool, device=input_ids.device
+        )
 
     def completion(self, row: int, prompt_tokens: int) -> Completion:
         text = self.texts[row]
@@ -206,7 +213,7 @@ class _Progress(StoppingCriteria):
 class Admission:
     """A request's place among the `max_pending` the engine accepts; `release` (idempotent) frees it."""
 
-    def __init__(self, engine: "GenerationEngine"):
+    def __init__(self, engine: GenerationEngine):
         self._engine = engine
         self._released = False
 
@@ -242,7 +249,7 @@ class GenerationEngine:
     @classmethod
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", **kwargs
-    ) -> "GenerationEngine":
+    ) -> GenerationEngine:
         """Load the model and the processor saved together in `path` (`save_pretrained` of both)."""
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -371,8 +378,13 @@ class GenerationEngine:
     def _decode(self, token_ids: Sequence[int]) -> str:
         return self.processor.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def _generate(self, inputs: dict[str, torch.Tensor], options: SamplingOptions, progress: _Progress,
-                  cancel: threading.Event | None) -> None:
+    def _generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        options: SamplingOptions,
+        progress: _Progress,
+        cancel: threading.Event | None,
+    ) -> None:
         """One `generate` call holding the model; `progress` collects the text."""
         with self._turn(cancel), torch.inference_mode():
             self.recent.append(progress.record)
@@ -382,8 +394,9 @@ class GenerationEngine:
             progress.record.finished = True
 
     # ---------------------------------------------------------------------------------- generation
-    def complete(self, prompts: Sequence[Prompt], options: SamplingOptions,
-                 cancel: threading.Event | None = None) -> list[Completion]:
+    def complete(
+        self, prompts: Sequence[Prompt], options: SamplingOptions, cancel: threading.Event | None = None
+    ) -> list[Completion]:
         """Answer a batch of prompts (left-padded, one `generate` call).
 
         Setting `cancel` ends the generation after the current step (the answers are then cut short);
@@ -395,9 +408,14 @@ class GenerationEngine:
         self._generate(inputs, options, progress, cancel)
         return [progress.completion(row, int(length)) for row, length in enumerate(prompt_lengths)]
 
-    def stream(self, prompt: Prompt, options: SamplingOptions, cancel: threading.Event | None = None,
-               on_piece: Callable[[str | None], None] | None = None,
-               on_done: Callable[[], None] | None = None) -> "TokenStream":
+    def stream(
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+        on_piece: Callable[[str | None], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> TokenStream:
         """Start answering one prompt; iterate the result for text pieces as they are generated.
 
         Encoding happens here, so a bad prompt raises before anything is streamed. See `TokenStream` for
@@ -416,9 +434,15 @@ class TokenStream:
     `on_done` is called once the generation thread has let go of the model.
     """
 
-    def __init__(self, engine: GenerationEngine, inputs: dict[str, torch.Tensor], options: SamplingOptions,
-                 cancel: threading.Event | None = None, on_piece: Callable[[str | None], None] | None = None,
-                 on_done: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        inputs: dict[str, torch.Tensor],
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+        on_piece: Callable[[str | None], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+    ):
         self.engine = engine
         self.options = options
         self.prompt_tokens = int(inputs["attention_mask"].sum())
@@ -442,7 +466,7 @@ class TokenStream:
         if safe.endswith("\ufffd"):
             return
         if len(safe) > self._sent:
-            self._on_piece(safe[self._sent:])
+            self._on_piece(safe[self._sent :])
             self._sent = len(safe)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -450,7 +474,7 @@ class TokenStream:
             self.engine._generate(inputs, self.options, self.progress, self.cancel_event)
             self.completion = self.progress.completion(0, self.prompt_tokens)
             if len(self.completion.text) > self._sent:  # held back for a stop string that never came
-                self._on_piece(self.completion.text[self._sent:])
+                self._on_piece(self.completion.text[self._sent :])
         except BaseException as error:  # handed to the consumer, which re-raises it
             self.error = error
         finally:

@@ -17,17 +17,27 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--model-name", help="model id reported by /v1/models (default: the folder's name)")
-    parser.add_argument("--api-key", default=os.environ.get("WINGS_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' (default: $WINGS_API_KEY; none when unset)")
-    parser.add_argument("--allow-local-images", action="store_true",
-                        help="accept local file paths as image URLs (lets callers read this machine's files)")
-    parser.add_argument("--allow-remote-images", action="store_true",
-                        help="fetch http(s) image URLs (lets callers make this server send requests)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("WINGS_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $WINGS_API_KEY; none when unset)",
+    )
+    parser.add_argument(
+        "--allow-local-images",
+        action="store_true",
+        help="accept local file paths as image URLs (lets callers read this machine's files)",
+    )
+    parser.add_argument(
+        "--allow-remote-images",
+        action="store_true",
+        help="fetch http(s) image URLs (lets callers make this server send requests)",
+    )
     parser.add_argument("--max-request-bytes", type=int, default=20 * 1024 * 1024, help="largest request body")
     parser.add_argument("--max-image-pixels", type=int, default=16_000_000, help="largest image (width x height)")
     parser.add_argument("--max-images", type=int, default=8, help="most images per request")
-    parser.add_argument("--max-request-pixels", type=int, default=32_000_000,
-                        help="most pixels of all images of one request together")
+    parser.add_argument(
+        "--max-request-pixels", type=int, default=32_000_000, help="most pixels of all images of one request together"
+    )
     parser.add_argument("--max-messages", type=int, default=256, help="most messages per request")
     parser.add_argument("--max-text-chars", type=int, default=262_144, help="most characters of text per request")
     parser.add_argument("--max-stop-chars", type=int, default=128, help="longest stop string (at most 4 per request)")
@@ -46,19 +56,29 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ValueError(f"{error.name} is missing; install the server with: pip install -e '.[serve]'") from error
     if not _is_loopback(args.host) and not args.api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
-              file=sys.stderr)
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     kwargs = {"max_pending": args.max_pending}
     if args.model_name:
         kwargs["model_id"] = args.model_name
-    limits = ServerLimits(max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels,
-                          max_images=args.max_images, max_tokens=args.max_tokens_limit,
-                          default_max_tokens=args.default_max_tokens, max_request_pixels=args.max_request_pixels,
-                          max_messages=args.max_messages, max_text_chars=args.max_text_chars,
-                          max_stop_chars=args.max_stop_chars)
+    limits = ServerLimits(
+        max_request_bytes=args.max_request_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_images=args.max_images,
+        max_tokens=args.max_tokens_limit,
+        default_max_tokens=args.default_max_tokens,
+        max_request_pixels=args.max_request_pixels,
+        max_messages=args.max_messages,
+        max_text_chars=args.max_text_chars,
+        max_stop_chars=args.max_stop_chars,
+    )
     engine = load_engine(args, **kwargs)
-    app = create_app(engine, api_key=args.api_key, limits=limits, allow_local_images=args.allow_local_images,
-                     allow_remote_images=args.allow_remote_images)
+    app = create_app(
+        engine,
+        api_key=args.api_key,
+        limits=limits,
+        allow_local_images=args.allow_local_images,
+        allow_remote_images=args.allow_remote_images,
+    )
     print(f"serving {engine.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

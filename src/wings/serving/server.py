@@ -24,8 +24,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -76,8 +77,15 @@ class ServerLimits:
 class APIError(Exception):
     """An error answered in the OpenAI shape."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
@@ -151,8 +159,9 @@ class RequestTranslator:
     header (format, size) before decoding any, and decodes them one at a time, each shrunk at once.
     """
 
-    def __init__(self, engine: GenerationEngine, limits: ServerLimits, allow_local_images: bool,
-                 allow_remote_images: bool):
+    def __init__(
+        self, engine: GenerationEngine, limits: ServerLimits, allow_local_images: bool, allow_remote_images: bool
+    ):
         self.engine = engine
         self.limits = limits
         self.allow_local_images = allow_local_images
@@ -165,28 +174,41 @@ class RequestTranslator:
             raise APIError(400, "only n=1 is supported; send several requests instead", param="n")
         max_tokens = request.max_completion_tokens or request.max_tokens or self.limits.default_max_tokens
         if max_tokens > self.limits.max_tokens:
-            raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {self.limits.max_tokens}",
-                           param="max_tokens")
+            raise APIError(
+                400,
+                f"max_tokens={max_tokens} is over this server's limit of {self.limits.max_tokens}",
+                param="max_tokens",
+            )
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stop) > self.limits.max_stop_strings:
-            raise APIError(400, f"at most {self.limits.max_stop_strings} stop strings are allowed, got {len(stop)}",
-                           param="stop")
+            raise APIError(
+                400, f"at most {self.limits.max_stop_strings} stop strings are allowed, got {len(stop)}", param="stop"
+            )
         for index, text in enumerate(stop):
             if len(text) > self.limits.max_stop_chars:
-                raise APIError(400, f"stop strings may be at most {self.limits.max_stop_chars} characters long; "
-                                    f"stop[{index}] has {len(text)}", param="stop")
+                raise APIError(
+                    400,
+                    f"stop strings may be at most {self.limits.max_stop_chars} characters long; "
+                    f"stop[{index}] has {len(text)}",
+                    param="stop",
+                )
         temperature = 1.0 if request.temperature is None else request.temperature  # OpenAI's default
         top_p = 1.0 if request.top_p is None else request.top_p
-        return SamplingOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                               seed=request.seed)
+        return SamplingOptions(
+            max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=request.seed
+        )
 
     def parse(self, request: ChatCompletionRequest) -> ParsedRequest:
         """Messages with placeholders and the image parts; refuses too many messages, images or characters and a
         conversation whose images and messages alone cannot fit the context (linear, nothing rendered)."""
         limits = self.limits
         if len(request.messages) > limits.max_messages:
-            raise APIError(400, f"{len(request.messages)} messages, over this server's limit of {limits.max_messages}",
-                           param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"{len(request.messages)} messages, over this server's limit of {limits.max_messages}",
+                param="messages",
+                code="context_length_exceeded",
+            )
         messages, images, characters = [], [], 0
         for index, message in enumerate(request.messages):
             role = "system" if message.role == "developer" else message.role
@@ -200,12 +222,18 @@ class RequestTranslator:
                     if kind == "text":
                         characters += len(value)
                         if characters > limits.max_text_chars:
-                            raise APIError(400, f"the messages' text is over this server's limit of "
-                                                f"{limits.max_text_chars} characters", param=where,
-                                           code="context_length_exceeded")
+                            raise APIError(
+                                400,
+                                f"the messages' text is over this server's limit of {limits.max_text_chars} characters",
+                                param=where,
+                                code="context_length_exceeded",
+                            )
                         if self.placeholder in value:
-                            raise APIError(400, f"text may not contain {self.placeholder!r}; send images as "
-                                                "image_url parts", param=where)
+                            raise APIError(
+                                400,
+                                f"text may not contain {self.placeholder!r}; send images as image_url parts",
+                                param=where,
+                            )
                         pieces.append(value)
                     else:
                         if len(images) >= limits.max_images:
@@ -218,9 +246,13 @@ class RequestTranslator:
         context = self.engine.max_context
         least = len(images) * self.engine.processor.image_seq_length + len(messages)  # a message is >= 1 token
         if context is not None and least >= context:
-            raise APIError(400, f"{len(images)} image(s) and {len(messages)} message(s) take at least {least} tokens "
-                                f"but the model's context is {context}; send fewer", param="messages",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"{len(images)} image(s) and {len(messages)} message(s) take at least {least} tokens "
+                f"but the model's context is {context}; send fewer",
+                param="messages",
+                code="context_length_exceeded",
+            )
         return ParsedRequest(messages, images)
 
     def prompt(self, parsed: ParsedRequest, cancel: threading.Event | None = None) -> Prompt:
@@ -235,14 +267,23 @@ class RequestTranslator:
                 raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
             total += width * height
             if total > self.limits.max_request_pixels:
-                raise APIError(400, f"the request's images are over this server's limit of "
-                                    f"{self.limits.max_request_pixels:,} pixels in all", param=ref.where,
-                               code="invalid_image")
+                raise APIError(
+                    400,
+                    f"the request's images are over this server's limit of "
+                    f"{self.limits.max_request_pixels:,} pixels in all",
+                    param=ref.where,
+                    code="invalid_image",
+                )
         length = self.engine.prompt_length(Prompt(parsed.messages, payloads))
         context = self.engine.max_context
         if context is not None and length >= context:
-            raise APIError(400, f"the prompt is {length} tokens but the model's context is {context}; shorten the "
-                                "conversation or send fewer images", param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt is {length} tokens but the model's context is {context}; shorten the "
+                "conversation or send fewer images",
+                param="messages",
+                code="context_length_exceeded",
+            )
         images = []
         processor = self.engine.processor
         for index, (ref, payload) in enumerate(zip(parsed.images, payloads)):
@@ -273,12 +314,16 @@ class RequestTranslator:
                     raise ImageLoadError(f"the data URL is not valid base64 ({error})") from error
             if url.startswith(("http://", "https://")):
                 if not self.allow_remote_images:
-                    raise ImageLoadError("remote image URLs are disabled on this server; send a base64 data URL "
-                                         "(or start the server with --allow-remote-images)")
+                    raise ImageLoadError(
+                        "remote image URLs are disabled on this server; send a base64 data URL "
+                        "(or start the server with --allow-remote-images)"
+                    )
                 return self.fetch(url)
             if not self.allow_local_images:
-                raise ImageLoadError("local image paths are disabled on this server; send a base64 data URL "
-                                     "(or start the server with --allow-local-images)")
+                raise ImageLoadError(
+                    "local image paths are disabled on this server; send a base64 data URL "
+                    "(or start the server with --allow-local-images)"
+                )
             return url
         except ImageLoadError as error:
             raise APIError(400, f"image: {error}", param=ref.where, code="invalid_image") from error
@@ -332,8 +377,9 @@ def create_app(
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            raise APIError(401, "missing or incorrect API key; send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+            raise APIError(
+                401, "missing or incorrect API key; send 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
 
     @app.get("/health")
     async def health() -> dict:
@@ -342,8 +388,10 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         authorize(request)
-        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": created,
-                                            "owned_by": "wings"}]}
+        return {
+            "object": "list",
+            "data": [{"id": engine.model_id, "object": "model", "created": created, "owned_by": "wings"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -355,15 +403,24 @@ def create_app(
         except ValidationError as error:
             raise _validation_api_error(error.errors()) from error
         if chat.model != engine.model_id:
-            raise APIError(404, f"model {chat.model!r} is not served here; use {engine.model_id!r}", param="model",
-                           code="model_not_found")
+            raise APIError(
+                404,
+                f"model {chat.model!r} is not served here; use {engine.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
         options = translator.options(chat)
         parsed = translator.parse(chat)
         try:  # the queue, before any image is decoded
             admission = engine.admit()
         except EngineBusy as error:
-            raise APIError(429, str(error), type="rate_limit_error", code="server_busy",
-                           headers={"Retry-After": str(limits.retry_after_s)}) from error
+            raise APIError(
+                429,
+                str(error),
+                type="rate_limit_error",
+                code="server_busy",
+                headers={"Retry-After": str(limits.retry_after_s)},
+            ) from error
         cancel = threading.Event()
         watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         loop = asyncio.get_running_loop()
@@ -406,8 +463,14 @@ def create_app(
             "object": "chat.completion",
             "created": int(time.time()),
             "model": engine.model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
-                         "finish_reason": completion.finish_reason, "logprobs": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "finish_reason": completion.finish_reason,
+                    "logprobs": None,
+                }
+            ],
             "usage": _usage(completion),
         }
 
@@ -447,8 +510,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is known to be over `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is {declared} bytes, over the limit of {limit}",
-                       code="request_too_large")
+        raise APIError(
+            413, f"the request body is {declared} bytes, over the limit of {limit}", code="request_too_large"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -465,12 +529,21 @@ def _validation_api_error(errors: list[dict[str, Any]]) -> APIError:
 
 
 def _usage(completion) -> dict[str, int]:
-    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+    return {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+    }
 
 
-async def _sse_events(stream: TokenStream, pieces: asyncio.Queue, completion_id: str, model_id: str,
-                      include_usage: bool, watcher: asyncio.Task) -> AsyncIterator[str]:
+async def _sse_events(
+    stream: TokenStream,
+    pieces: asyncio.Queue,
+    completion_id: str,
+    model_id: str,
+    include_usage: bool,
+    watcher: asyncio.Task,
+) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.
 
     Pieces arrive on an asyncio queue (no worker thread waits for them); the generation is cancelled when
@@ -478,10 +551,17 @@ async def _sse_events(stream: TokenStream, pieces: asyncio.Queue, completion_id:
     created = int(time.time())
 
     def chunk(delta: dict | None, finish_reason: str | None = None, **extra: Any) -> str:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                                             "logprobs": None}]
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                "choices": choices, **extra}
+        choices = (
+            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        )
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+            "choices": choices,
+            **extra,
+        }
         return f"data: {json.dumps(body)}\n\n"
 
     try:
@@ -496,8 +576,12 @@ async def _sse_events(stream: TokenStream, pieces: asyncio.Queue, completion_id:
             yield "data: [DONE]\n\n"
         elif not isinstance(stream.error, GenerationCancelled):  # headers are sent: report in the stream
             logger.error("generation failed while streaming", exc_info=stream.error)
-            error = {"message": "generation failed; see the server log", "type": "server_error", "param": None,
-                     "code": None}
+            error = {
+                "message": "generation failed; see the server log",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
             yield f"data: {json.dumps({'error': error})}\n\n"
     finally:
         stream.cancel()  # a stream closed early (client gone) stops the generation after its current step

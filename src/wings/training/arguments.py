@@ -1,10 +1,10 @@
 """`wings train` configuration: a YAML file of sections, every key overridable as `--section.key value`.
 
-    stage: align                       # align | instruct | llava-align | llava-instruct
-    model:    {llm: ..., vision: ..., init_from: ..., lorra_rank: 16, ...}       ModelArguments
-    data:     {datasets: [{path: ..., image_folder: ..., ratio: 1.0}], ...}      DataArguments
-    optim:    {learning_rates: {projector: 1e-3}, weight_decay: {...}}          OptimArguments
-    training: {output_dir: runs/x, max_steps: 100, ...}   any transformers TrainingArguments field
+stage: align                       # align | instruct | llava-align | llava-instruct
+model:    {llm: ..., vision: ..., init_from: ..., lorra_rank: 16, ...}       ModelArguments
+data:     {datasets: [{path: ..., image_folder: ..., ratio: 1.0}], ...}      DataArguments
+optim:    {learning_rates: {projector: 1e-3}, weight_decay: {...}}          OptimArguments
+training: {output_dir: runs/x, max_steps: 100, ...}   any transformers TrainingArguments field
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class ModelArguments:
 
     llm: str | None = option(None, "LLM to build on: registry name (smollm2-135m-instruct), hub id or directory")
     vision: str | None = option(
-        "siglip-scratch-64", "vision tower: SigLIP/CLIP hub id or directory, or a preset: efficientnet-lite0-in1k "
-        "(pretrained, frozen), siglip-scratch-32 / -64 (trained in the first stage)"
+        "siglip-scratch-64",
+        "vision tower: SigLIP/CLIP hub id or directory, or a preset: efficientnet-lite0-in1k "
+        "(pretrained, frozen), siglip-scratch-32 / -64 (trained in the first stage)",
     )
     init_from: str | None = option(None, "start from this earlier stage's output directory instead of llm/vision")
     lorra_rank: int = option(16, "rank of the learners' low-rank projections (the paper's 7B models use 64)")
@@ -62,8 +63,9 @@ class ModelArguments:
     )
     image_preprocess: str = option("pad", "pad (to square with the mean colour) or resize")
     image_normalization: str = option(
-        "tower", "pixel mean/std: tower (the tower's own; SigLIP 0.5/0.5) or data (per channel, from up to 1,000 "
-        "training images: for a tower trained from scratch)"
+        "tower",
+        "pixel mean/std: tower (the tower's own; SigLIP 0.5/0.5) or data (per channel, from up to 1,000 "
+        "training images: for a tower trained from scratch)",
     )
 
 
@@ -187,8 +189,11 @@ RANGES: dict[str, tuple[float, bool]] = {
 
 def _type_problem(value: Any, hint: Any) -> str | None:
     """Why `value` does not fit the type `hint` (None when it does, or when the hint is not a simple one)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         else (hint,)
+    )
     if value is None:
         return None if type(None) in options else "must be given (not null)"
     simple = [option for option in options if option in (bool, int, float, str)]
@@ -211,12 +216,19 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         key_type, value_type = next(typing.get_args(o) for o in options if typing.get_origin(o) is dict) or (Any, Any)
         bad = [item for item in value.values() if value_type is not Any and _type_problem(item, value_type)]
         return f"has values of the wrong type ({bad[0]!r})" if bad else None
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        list: "a list",
+        dict: "a mapping",
+    }
     wanted = " or ".join(sorted({names.get(typing.get_origin(o) or o, str(o)) for o in options if o is not type(None)}))
     return f"must be {wanted}, got {type(value).__name__} {value!r}"
 
 
-def check_values(config: "TrainConfig") -> None:
+def check_values(config: TrainConfig) -> None:
     """Every option's type and range, with the option's name in the message (before any model or data loads)."""
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
@@ -227,16 +239,23 @@ def check_values(config: "TrainConfig") -> None:
     known = {item.name for item in dataclasses.fields(TrainingArguments)}
     unknown = sorted(set(config.training) - known)
     if unknown:
-        raise ValueError(f"training: unknown keys {unknown}; the training section takes transformers "
-                         "TrainingArguments fields (learning_rate, max_steps, per_device_train_batch_size, ...)")
+        raise ValueError(
+            f"training: unknown keys {unknown}; the training section takes transformers "
+            "TrainingArguments fields (learning_rate, max_steps, per_device_train_batch_size, ...)"
+        )
     hints = typing.get_type_hints(TrainingArguments)
     for key, value in config.training.items():
         problem = _type_problem(value, hints.get(key, Any))
         if problem:
             raise ValueError(f"training.{key} {problem}")
     values = {f"training.{key}": value for key, value in config.training.items()}
-    values.update({"model.lorra_rank": config.model.lorra_rank, "data.max_length": config.data.max_length,
-                   "optim.loraplus_lr_ratio": config.optim.loraplus_lr_ratio})
+    values.update(
+        {
+            "model.lorra_rank": config.model.lorra_rank,
+            "data.max_length": config.data.max_length,
+            "optim.loraplus_lr_ratio": config.optim.loraplus_lr_ratio,
+        }
+    )
     for section in ("learning_rates", "weight_decay"):
         for group, value in getattr(config.optim, section).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -270,8 +289,11 @@ def with_numbers(value: Any) -> Any:
     """YAML 1.1 reads `1e-5` as a string; learning rates are written that way, so read them as numbers."""
     if isinstance(value, str):
         try:
-            return float(value) if any(c in value for c in "eE.") and value.strip().lower() not in ("nan", "inf") \
+            return (
+                float(value)
+                if any(c in value for c in "eE.") and value.strip().lower() not in ("nan", "inf")
                 else value
+            )
         except ValueError:
             return value
     if isinstance(value, dict):
@@ -373,9 +395,12 @@ def describe_options() -> str:
             lines.append(f"    --{name}.{item.name} (default: {default!r})")
             text = item.metadata.get("help", "")
             lines.append(f"        {text if text.endswith('.') else text + '.'}")  # whole sentences in --help
-    lines += ["", "  training: any transformers TrainingArguments field, e.g. --training.output_dir runs/x",
-              "    --training.max_steps 100 --training.per_device_train_batch_size 8 --training.bf16 true;",
-              "    defaults here: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items()) + "."]
+    lines += [
+        "",
+        "  training: any transformers TrainingArguments field, e.g. --training.output_dir runs/x",
+        "    --training.max_steps 100 --training.per_device_train_batch_size 8 --training.bf16 true;",
+        "    defaults here: " + ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items()) + ".",
+    ]
     return "\n".join(lines)
 
 

@@ -80,15 +80,24 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
         parser.set_defaults(func=run_export)
         return
     parser = subparsers.add_parser(
-        name, help=help_text, description=help_text, epilog=describe_options(),
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=describe_options(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file with the sections stage, model, data, optim, training")
     parser.add_argument("--force", action="store_true", help="retrain even if the output directory is finished")
-    parser.add_argument("--skip-invalid-samples", action="store_true",
-                        help="skip (and count) invalid samples instead of stopping at the first")
-    parser.add_argument("--resume-from", metavar="CHECKPOINT",
-                        help="resume from this checkpoint folder (default: the newest complete one in output_dir)")
+    parser.add_argument(
+        "--skip-invalid-samples",
+        action="store_true",
+        help="skip (and count) invalid samples instead of stopping at the first",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="CHECKPOINT",
+        help="resume from this checkpoint folder (default: the newest complete one in output_dir)",
+    )
     add_threads_argument(parser)
     # Any further `--section.key value` pairs override the YAML file (collected by wings.cli as `overrides`).
     parser.set_defaults(func=run_train, accepts_overrides=True)

@@ -64,7 +64,12 @@ def run_easy_vqa(args: argparse.Namespace) -> int:
         return 1
     for split in ("train", "test"):
         c = counts[split]
-        print(f"{split}: {c['images']} images, {c['questions']} questions ({c['yes_no_questions']} yes/no) "
-              f"in {c['conversations']} conversations -> {args.out}/{split}.json")
-    print(f"answers: {counts['answers']} -> {args.out}/answers.json; per-question test set: {args.out}/test_questions.jsonl")
+        print(
+            f"{split}: {c['images']} images, {c['questions']} questions ({c['yes_no_questions']} yes/no) "
+            f"in {c['conversations']} conversations -> {args.out}/{split}.json"
+        )
+    print(
+        f"answers: {counts['answers']} -> {args.out}/answers.json; "
+        f"per-question test set: {args.out}/test_questions.jsonl"
+    )
     return 0

@@ -7,7 +7,7 @@ import json
 import platform
 import subprocess
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .trainer import PROVENANCE_FILE
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "config.json", "tokenizer.json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sha256(path: str, size: int, mtime: float) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -48,15 +48,22 @@ def model_fingerprint(name: str | None, directory: str | Path | None) -> dict[st
 def code_version() -> dict[str, Any]:
     """The wings version (and git commit when run from a checkout), with the main libraries' versions."""
     record: dict[str, Any] = {
-        "wings": wings.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "wings": wings.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
     source = Path(wings.__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-                                   capture_output=True, text=True, timeout=5)
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=source,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             record["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -71,13 +78,20 @@ def data_fingerprint(sources: list[dict[str, Any]], dataset: Any) -> list[dict[s
     records = []
     parts = getattr(dataset, "datasets", [dataset])
     for source, part in zip(sources, parts):
-        records.append({
-            "path": source["path"], "image_folder": source.get("image_folder"), "ratio": source.get("ratio", 1.0),
-            "sha256": file_sha256(source["path"]), "records": len(part.records), "used": len(part),
-            "skipped": dict(part.skipped), "dropped": dict(part.dropped),
-            "skipped_records": {reason: sorted(set(indices)) for reason, indices in part.skipped_records.items()},
-            "dropped_records": {reason: sorted(set(indices)) for reason, indices in part.dropped_records.items()},
-        })
+        records.append(
+            {
+                "path": source["path"],
+                "image_folder": source.get("image_folder"),
+                "ratio": source.get("ratio", 1.0),
+                "sha256": file_sha256(source["path"]),
+                "records": len(part.records),
+                "used": len(part),
+                "skipped": dict(part.skipped),
+                "dropped": dict(part.dropped),
+                "skipped_records": {reason: sorted(set(indices)) for reason, indices in part.skipped_records.items()},
+                "dropped_records": {reason: sorted(set(indices)) for reason, indices in part.dropped_records.items()},
+            }
+        )
     return records
 
 
@@ -92,8 +106,12 @@ def add_data_events(data: list[dict[str, Any]], events: dict[str, dict[str, dict
                 merged.setdefault(reason, set()).update(indices)
             entry[f"{what}_records"] = {reason: sorted(indices) for reason, indices in merged.items()}
             entry[what] = {reason: len(indices) for reason, indices in merged.items()}
-        excluded = {index for what in ("skipped", "dropped") for indices in entry[f"{what}_records"].values()
-                    for index in indices}
+        excluded = {
+            index
+            for what in ("skipped", "dropped")
+            for indices in entry[f"{what}_records"].values()
+            for index in indices
+        }
         entry["used"] = entry["records"] - len(excluded)
 
 
@@ -102,14 +120,27 @@ def read_provenance(directory: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def stage_record(stage: str, config: dict[str, Any], models: dict[str, Any], data: list[dict[str, Any]],
-                 init_from: str | None, command: str, world_size: int) -> dict[str, Any]:
+def stage_record(
+    stage: str,
+    config: dict[str, Any],
+    models: dict[str, Any],
+    data: list[dict[str, Any]],
+    init_from: str | None,
+    command: str,
+    world_size: int,
+) -> dict[str, Any]:
     """The provenance of one stage, chained after the provenance of the checkpoint it started from."""
     previous = read_provenance(init_from) if init_from else None
     chain = list(previous.get("stage_chain", [])) if previous else []
     chain.append({"stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "init_from": init_from})
     return {
-        "stage": stage, "stage_chain": chain, "models": models, "data": data, "config": config,
-        "code": code_version(), "command": command, "world_size": world_size,
+        "stage": stage,
+        "stage_chain": chain,
+        "models": models,
+        "data": data,
+        "config": config,
+        "code": code_version(),
+        "command": command,
+        "world_size": world_size,
         "previous": {k: previous.get(k) for k in ("stage", "models", "data", "metrics")} if previous else None,
     }

@@ -54,8 +54,12 @@ def load_for_stage(config: TrainConfig, stage: Stage) -> tuple[WingsForCondition
         llm_reference = model.config.llm_checkpoint or source
     else:
         model, processor = build_wings(
-            config.model.llm, config.model.vision, image_preprocess=config.model.image_preprocess,
-            learners=stage.learners, lorra_rank=config.model.lorra_rank, wings_layers=config.model.wings_layers,
+            config.model.llm,
+            config.model.vision,
+            image_preprocess=config.model.image_preprocess,
+            learners=stage.learners,
+            lorra_rank=config.model.lorra_rank,
+            wings_layers=config.model.wings_layers,
             **options,
         )
         llm_reference = config.model.llm
@@ -89,7 +93,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         args = TrainingArguments(**values)
     except TypeError as error:
         raise ValueError(f"training section: {error} (keys must be transformers TrainingArguments fields)") from error
-    args.device  # sets up the process group now
+    _ = args.device  # reading it sets up the process group now
     if args.deepspeed and torch.distributed.is_initialized():
         import deepspeed  # its own communication layer must know the group too (CPU runs use gloo)
 
@@ -115,8 +119,11 @@ def save_final(trainer: WingsTrainer, output_dir: Path, metrics: dict[str, Any])
     add_data_events(trainer.provenance["data"], read_data_events(output_dir / DATA_EVENTS))
     for entry in trainer.provenance["data"]:
         if entry["skipped"] or entry["dropped"]:
-            print(f"data {entry['path']}: trained on {entry['used']} of {entry['records']} records; skipped "
-                  f"{entry['skipped'] or 'none'}, dropped {entry['dropped'] or 'none'} (record indices in {PROVENANCE_FILE})")
+            print(
+                f"data {entry['path']}: trained on {entry['used']} of {entry['records']} records; skipped "
+                f"{entry['skipped'] or 'none'}, dropped {entry['dropped'] or 'none'} "
+                f"(record indices in {PROVENANCE_FILE})"
+            )
     trainer.write_provenance(str(staging), metrics)
     last = ("config.json", PROVENANCE_FILE)
     names = sorted(os.listdir(staging), key=lambda name: name in last)
@@ -143,7 +150,9 @@ def run_stage(
     args = training_arguments(config)
     train_tower = config.model.train_vision_tower
     if train_tower is None:
-        train_tower = not config.model.init_from and config.model.vision in VISION_PRESETS and stage.name.endswith("align")
+        train_tower = (
+            not config.model.init_from and config.model.vision in VISION_PRESETS and stage.name.endswith("align")
+        )
     rates = prepare_model_for_stage(model, stage, train_vision_tower=bool(train_tower))
     for group, rate in config.optim.learning_rates.items():  # a learning rate given for a group trains it
         rates[group] = rate
@@ -153,8 +162,13 @@ def run_stage(
     if model.vision_tower is not None and not any(p.requires_grad for p in model.vision_tower.parameters()):
         model.enable_vision_feature_cache()  # a frozen tower: each image's features are computed once per run
 
-    dataset = build_dataset({"datasets": config.data.datasets}, processor, config.data.max_length,
-                            config.data.skip_invalid_samples, seed=args.seed)
+    dataset = build_dataset(
+        {"datasets": config.data.datasets},
+        processor,
+        config.data.max_length,
+        config.data.skip_invalid_samples,
+        seed=args.seed,
+    )
     for part in dataset.datasets:
         print(f"data {part.path}: {part.summary()}")
     if len(dataset) == 0:
@@ -167,15 +181,29 @@ def run_stage(
         "vision_tower": model_fingerprint(model.config.base_vision, _local_dir(model.config.base_vision)),
         "init_from": config.model.init_from,
     }
-    record = stage_record(stage.name, config.to_dict(), models, data_fingerprint(config.data.datasets, dataset),
-                          config.model.init_from, command, args.world_size)
+    record = stage_record(
+        stage.name,
+        config.to_dict(),
+        models,
+        data_fingerprint(config.data.datasets, dataset),
+        config.model.init_from,
+        command,
+        args.world_size,
+    )
     record.update(status="running", learning_rates=rates, frozen_vision_parameters=frozen)
     trainer = WingsTrainer(
-        model=model, args=args, train_dataset=dataset,
+        model=model,
+        args=args,
+        train_dataset=dataset,
         data_collator=WingsCollator(processor.pad_token_id, padding_side=config.data.padding_side),
-        processing_class=processor, group_learning_rates=rates, group_weight_decay=config.optim.weight_decay,
-        llm_reference=llm_reference, provenance=record, group_by_length=config.data.group_by_length,
-        loraplus_lr_ratio=config.optim.loraplus_lr_ratio, callbacks=callbacks,
+        processing_class=processor,
+        group_learning_rates=rates,
+        group_weight_decay=config.optim.weight_decay,
+        llm_reference=llm_reference,
+        provenance=record,
+        group_by_length=config.data.group_by_length,
+        loraplus_lr_ratio=config.optim.loraplus_lr_ratio,
+        callbacks=callbacks,
     )
     record["distributed"] = trainer.accelerator.distributed_type.value  # e.g. MULTI_GPU, DEEPSPEED, FSDP
     resume = choose_checkpoint(output_dir, config.training.get("resume_from_checkpoint"))
@@ -254,8 +282,14 @@ def choose_checkpoint(output_dir: Path, requested: str | None = None) -> str | N
     if not output_dir.is_dir():
         return None
     pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    found = sorted(((int(match.group(1)), path) for path in output_dir.iterdir()
-                    if (match := pattern.match(path.name)) and path.is_dir()), reverse=True)
+    found = sorted(
+        (
+            (int(match.group(1)), path)
+            for path in output_dir.iterdir()
+            if (match := pattern.match(path.name)) and path.is_dir()
+        ),
+        reverse=True,
+    )
     damaged = []
     for _, path in found:
         problem = checkpoint_problem(path)
@@ -268,8 +302,10 @@ def choose_checkpoint(output_dir: Path, requested: str | None = None) -> str | N
         damaged.append((path, problem))
     if damaged:
         listing = "; ".join(f"{path}: {problem}" for path, problem in damaged)
-        raise ValueError(f"no complete checkpoint to resume from ({listing}); delete the damaged checkpoint folders "
-                         "to start over, or name a good one with --resume-from")
+        raise ValueError(
+            f"no complete checkpoint to resume from ({listing}); delete the damaged checkpoint folders "
+            "to start over, or name a good one with --resume-from"
+        )
     return None
 
 
@@ -286,8 +322,10 @@ def set_image_statistics(processor: WingsProcessor, datasets: list[Any], limit: 
         raise ValueError("model.image_normalization=data: the training data has no image")
     mean, std = pixel_statistics(list(chosen), processor.image_processor.size["height"])
     processor.image_processor.image_mean, processor.image_processor.image_std = mean, std
-    print(f"pixel normalisation from {len(chosen)} training images: mean {[round(v, 3) for v in mean]}, "
-          f"std {[round(v, 3) for v in std]}")
+    print(
+        f"pixel normalisation from {len(chosen)} training images: mean {[round(v, 3) for v in mean]}, "
+        f"std {[round(v, 3) for v in std]}"
+    )
 
 
 def _local_dir(name: str | None) -> str | None:

@@ -27,17 +27,22 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "align": Stage(
-        "align", "visual", {"projector": 2e-5, "visual_learners": 2e-5},
+        "align",
+        "visual",
+        {"projector": 2e-5, "visual_learners": 2e-5},
         "stage 1: projector + visual learners on image-caption pairs; LLM frozen; h' = h + a + L_v",
     ),
     "instruct": Stage(
-        "instruct", "wings",
+        "instruct",
+        "wings",
         {"projector": 1e-5, "visual_learners": 2e-6, "textual_learners": 2e-6, "routers": 2e-6, "llm": 2e-6},
         "stage 2: LLM + both learners + routers + projector on conversations; vision tower frozen",
     ),
     # The paper's ablation "visual learner alone": stage 2 keeps align's learner mode (no textual learner, no router).
     "instruct-visual": Stage(
-        "instruct-visual", "visual", {"projector": 1e-5, "visual_learners": 2e-6, "llm": 2e-6},
+        "instruct-visual",
+        "visual",
+        {"projector": 1e-5, "visual_learners": 2e-6, "llm": 2e-6},
         "ablation stage 2: LLM + visual learners + projector; no textual learner, no router (h' = h + a + L_v)",
     ),
     "llava-align": Stage("llava-align", "none", {"projector": 1e-3}, "LLaVA-style stage 1: the projector alone"),

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from wings.data.sampler import LengthGroupedSampler
 
@@ -92,14 +91,22 @@ class WingsTrainer(Trainer):
             decay = self.group_weight_decay.get(group, self.args.weight_decay)
             up_ratio = self.loraplus_lr_ratio if group.endswith("_learners") else 1.0
             for is_up, with_decay in itertools.product((False, True), (True, False)):
-                params = [p for n, p in named if p.requires_grad and (n in decay_names) == with_decay
-                          and (up_ratio != 1.0 and is_learner_up_projection(group, n)) == is_up]  # fmt: skip
+                params = [
+                    p
+                    for n, p in named
+                    if p.requires_grad
+                    and (n in decay_names) == with_decay
+                    and (up_ratio != 1.0 and is_learner_up_projection(group, n)) == is_up
+                ]
                 if params:
-                    param_groups.append({
-                        "params": params, "lr": self.group_learning_rates[group] * (up_ratio if is_up else 1.0),
-                        "weight_decay": decay if with_decay else 0.0,
-                        "name": f"{group}{'.up' if is_up else ''}{'' if with_decay else '.no_decay'}",
-                    })
+                    param_groups.append(
+                        {
+                            "params": params,
+                            "lr": self.group_learning_rates[group] * (up_ratio if is_up else 1.0),
+                            "weight_decay": decay if with_decay else 0.0,
+                            "name": f"{group}{'.up' if is_up else ''}{'' if with_decay else '.no_decay'}",
+                        }
+                    )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs.pop("lr", None)  # every group carries its own
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
