@@ -55,7 +55,7 @@ def free_port() -> int:
 def tiny_checkpoint(folder: Path) -> Path:
     """The tests' tiny random WINGS checkpoint (model + processor)."""
     sys.path.insert(0, str(REPO))
-    from tests.serving.conftest import tiny_checkpoint as build
+    from tests.fixtures.models import tiny_checkpoint as build
 
     return build(folder)
 

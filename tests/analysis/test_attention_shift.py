@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import wings.analysis.attention_shift as attention_shift_module
-from tests.model.tiny import COMMON, randomize_learners, sample, text_config, tiny_wings, vision_config
+from tests.fixtures.models import COMMON, randomize_learners, sample, text_config, tiny_wings, vision_config
 from wings import WingsConfig, WingsForConditionalGeneration
 from wings.analysis.attention_shift import (
     AFTER,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.model.tiny import text_config
+from tests.fixtures.models import text_config
 from wings.analysis.cli import SampleText, sample_texts, shift_summary, tokenize_samples
 from wings.analysis.plots import plot_laws, plot_shift_vs_score
 from wings.cli import main

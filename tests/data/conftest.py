@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.data.chat_tokenizers import build_processor
+from tests.fixtures.tokenizers import build_processor
 
 
 @pytest.fixture(params=["chatml", "llama3"])

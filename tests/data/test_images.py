@@ -166,7 +166,7 @@ def test_fit_within_shrinks_only_large_images_keeping_their_shape():
 @pytest.mark.parametrize("preprocess", ["pad", "resize"])
 def test_the_processor_never_pads_more_than_the_tower_size(preprocess, monkeypatch):
     import wings.model.processing_wings as processing
-    from tests.data.chat_tokenizers import build_processor
+    from tests.fixtures.tokenizers import build_processor
 
     processor = build_processor("chatml", image_preprocess=preprocess)
     padded = []

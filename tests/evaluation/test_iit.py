@@ -10,9 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.data.chat_tokenizers import build_tokenizer
-from tests.evaluation.conftest import shared_data
-from tests.model.tiny import text_config
+from tests.fixtures.models import text_config
+from tests.fixtures.tokenizers import build_tokenizer
 from wings.cli import main
 from wings.evaluation.iit import (
     CONFIGURATIONS,
@@ -94,8 +93,8 @@ def test_configurations_ending_alike_score_the_same_final_questions(sources):
     assert alone == [d for d in dialogues if d["config"] == "T,T,V"]
 
 
-def test_build_from_the_real_arc_files(tmp_path, capsys):
-    data = shared_data()
+def test_build_from_the_real_arc_files(tmp_path, capsys, shared_data):
+    data = shared_data
     visual = tmp_path / "visual.jsonl"
     photo = data / "photos" / "000000039769.png"
     visual.write_text(
@@ -213,7 +212,7 @@ def test_iit_scoring_shows_the_image_to_a_wings_model(tmp_path, tiny_tokenizer, 
     from PIL import Image
     from transformers import LlamaConfig
 
-    from tests.model.tiny import COMMON, vision_config
+    from tests.fixtures.models import COMMON, vision_config
     from wings import WingsConfig, WingsForConditionalGeneration
     from wings.model.processing_wings import WingsProcessor
 

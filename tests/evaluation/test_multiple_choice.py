@@ -180,7 +180,7 @@ ARC_LIKE = [
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_choices_sharing_a_context_run_it_once_with_a_kv_cache_and_score_the_same(family, tiny_tokenizer, monkeypatch):
-    from tests.evaluation.conftest import make_model
+    from tests.fixtures.models import make_model
     from wings.evaluation import multiple_choice, shared_prefix
 
     model = make_model(len(tiny_tokenizer), seed=3, family=family)

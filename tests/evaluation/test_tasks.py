@@ -6,13 +6,12 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import shared_data
 
 from wings.evaluation.tasks import TASKS, expand_task_names, get_task, load_generic_jsonl, retention_file
 
 
-def test_arc_real_files():
-    data = shared_data()
+def test_arc_real_files(shared_data):
+    data = shared_data
     easy = TASKS["arc_easy"].load(data, "validation")
     assert len(easy) == 570
     assert len(TASKS["arc_easy"].load(data, "train")) == 2251
@@ -23,8 +22,8 @@ def test_arc_real_files():
     assert all(0 <= doc.gold < len(doc.choices) for doc in easy)
 
 
-def test_mmlu_real_files_per_subject_and_overall():
-    data = shared_data()
+def test_mmlu_real_files_per_subject_and_overall(shared_data):
+    data = shared_data
     subjects = {
         "abstract_algebra": 11,
         "college_physics": 11,
@@ -46,8 +45,8 @@ def test_mmlu_real_files_per_subject_and_overall():
     assert total == 131 and len(TASKS["mmlu"].load(data, "val")) == 131
 
 
-def test_piqa_real_files():
-    docs = TASKS["piqa"].load(shared_data(), "validation")
+def test_piqa_real_files(shared_data):
+    docs = TASKS["piqa"].load(shared_data, "validation")
     assert len(docs) == 1838
     assert Counter(d.gold for d in docs).keys() == {0, 1}
     assert docs[0].question.startswith("Question: How do I ready a guinea pig cage")

@@ -14,7 +14,7 @@ from PIL import Image
 from test_cli_and_report import run_eval
 from transformers import Qwen2Config, SiglipVisionConfig
 
-from tests.data.chat_tokenizers import build_processor
+from tests.fixtures.tokenizers import build_processor
 from wings.evaluation import vqa
 from wings.evaluation.tasks import get_task
 

@@ -6,11 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from tests.fixtures import flash_stand_in
+from tests.fixtures.models import COMMON, randomize_learners, sample, text_config, tiny_wings, vision_config
 from wings import WingsConfig, WingsForConditionalGeneration
 from wings.analysis.attention_shift import sample_segment_sums
-
-from . import flash_stand_in
-from .tiny import COMMON, randomize_learners, sample, text_config, tiny_wings, vision_config
 
 FLASH = ["flash_attention_2", "flash_attention_3"]
 GREEDY = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .tiny import randomize_learners, sample, tiny_wings
+from tests.fixtures.models import randomize_learners, sample, tiny_wings
 
 
 def bf16_model(learners: str = "wings", seed: int = 0):

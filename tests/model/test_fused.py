@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from .tiny import image_ids, randomize_learners, tiny_wings
+from tests.fixtures.models import image_ids, randomize_learners, tiny_wings
 
 
 def batch(model, training_text_only: bool = False):

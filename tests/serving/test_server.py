@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serving.conftest import png_bytes
+from tests.fixtures.serving import png_bytes
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.serving.conftest import png_bytes, serving, wait_until
+from tests.fixtures.serving import png_bytes, serving, wait_until
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

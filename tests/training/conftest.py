@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM
 
-from tests.data.chat_tokenizers import build_tokenizer
-from tests.model.tiny import text_config
+from tests.fixtures.models import text_config
+from tests.fixtures.tokenizers import build_tokenizer
 
 
 @pytest.fixture(scope="session")

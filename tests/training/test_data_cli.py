@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.data.chat_tokenizers import build_processor
 from tests.data.test_easy_vqa import fake_easy_vqa  # noqa: F401  (the fixture)
+from tests.fixtures.tokenizers import build_processor
 from wings.training import data_cli
 
 
