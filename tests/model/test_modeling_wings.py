@@ -240,3 +240,22 @@ def test_unknown_llm_or_vision_tower_names_are_clear_errors(tmp_path):
         load_llm(str(tmp_path / "no-such-llm"))
     with pytest.raises(FileNotFoundError, match="vision tower 'org/no-such-tower' is not a local directory"):
         load_vision_tower("org/no-such-tower")
+
+
+def test_generate_takes_the_processors_batch_as_it_is(tmp_path):
+    """`model.generate(**processor(...))` as with transformers' LLaVA, through the Auto classes of a saved model."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tests.fixtures.models import tiny_checkpoint
+
+    folder = tiny_checkpoint(tmp_path / "wings")
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    conversation = [{"role": "user", "content": "<image>\nwhat color is the shape?"}]
+    batch = processor(conversations=conversation, images=[Image.new("RGB", (20, 12), (200, 30, 30))])
+    assert "image_token_mask" in batch  # the processor's extra key must not stop generate
+    with torch.no_grad():
+        output = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        again = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False, use_cache=False)
+    assert output.shape == (1, batch["input_ids"].shape[1] + 4) and torch.equal(output, again)

@@ -339,15 +339,16 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: torch.Tensor | int | None = None,
         past_key_values: Cache | None = None,
+        image_token_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Token ids with `image_token_id` at visual positions, `pixel_values` one image per placeholder run.
+        """Token ids with `image_token_id` at visual positions, `pixel_values` one image per placeholder run
+        (`image_token_mask`, the processor's copy of what input_ids say, is accepted and not needed).
 
         With `labels` (unshifted, -100 where unsupervised) the loss is computed from the LM head at labelled
         positions only, and `logits` is None.
         """
         cache = cache if cache is not None else past_key_values
-        kwargs.pop("image_token_mask", None)  # the processor's copy of what input_ids already say
         inputs_embeds, is_visual = self._embed(input_ids, pixel_values, inputs_embeds)
         if labels is not None and labels.shape != is_visual.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the inputs {tuple(is_visual.shape)}.")
