@@ -27,11 +27,10 @@ from . import distributed
 from .attention import register_wings_attention
 from .configuration_wings import WingsConfig
 from .feature_cache import DEFAULT_MAX_BYTES, VisionFeatureCache
-from .learner_cache import KINDS, add_learner_layers, learner_keys
-from .learner_inputs import LearnerInputs, build_learner_inputs
+from .learner_cache import KINDS
 from .learners import LowRankDown, LowRankUp, RouterProjection, WingsLayer
 from .loading import AsIs, build_around, check_llm_layout, from_pretrained_around_llm, load_llm_checkpoint
-from .wiring import attach_learners, forward_context, learner_rotary, use_wings_attention
+from .wiring import attach_learners, forward_context, learner_context, learner_rotary, use_wings_attention
 
 PARAMETER_GROUPS = ("vision_tower", "projector", "visual_learners", "textual_learners", "routers", "llm")
 
@@ -265,43 +264,6 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         return input_ids, model_kwargs
 
     # ----- the learners' inputs ---------------------------------------------------------------------------
-    def _learner_context(
-        self,
-        inputs_embeds: torch.Tensor,
-        is_visual: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: Cache | None,
-        past_length: int,
-    ) -> LearnerInputs:
-        """This forward's `LearnerInputs`, with every learner layer's keys and values (this step's and the cache's)."""
-        if self.learner_path not in ("fused", "plain"):
-            raise ValueError(f"learner_path={self.learner_path!r} is not one of 'fused', 'plain'.")
-        if self.learner_path == "plain" and cache is not None:
-            raise ValueError("learner_path='plain' runs without a KV cache: pass use_cache=False.")
-        use_wings_attention(self.language_model)  # again, in case the backend was switched since
-        distributed.register_zero3_external_parameters(self)
-        if cache is not None:
-            add_learner_layers(cache, self._cache_index(KINDS[0]), self.learner_cache, inputs_embeds.device)
-        context = build_learner_inputs(
-            inputs_embeds,
-            is_visual,
-            attention_mask,
-            position_ids,
-            past_length,
-            rotary=self.learner_rotary or self.language_model.model.rotary_emb,
-            marks=cache.layers[self._cache_index("marks")] if cache is not None else None,
-            run_visual=distributed.needs_same_modules_on_every_rank(self),
-            learner_layers=[int(index) for index in self.wings_layers],
-            routed=self.config.learners == "wings",
-        )
-        context.plain = self.learner_path == "plain"
-        if not context.plain:
-            context.learner_keys = learner_keys(
-                context, list(self.wings_layers.values()), cache, self._cache_index("text")
-            )
-        return context
-
     def _cache_index(self, kind: str) -> int:
         """Where learner state lives in the HF cache: after the LLM's own layers, one cache layer per kind."""
         return self.config.text_config.num_hidden_layers + KINDS.index(kind)
@@ -364,7 +326,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
         context = None
         if self.wings_layers:
-            context = self._learner_context(inputs_embeds, is_visual, attention_mask, position_ids, cache, past_length)
+            context = learner_context(self, inputs_embeds, is_visual, attention_mask, position_ids, cache, past_length)
         outputs = self.language_model.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -12,10 +12,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
+from transformers.cache_utils import Cache
 
-from . import fused
+from . import distributed, fused
 from .attention import CONTEXT_KEY, wings_attention_name
+from .learner_cache import KINDS, add_learner_layers, learner_keys
+from .learner_inputs import LearnerInputs, build_learner_inputs
 from .learners import WingsLayer
 
 
@@ -75,6 +79,44 @@ def learner_rotary(llm: nn.Module) -> nn.Module | None:
     rope_config = copy.deepcopy(text)
     rope_config.head_dim = learner_head_dim
     return type(llm.model.rotary_emb)(config=rope_config)
+
+
+def learner_context(
+    model: nn.Module,
+    inputs_embeds: torch.Tensor,
+    is_visual: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Cache | None,
+    past_length: int,
+) -> LearnerInputs:
+    """`model`'s context for this forward, with every learner layer's keys and values (this step's and the cache's,
+    whose learner layers are added after the LLM's own on first use)."""
+    if model.learner_path not in ("fused", "plain"):
+        raise ValueError(f"learner_path={model.learner_path!r} is not one of 'fused', 'plain'.")
+    if model.learner_path == "plain" and cache is not None:
+        raise ValueError("learner_path='plain' runs without a KV cache: pass use_cache=False.")
+    use_wings_attention(model.language_model)  # again, in case the backend was switched since
+    distributed.register_zero3_external_parameters(model)
+    if cache is not None:
+        add_learner_layers(cache, model._cache_index(KINDS[0]), model.learner_cache, inputs_embeds.device)
+    context = build_learner_inputs(
+        inputs_embeds,
+        is_visual,
+        attention_mask,
+        position_ids,
+        past_length,
+        rotary=model.learner_rotary or model.language_model.model.rotary_emb,
+        marks=cache.layers[model._cache_index("marks")] if cache is not None else None,
+        run_visual=distributed.needs_same_modules_on_every_rank(model),
+        learner_layers=[int(index) for index in model.wings_layers],
+        routed=model.config.learners == "wings",
+    )
+    context.plain = model.learner_path == "plain"
+    if not context.plain:
+        layers = list(model.wings_layers.values())
+        context.learner_keys = learner_keys(context, layers, cache, model._cache_index("text"))
+    return context
 
 
 def forward_context(kwargs: dict[str, Any], context: Any) -> dict[str, Any]:
