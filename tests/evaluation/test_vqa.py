@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 from test_cli_and_report import run_eval
-from transformers import Qwen2Config, SiglipVisionConfig
 
-from tests.fixtures.tokenizers import build_processor
+from tests.fixtures.models import tiny_checkpoint
 from wings.evaluation import vqa
 from wings.evaluation.tasks import get_task
 
@@ -33,32 +32,11 @@ def write_jsonl(path: Path, records: list) -> Path:
 @pytest.fixture(scope="module")
 def tiny_wings(tmp_path_factory):
     """A random tiny WINGS model with non-zero learners and its ChatML processor, saved in one folder."""
-    from wings import WingsConfig, WingsForConditionalGeneration
+    from wings import WingsForConditionalGeneration
+    from wings.model.processing_wings import WingsProcessor
 
-    processor = build_processor("chatml", image_size=16, patch_size=8)
-    text_config = Qwen2Config(
-        vocab_size=len(processor.tokenizer),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    vision_config = SiglipVisionConfig(
-        hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8
-    )
-    torch.manual_seed(0)
-    config = WingsConfig(text_config=text_config, vision_config=vision_config, image_token_id=processor.image_token_id)
-    model = WingsForConditionalGeneration(config).eval()
-    with torch.no_grad():  # learners start as no-ops; give them values so the image matters
-        for parameter in model.wings_layers.parameters():
-            parameter.normal_(0, 0.3)
-    folder = tmp_path_factory.mktemp("wings-ckpt")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model, processor, folder
+    folder = tiny_checkpoint(tmp_path_factory.mktemp("wings-ckpt"))
+    return WingsForConditionalGeneration.from_pretrained(folder).eval(), WingsProcessor.from_pretrained(folder), folder
 
 
 @pytest.fixture
