@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
 def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Here, after the environment is set and not at import: `wings --help` must not load torch (the launcher).
     from wings.demo.pipeline import DemoPipeline
     from wings.demo.settings import DemoSettings
 
