@@ -8,17 +8,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wings.analysis.plots import plot_laws
-from wings.commands import (
-    wings_command,  # `.venv/bin/wings` when the environment is not activated
-)
+from wings.commands import wings_command
 from wings.demo.plots import plot_forgetting, plot_training_curves
-from wings.demo.settings import (
-    SEED_TAG,
-    DemoSettings,
-    ModelRun,
-    model_runs,
-    settings_dict,
-)
+from wings.demo.settings import SEED_TAG, DemoSettings, ModelRun, model_runs, settings_dict
 from wings.model.vision_towers import is_scratch_preset
 
 
@@ -31,6 +23,7 @@ class FinishedRun(Protocol):
     timings: dict[str, float]  # seconds per step
     threads: dict[str, int]  # intra-op threads per step run this time
     skipped: list[str]  # steps done before, not run this time
+
 
 # (column, task, metric, higher is better)
 COLUMNS = [
@@ -227,6 +220,7 @@ def write_demo_report(pipeline: FinishedRun) -> dict[str, Any]:
 
 
 def chat_command(pipeline: FinishedRun) -> str:
+    """The `wings chat` command for the trained model (`.venv/bin/wings` when the environment is not activated)."""
     image = pipeline.data_dir / "images" / "test" / "0.png"
     return f"{wings_command()} chat --model {pipeline.out / 'wings-instruct'} --image {image}"
 
