@@ -1,1 +1,1 @@
-"""Experiments: measurements of what the method learns under the demo's settings (each trains through the project's trainer)."""
+"""Experiments: what the method learns under the demo's settings (each trains through the project's trainer)."""

@@ -37,7 +37,9 @@ def yes_no_questions(data: Path, split: str, limit: int) -> list[dict[str, str]]
     for record in json.loads((data / "train.json").read_text()):
         question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
         if answer in ("yes", "no"):
-            questions.append({"image": record["image"], "question": question.replace("<image>\n", ""), "answer": answer})
+            questions.append(
+                {"image": record["image"], "question": question.replace("<image>\n", ""), "answer": answer}
+            )
     return questions[:limit]
 
 
@@ -50,17 +52,23 @@ def question_prior(data: Path) -> dict[str, str]:
 
 
 @torch.no_grad()
-def answer_states(model: Any, processor: Any, data: Path, questions: list[dict[str, str]],
-                  chunk_size: int = 50) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def answer_states(
+    model: Any, processor: Any, data: Path, questions: list[dict[str, str]], chunk_size: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """Hidden states at the answer position, (questions, layers + 1, hidden), and the model's own answers."""
     model.eval()
     yes, no = (processor.tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "no"))
     states, answers = [], []
     for start in range(0, len(questions), chunk_size):
         chunk = questions[start : start + chunk_size]
-        samples = [processor.encode_conversation([{"role": "user", "content": f"<image>\n{q['question']}"}],
-                                                 [str(data / q["image"])], add_generation_prompt=True)
-                   for q in chunk]  # fmt: skip
+        samples = [
+            processor.encode_conversation(
+                [{"role": "user", "content": f"<image>\n{q['question']}"}],
+                [str(data / q["image"])],
+                add_generation_prompt=True,
+            )
+            for q in chunk
+        ]
         batch = WingsCollator(processor.pad_token_id, padding_side="left")(samples)  # the last token is the prompt's
         batch.pop("labels", None)
         output = model(**batch, output_hidden_states=True)

@@ -86,14 +86,18 @@ def caption_baseline(data: Path, limit: int = 200, llm: str = LLM) -> dict[str, 
         for q in asked:
             caption = captions[q["image"]]
             prompt = f"The image shows a {caption['colour']} {caption['shape']}.\n{q['question']} Answer yes or no."
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)  # fmt: skip
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
             logits = model(tokenizer(text, return_tensors="pt").input_ids).logits[0, -1]
             answer = "yes" if logits[yes].max() > logits[no].max() else "no"
             right += answer == q["answer"]
             said_yes += answer == "yes"
-    return {"questions": len(asked), "accuracy": round(100 * right / len(asked), 1),
-            "answered yes": round(100 * said_yes / len(asked), 1)}  # fmt: skip
+    return {
+        "questions": len(asked),
+        "accuracy": round(100 * right / len(asked), 1),
+        "answered yes": round(100 * said_yes / len(asked), 1),
+    }
 
 
 class KindScorer:
@@ -110,19 +114,28 @@ class KindScorer:
         """{kind: accuracy in percent} and "all"; the model is left in the mode it was in."""
         training = model.training
         model.eval()
-        first_token = torch.tensor([processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers])
+        first_token = torch.tensor(
+            [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers]
+        )
         right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
         for start in range(0, len(self.questions), chunk_size):
             chunk = self.questions[start : start + chunk_size]
-            samples = [processor.encode_conversation([{"role": "user", "content": f"<image>\n{q['question']}"}],
-                                                     [str(self.data / q["image"])], add_generation_prompt=True)
-                       for q in chunk]  # fmt: skip
+            samples = [
+                processor.encode_conversation(
+                    [{"role": "user", "content": f"<image>\n{q['question']}"}],
+                    [str(self.data / q["image"])],
+                    add_generation_prompt=True,
+                )
+                for q in chunk
+            ]
             batch = WingsCollator(processor.pad_token_id, padding_side="left")(samples)
             batch.pop("labels", None)
             batch = {key: value.to(model.device) for key, value in batch.items()}
             ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
             for question, choice in zip(chunk, ranked.tolist()):
-                right[question_kind(question["question"], question["answer"])].append(self.answers[choice] == question["answer"])
+                right[question_kind(question["question"], question["answer"])].append(
+                    self.answers[choice] == question["answer"]
+                )
         model.train(training)
         scores = {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
         scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
@@ -151,7 +164,9 @@ class ScoreEvery(TrainerCallback):
 def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed: int) -> Path:
     """The conversations of `train_file` whose question is of one of `kinds`, shuffled, written under `out`."""
     every = json.loads((data / train_file).read_text())
-    records = [r for r in every if question_kind(r["conversations"][0]["value"], r["conversations"][1]["value"]) in kinds]
+    records = [
+        r for r in every if question_kind(r["conversations"][0]["value"], r["conversations"][1]["value"]) in kinds
+    ]
     random.Random(seed).shuffle(records)
     path = out / "train.json"
     path.write_text(json.dumps(records))
@@ -166,8 +181,14 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
         model: dict[str, Any] = {"init_from": str(args.init_from)}
     else:
         scratch = is_scratch_preset(args.vision)
-        model = {"llm": args.llm, "vision": args.vision, "lorra_rank": args.lorra_rank, "train_vision_tower": scratch,
-                 "vision_feature_layer": args.feature_layer, "image_normalization": args.image_normalization}
+        model = {
+            "llm": args.llm,
+            "vision": args.vision,
+            "lorra_rank": args.lorra_rank,
+            "train_vision_tower": scratch,
+            "vision_feature_layer": args.feature_layer,
+            "image_normalization": args.image_normalization,
+        }
         if scratch:
             rates.setdefault("vision_tower", SCRATCH_TOWER_RATE)
     return {
@@ -175,10 +196,18 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
         "model": model,
         "data": {"datasets": [{"path": str(train_path), "image_folder": str(image_folder)}], "max_length": 64},
         "optim": {"learning_rates": rates, "loraplus_lr_ratio": args.loraplus_ratio},
-        "training": {"output_dir": str(args.out / "model"), "max_steps": args.steps, "per_device_train_batch_size":
-                     args.batch_size, "logging_steps": 20, "save_strategy": "no", "report_to": "none",
-                     "use_cpu": not torch.cuda.is_available(), "seed": args.seed, "disable_tqdm": True},
-    }  # fmt: skip
+        "training": {
+            "output_dir": str(args.out / "model"),
+            "max_steps": args.steps,
+            "per_device_train_batch_size": args.batch_size,
+            "logging_steps": 20,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": not torch.cuda.is_available(),
+            "seed": args.seed,
+            "disable_tqdm": True,
+        },
+    }
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,30 +218,44 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-from", type=Path, help="train stage 2 (instruct) from this stage's output folder")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rates", help="learning rates by group, JSON, over the demo's rates for the stage "
-                        f"(stage 1 {WINGS_RATES['align']}, stage 2 {WINGS_RATES['instruct']})")  # fmt: skip
+    parser.add_argument(
+        "--rates",
+        help="learning rates by group, JSON, over the demo's rates for the stage "
+        f"(stage 1 {WINGS_RATES['align']}, stage 2 {WINGS_RATES['instruct']})",
+    )
     parser.add_argument("--loraplus-ratio", type=float, default=1.0, help="the learners' B projections' multiple")
     parser.add_argument("--lorra-rank", type=int, default=8, help="rank of a new model's learners (the demo's)")
     parser.add_argument("--image-normalization", choices=("tower", "data"), default="tower")
     parser.add_argument("--kinds", default=",".join(KINDS), help="question kinds trained on (comma-separated)")
     parser.add_argument("--solid-images", action="store_true", help="fill each image with its shape's colour")
-    parser.add_argument("--caption-baseline", action="store_true", help="score the base LLM on yes/no questions, "
-                        "given the true caption as text; no training")  # fmt: skip
+    parser.add_argument(
+        "--caption-baseline",
+        action="store_true",
+        help="score the base LLM on yes/no questions, given the true caption as text; no training",
+    )
     parser.add_argument("--test-questions", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vision", default="efficientnet-lite0-in1k",
-                        help="tower preset (a from-scratch one is trained, a pretrained one frozen)")
+    parser.add_argument(
+        "--vision",
+        default="efficientnet-lite0-in1k",
+        help="tower preset (a from-scratch one is trained, a pretrained one frozen)",
+    )
     parser.add_argument("--feature-layer", type=int, help="the tower's hidden state read by the projector")
-    parser.add_argument("--train-file", default="train.json",
-                        help="training conversations in --data: train.json (easy-vqa's mix) or align.json (the "
-                             "demo's stage-1 set, `write_align_set`)")
+    parser.add_argument(
+        "--train-file",
+        default="train.json",
+        help="training conversations in --data: train.json (easy-vqa's mix) or align.json (the "
+        "demo's stage-1 set, `write_align_set`)",
+    )
     args = parser.parse_args(argv)
     needed = ("train.json", "test_questions.jsonl", "answers.json")
     missing = [name for name in needed if not (args.data / name).is_file()]
     if missing:
-        parser.error(f"--data {args.data} has no {', '.join(missing)}: write it with "
-                     f"`wings data easy-vqa --out {args.data} --max-turns 1`")  # fmt: skip
+        parser.error(
+            f"--data {args.data} has no {', '.join(missing)}: write it with "
+            f"`wings data easy-vqa --out {args.data} --max-turns 1`"
+        )
     unknown = set(args.kinds.split(",")) - set(KINDS)
     if unknown:
         parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(KINDS)}")
@@ -247,9 +290,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
     final = every.final
     stage = "stage 2 from " + str(args.init_from) if args.init_from else "stage 1"
-    print(f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
-          f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''} "
-          f"| {json.dumps(final)} |")  # fmt: skip
+    print(
+        f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
+        f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''} "
+        f"| {json.dumps(final)} |"
+    )
     result = {"scores": final, "history": every.history, "learning_rates": config.optim.learning_rates}
     (args.out / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -19,7 +19,12 @@ def fake_easy_vqa(tmp_path):
     (source / "answers.txt").parent.mkdir()
     (source / "answers.txt").write_text("circle\nred\nyes\nno\n")
     questions = {
-        "train": [["what shape?", "circle", 0], ["is it red?", "yes", 0], ["is it blue?", "no", 0], ["what colour?", "red", 1]],
+        "train": [
+            ["what shape?", "circle", 0],
+            ["is it red?", "yes", 0],
+            ["is it blue?", "no", 0],
+            ["what colour?", "red", 1],
+        ],
         "test": [["what shape is it?", "circle", 0], ["is there a circle?", "yes", 0]],
     }
     for split, rows in questions.items():
@@ -43,8 +48,13 @@ def test_conversion_layout_and_turns(tmp_path, fake_easy_vqa):
     answer_types = dict(zip([m.content for m in train[0].messages[1::2]], records[0]["answer_types"]))
     assert answer_types == {"circle": "open", "yes": "yes/no", "no": "yes/no"}
     test_questions = [json.loads(line) for line in (out / "test_questions.jsonl").read_text().splitlines()]
-    assert test_questions[1] == {"id": "test-0-1", "image": "images/test/0.png", "question": "is there a circle?",
-                                 "answer": "yes", "type": "yes/no"}
+    assert test_questions[1] == {
+        "id": "test-0-1",
+        "image": "images/test/0.png",
+        "question": "is there a circle?",
+        "answer": "yes",
+        "type": "yes/no",
+    }
     answers = json.loads((out / "answers.json").read_text())
     assert answers["answers"] == ["circle", "red", "yes", "no"] and answers["yes_no"] == ["yes", "no"]
     assert check_file(out / "train.json").problems == [] and check_file(out / "test.json").problems == []
@@ -67,13 +77,28 @@ def test_align_set_has_every_colour_question_half_the_shapes_and_as_many_yes_no(
     from wings.data.easy_vqa import _conversation, write_align_set
 
     records = [
-        _conversation("a", "images/train/0.png", [("what color is the shape?", "red"), ("is it blue?", "no"),
-                                                   ("what is the red shape?", "circle"), ("is it red?", "yes")]),
+        _conversation(
+            "a",
+            "images/train/0.png",
+            [
+                ("what color is the shape?", "red"),
+                ("is it blue?", "no"),
+                ("what is the red shape?", "circle"),
+                ("is it red?", "yes"),
+            ],
+        ),
         _conversation("b", "images/train/1.png", [("what shape is in the image?", "triangle")]),
-        _conversation("c", "images/train/2.png", [("what is the color of the shape?", "teal"),
-                                                   ("what shape is this?", "triangle"), ("is there a square?", "no"),
-                                                   ("does the image contain a circle?", "no")]),
-    ]  # fmt: skip
+        _conversation(
+            "c",
+            "images/train/2.png",
+            [
+                ("what is the color of the shape?", "teal"),
+                ("what shape is this?", "triangle"),
+                ("is there a square?", "no"),
+                ("does the image contain a circle?", "no"),
+            ],
+        ),
+    ]
     (tmp_path / "train.json").write_text(json.dumps(records))
     assert write_align_set(tmp_path, seed=0) == {"colour": 2, "shape": 1, "yes/no": 3}
     align = read_conversations(tmp_path / "align.json")

@@ -22,7 +22,10 @@ def fake_easy_vqa(root: Path) -> Path:
             colour = COLOURS[image_id % 3]
             Image.new("RGB", (64, 64), colour).save(root / split / "images" / f"{image_id}.png")
             shape = SHAPES[image_id % 2]
-            questions += [["what color is the shape?", colour, image_id], ["what shape is in the image?", shape, image_id],
-                          ["is there a circle?", "yes" if shape == "circle" else "no", image_id]]  # fmt: skip
+            questions += [
+                ["what color is the shape?", colour, image_id],
+                ["what shape is in the image?", shape, image_id],
+                ["is there a circle?", "yes" if shape == "circle" else "no", image_id],
+            ]
         (root / split / "questions.json").write_text(json.dumps(questions))
     return root

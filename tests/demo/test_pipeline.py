@@ -19,12 +19,25 @@ def finished(tmp_path_factory, tiny_llm_dir):  # noqa: F811
     """One finished demo run (with the ablation) and its printed output."""
     raw = fake_easy_vqa(tmp_path_factory.mktemp("easy-vqa-raw"))
     settings = DemoSettings(
-        out=tmp_path_factory.mktemp("demo"), llm=str(tiny_llm_dir), easy_vqa_source=raw, max_turns=2,
-        lorra_rank=4, max_length=64, batch_size=2, align_steps=2, instruct_steps=1, save_steps=1000,
-        vqa_limit=4, retention_limit=3, attention_samples=2, eval_batch_size=4, threads=None, ablations=True,
+        out=tmp_path_factory.mktemp("demo"),
+        llm=str(tiny_llm_dir),
+        easy_vqa_source=raw,
+        max_turns=2,
+        lorra_rank=4,
+        max_length=64,
+        batch_size=2,
+        align_steps=2,
+        instruct_steps=1,
+        save_steps=1000,
+        vqa_limit=4,
+        retention_limit=3,
+        attention_samples=2,
+        eval_batch_size=4,
+        threads=None,
+        ablations=True,
         eval_cache=tmp_path_factory.mktemp("eval-cache"),
         progress=False,
-    )  # fmt: skip
+    )
     report = DemoPipeline(settings).run()
     return settings, report
 
@@ -37,8 +50,17 @@ def test_writes_report_results_and_plots(finished):
     results = json.loads((out / "results.json").read_text())
     assert list(results["summary"]) == ["base LLM", "WINGS", "LLaVA", "LLaVA (WINGS LR)", "visual learner only"]
     for row in results["summary"].values():
-        assert set(row) >= {"easy-vqa acc", "yes/no", "open", "image swap", "image swap, open", "retention MC acc", "KL from base",
-                            "perplexity", "attention shift"}  # fmt: skip
+        assert set(row) >= {
+            "easy-vqa acc",
+            "yes/no",
+            "open",
+            "image swap",
+            "image swap, open",
+            "retention MC acc",
+            "KL from base",
+            "perplexity",
+            "attention shift",
+        }
         accuracy, low, high = row["easy-vqa acc"]  # with its 95% interval
         assert 0 <= low <= accuracy <= high <= 1
     base = results["summary"]["base LLM"]
@@ -67,15 +89,35 @@ def test_seeds_give_mean_and_spread_per_model(tmp_path, tiny_llm_dir):  # noqa: 
     from wings.demo.report import seed_statistics
 
     settings = DemoSettings(
-        out=tmp_path / "demo", llm=str(tiny_llm_dir), easy_vqa_source=fake_easy_vqa(tmp_path / "raw"), lorra_rank=4,
-        batch_size=2, align_steps=2, instruct_steps=1, save_steps=1000, vqa_limit=4, retention_limit=3,
-        attention_samples=2, eval_batch_size=4, threads=1, eval_cache=None, progress=False, seeds=2,
+        out=tmp_path / "demo",
+        llm=str(tiny_llm_dir),
+        easy_vqa_source=fake_easy_vqa(tmp_path / "raw"),
+        lorra_rank=4,
+        batch_size=2,
+        align_steps=2,
+        instruct_steps=1,
+        save_steps=1000,
+        vqa_limit=4,
+        retention_limit=3,
+        attention_samples=2,
+        eval_batch_size=4,
+        threads=1,
+        eval_cache=None,
+        progress=False,
+        seeds=2,
         vision="siglip-scratch-32",
-    )  # fmt: skip
+    )
     report = DemoPipeline(settings).run()
     names = list(report["summary"])
-    assert names == ["base LLM", "WINGS", "LLaVA", "LLaVA (WINGS LR)", "WINGS [seed 1]", "LLaVA [seed 1]",
-                     "LLaVA (WINGS LR) [seed 1]"]  # fmt: skip
+    assert names == [
+        "base LLM",
+        "WINGS",
+        "LLaVA",
+        "LLaVA (WINGS LR)",
+        "WINGS [seed 1]",
+        "LLaVA [seed 1]",
+        "LLaVA (WINGS LR) [seed 1]",
+    ]
     assert (tmp_path / "demo" / "wings-instruct-seed1" / "config.json").is_file()
     stats = seed_statistics(report["summary"])
     kl = [report["summary"][name]["KL from base"] for name in ("WINGS", "WINGS [seed 1]")]

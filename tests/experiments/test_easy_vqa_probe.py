@@ -28,8 +28,24 @@ def test_questions_and_prior_read_both_splits(easy_vqa):
 
 def test_probe_scores_every_layer(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
     out = tmp_path / "stage1"
-    train_stage(["--data", str(easy_vqa), "--out", str(out), "--llm", str(tiny_llm_dir), "--steps", "1",
-                 "--batch-size", "2", "--test-questions", "3", "--lorra-rank", "4"])  # fmt: skip
+    train_stage(
+        [
+            "--data",
+            str(easy_vqa),
+            "--out",
+            str(out),
+            "--llm",
+            str(tiny_llm_dir),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--test-questions",
+            "3",
+            "--lorra-rank",
+            "4",
+        ]
+    )
     result = main(["--model", str(out / "model"), "--data", str(easy_vqa), "--train-questions", "6"])
     layers = result["probe_by_layer"]
     assert len(layers) >= 2 and all(0 <= value <= 100 for value in layers)  # embeddings, then every layer

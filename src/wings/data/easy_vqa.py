@@ -32,8 +32,10 @@ def easy_vqa_data_dir() -> Path:
     try:
         import easy_vqa
     except ImportError as error:
-        raise ImportError("easy-vqa is not installed: pip install easy-vqa==1.0 "
-                          "(the `data` extra of wings-mllm: pip install -e '.[data]' in its clone)") from error
+        raise ImportError(
+            "easy-vqa is not installed: pip install easy-vqa==1.0 "
+            "(the `data` extra of wings-mllm: pip install -e '.[data]' in its clone)"
+        ) from error
     return Path(easy_vqa.__file__).parent / "data"
 
 
@@ -65,7 +67,9 @@ def convert_easy_vqa(
     return counts
 
 
-def _convert_split(source: Path, out: Path, split: str, max_turns: int | None, shuffler: random.Random) -> dict[str, int]:
+def _convert_split(
+    source: Path, out: Path, split: str, max_turns: int | None, shuffler: random.Random
+) -> dict[str, int]:
     with open(source / split / "questions.json", encoding="utf-8") as handle:
         questions = json.load(handle)  # [[question, answer, image id], ...]
     by_image: dict[int, list[tuple[str, str]]] = defaultdict(list)
@@ -77,7 +81,9 @@ def _convert_split(source: Path, out: Path, split: str, max_turns: int | None, s
     for image_id in sorted(by_image):
         image_source = source / split / "images" / f"{image_id}.png"
         if not image_source.is_file():
-            raise FileNotFoundError(f"{image_source}: image of {len(by_image[image_id])} {split} question(s) is missing")
+            raise FileNotFoundError(
+                f"{image_source}: image of {len(by_image[image_id])} {split} question(s) is missing"
+            )
         shutil.copyfile(image_source, image_out / f"{image_id}.png")  # already 64x64 RGB PNG
         image = f"images/{split}/{image_id}.png"
         pairs = list(by_image[image_id])
@@ -139,8 +145,11 @@ def write_align_set(data_dir: str | os.PathLike, seed: int = 0, name: str = "ali
     chosen = {"colour": kinds["colour"], "shape": shuffler.sample(kinds["shape"], len(kinds["shape"]) // 2)}
     opened = len(chosen["colour"]) + len(chosen["shape"])
     chosen["yes/no"] = shuffler.sample(kinds["yes/no"], min(opened, len(kinds["yes/no"])))
-    align = [_conversation(f"align-{kind.replace('/', '-')}-{n}", image, [(question, answer)])
-             for kind, questions in chosen.items() for n, (image, question, answer) in enumerate(questions)]  # fmt: skip
+    align = [
+        _conversation(f"align-{kind.replace('/', '-')}-{n}", image, [(question, answer)])
+        for kind, questions in chosen.items()
+        for n, (image, question, answer) in enumerate(questions)
+    ]
     shuffler.shuffle(align)
     (folder / name).write_text(json.dumps(align, indent=1) + "\n", encoding="utf-8")
     return {kind: len(questions) for kind, questions in chosen.items()}

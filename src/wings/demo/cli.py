@@ -19,19 +19,31 @@ from wings.threads import add_threads_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="the small preset (a few minutes)")
     parser.add_argument("--ablations", action="store_true", help="add the visual-learner-only model")
     parser.add_argument("--out", type=Path, help="output folder (default runs/demo, runs/demo-quick with --quick)")
-    parser.add_argument("--vision", metavar="TOWER",
-                        help="vision tower: a preset (default efficientnet-lite0-in1k, pretrained and frozen; "
-                             "siglip-scratch-32 trains a small SigLIP from scratch) or a SigLIP/CLIP folder")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="train every model N times with seeds 0..N-1 and report mean and spread (default 1)")
+    parser.add_argument(
+        "--vision",
+        metavar="TOWER",
+        help="vision tower: a preset (default efficientnet-lite0-in1k, pretrained and frozen; "
+        "siglip-scratch-32 trains a small SigLIP from scratch) or a SigLIP/CLIP folder",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train every model N times with seeds 0..N-1 and report mean and spread (default 1)",
+    )
     add_threads_argument(parser)  # the pipeline applies it, or re-measures, before every step
-    parser.add_argument("--no-eval-cache", action="store_true",
-                        help="recompute the base LLM's evaluation instead of reading it from ~/.cache/wings/eval")
+    parser.add_argument(
+        "--no-eval-cache",
+        action="store_true",
+        help="recompute the base LLM's evaluation instead of reading it from ~/.cache/wings/eval",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_demo, chooses_threads_per_step=True)
 
@@ -50,8 +62,9 @@ def run_demo(args: argparse.Namespace) -> int:
         from wings.model.vision_towers import tower_names
 
         if args.vision not in tower_names() and not Path(args.vision).expanduser().is_dir():  # before any step runs
-            raise SystemExit(f"wings demo: --vision {args.vision}: not a preset ({', '.join(tower_names())}) and no "
-                             "such folder.")  # fmt: skip
+            raise SystemExit(
+                f"wings demo: --vision {args.vision}: not a preset ({', '.join(tower_names())}) and no such folder."
+            )
         overrides["vision"] = args.vision
         if args.out is None:  # another tower's models must not be mistaken for the default run's finished steps
             overrides["out"] = Path(f"runs/demo{'-quick' if args.quick else ''}-{Path(args.vision).name}")

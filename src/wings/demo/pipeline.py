@@ -52,8 +52,13 @@ class LossLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.history.append({"step": state.global_step, "loss": float(logs["loss"]),
-                                 "learning_rate": float(logs.get("learning_rate", 0.0))})  # fmt: skip
+            self.history.append(
+                {
+                    "step": state.global_step,
+                    "loss": float(logs["loss"]),
+                    "learning_rate": float(logs.get("learning_rate", 0.0)),
+                }
+            )
 
 
 class ThreadChoice(TrainerCallback):
@@ -95,8 +100,13 @@ class DemoPipeline:
             for (stage, folder, rates), init in ((run.align, None), (run.instruct, run.align[1])):
                 if folder not in seen:
                     seen.add(folder)
-                    steps.append(Step(f"train {folder}", self.out / folder / "provenance.json",
-                                      lambda s=stage, f=folder, r=rates, i=init, seed=run.seed: self.train(s, f, r, i, seed)))  # fmt: skip
+                    steps.append(
+                        Step(
+                            f"train {folder}",
+                            self.out / folder / "provenance.json",
+                            lambda s=stage, f=folder, r=rates, i=init, seed=run.seed: self.train(s, f, r, i, seed),
+                        )
+                    )
         steps += [
             Step("check align", self.out / "eval" / "align_identity.json", self.check_align_identity),
             Step("evaluate", self.out / "eval" / "results.json", self.evaluate),
@@ -145,8 +155,9 @@ class DemoPipeline:
 
     # ------------------------------------------------------------------------------------------ data
     def convert_data(self) -> None:
-        counts = convert_easy_vqa(self.data_dir, self.settings.easy_vqa_source, max_turns=self.settings.max_turns,
-                                  seed=self.settings.seed)  # fmt: skip
+        counts = convert_easy_vqa(
+            self.data_dir, self.settings.easy_vqa_source, max_turns=self.settings.max_turns, seed=self.settings.seed
+        )
         print(f"easy-vqa: {counts}")
         print(f"stage 1 data (align.json): {write_align_set(self.data_dir, seed=self.settings.seed)}")
 
@@ -168,14 +179,27 @@ class DemoPipeline:
         raw = {
             "stage": stage,
             "model": model,
-            "data": {"datasets": [{"path": str(self.data_dir / data_file), "image_folder": str(self.data_dir)}],
-                     "max_length": s.max_length},
-            "optim": {"learning_rates": dict(rates), "loraplus_lr_ratio": s.loraplus_lr_ratio if init_from is None else 1.0},
-            "training": {"output_dir": str(self.out / folder), "max_steps": steps, "per_device_train_batch_size":
-                         s.batch_size, "logging_steps": max(1, steps // 20), "save_steps": s.save_steps,
-                         "save_total_limit": 1, "report_to": "none", "use_cpu": s.use_cpu, "seed": seed,
-                         "disable_tqdm": not s.progress},
-        }  # fmt: skip
+            "data": {
+                "datasets": [{"path": str(self.data_dir / data_file), "image_folder": str(self.data_dir)}],
+                "max_length": s.max_length,
+            },
+            "optim": {
+                "learning_rates": dict(rates),
+                "loraplus_lr_ratio": s.loraplus_lr_ratio if init_from is None else 1.0,
+            },
+            "training": {
+                "output_dir": str(self.out / folder),
+                "max_steps": steps,
+                "per_device_train_batch_size": s.batch_size,
+                "logging_steps": max(1, steps // 20),
+                "save_steps": s.save_steps,
+                "save_total_limit": 1,
+                "report_to": "none",
+                "use_cpu": s.use_cpu,
+                "seed": seed,
+                "disable_tqdm": not s.progress,
+            },
+        }
         log = LossLog()
         callbacks = [log] if s.threads else [log, ThreadChoice()]
         config = build_config(raw, f"demo stage {folder}")
@@ -200,10 +224,18 @@ class DemoPipeline:
                 a, b = base.model(ids).logits, aligned.model(input_ids=ids).logits
                 max_diff = max(max_diff, (a - b).abs().max().item())
                 options = dict(max_new_tokens=8, do_sample=False)
-                same += torch.equal(base.model.generate(ids, **options), aligned.model.generate(input_ids=ids, **options))
-        result = {"prompts": len(prompts), "max_abs_logit_diff": max_diff, "identical_greedy": same,
-                  "identical": max_diff == 0.0 and same == len(prompts)}  # fmt: skip
-        print(f"after align, text-only: max |logit diff| {max_diff:.3g}, identical greedy outputs {same}/{len(prompts)}")
+                same += torch.equal(
+                    base.model.generate(ids, **options), aligned.model.generate(input_ids=ids, **options)
+                )
+        result = {
+            "prompts": len(prompts),
+            "max_abs_logit_diff": max_diff,
+            "identical_greedy": same,
+            "identical": max_diff == 0.0 and same == len(prompts),
+        }
+        print(
+            f"after align, text-only: max |logit diff| {max_diff:.3g}, identical greedy outputs {same}/{len(prompts)}"
+        )
         path = self.out / "eval" / "align_identity.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
@@ -224,8 +256,11 @@ class DemoPipeline:
         s = self.settings
         base, models = self.load_models()
         common = dict(batch_size=s.eval_batch_size, vqa_max_new_tokens=4, progress=s.progress, cache_dir=s.eval_cache)
-        vqa = evaluate_models(models, base, EvalSettings([f"easyvqa:{self.data_dir}"], limit=s.vqa_limit,
-                                                         vqa_swap_limit=s.swap_limit, **common))  # fmt: skip
+        vqa = evaluate_models(
+            models,
+            base,
+            EvalSettings([f"easyvqa:{self.data_dir}"], limit=s.vqa_limit, vqa_swap_limit=s.swap_limit, **common),
+        )
         _set_threads(s.threads)  # the load may have changed since the step began
         text = evaluate_models(models, base, EvalSettings(["retention"], limit=s.retention_limit, **common))
         results = dict(text)
@@ -241,8 +276,13 @@ class DemoPipeline:
         samples_file.parent.mkdir(parents=True, exist_ok=True)
         lines = []
         for record in records:  # one question and its answer per sample: text before, the image, text after
-            lines.append({"id": record["id"], "image": str((self.data_dir / record["image"]).resolve()),
-                          "conversations": record["conversations"][:2]})  # fmt: skip
+            lines.append(
+                {
+                    "id": record["id"],
+                    "image": str((self.data_dir / record["image"]).resolve()),
+                    "conversations": record["conversations"][:2],
+                }
+            )
         samples_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
         base, models = self.load_models()
         results: dict[str, Any] = {"samples": str(samples_file), "models": {}}

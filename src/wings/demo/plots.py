@@ -23,9 +23,16 @@ def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], pa
         axis = axes[0] if name.endswith("align") else axes[1]
         if history:
             linestyle, marker = MODEL_STYLES[index % len(MODEL_STYLES)]
-            axis.plot([h["step"] for h in history], [h["loss"] for h in history], linestyle=linestyle, marker=marker,
-                      markersize=max(3.0, 7.0 - index), markerfacecolor="none", label=name,
-                      color=f"C{index % 10}")  # fmt: skip
+            axis.plot(
+                [h["step"] for h in history],
+                [h["loss"] for h in history],
+                linestyle=linestyle,
+                marker=marker,
+                markersize=max(3.0, 7.0 - index),
+                markerfacecolor="none",
+                label=name,
+                color=f"C{index % 10}",
+            )
     for axis, title in zip(axes, ("stage 1 (align)", "stage 2 (instruct)")):
         axis.set_title(title)
         axis.set_xlabel("step")
@@ -48,16 +55,31 @@ def forgetting_panel(measure: str, scores: Mapping[str, float]) -> dict:
     scale = 100.0 if measure.endswith("acc") else 1.0
     unit = " (points)" if scale == 100.0 else ""
     if not base and scores and all(value > 0 for value in scores.values()):
-        return {"models": list(scores), "heights": [v * scale for v in scores.values()], "log": True,
-                "labels": [f"{v * scale:.2g}" for v in scores.values()], "title": f"{measure} (log scale)"}  # fmt: skip
+        return {
+            "models": list(scores),
+            "heights": [v * scale for v in scores.values()],
+            "log": True,
+            "labels": [f"{v * scale:.2g}" for v in scores.values()],
+            "title": f"{measure} (log scale)",
+        }
     if base is None:
-        return {"models": list(scores), "heights": [v * scale for v in scores.values()], "log": False,
-                "labels": [f"{v * scale:.4g}" for v in scores.values()], "title": measure}  # fmt: skip
+        return {
+            "models": list(scores),
+            "heights": [v * scale for v in scores.values()],
+            "log": False,
+            "labels": [f"{v * scale:.4g}" for v in scores.values()],
+            "title": measure,
+        }
     differences = [(value - base) * scale for value in scores.values()]
     shown = f"{base * scale:.1f}%" if scale == 100.0 else f"{base:.5g}"
-    return {"models": list(scores), "heights": differences, "log": False, "labels": [f"{d:+.2g}" for d in differences],
-            "title": f"{measure}: model - base LLM{unit}\n(base LLM {shown}; 0 = no change)",
-            "least_range": 1.0 if scale == 100.0 else 1e-4 * abs(base) or 1e-9}  # an axis, even when all are 0
+    return {
+        "models": list(scores),
+        "heights": differences,
+        "log": False,
+        "labels": [f"{d:+.2g}" for d in differences],
+        "title": f"{measure}: model - base LLM{unit}\n(base LLM {shown}; 0 = no change)",
+        "least_range": 1.0 if scale == 100.0 else 1e-4 * abs(base) or 1e-9,
+    }  # an axis, even when all are 0
 
 
 def plot_forgetting(values: Mapping[str, Mapping[str, float]], path: Path) -> Path:

@@ -138,7 +138,11 @@ def markdown_summary(rows: dict[str, dict[str, Any]]) -> str:
             if stat is None:
                 cells.append(_cell(column, None))
             else:
-                cells.append(f"{_number(column, stat[0])} ± {_number(column, stat[1])}" if stat[2] > 1 else _number(column, stat[0]))
+                cells.append(
+                    f"{_number(column, stat[0])} ± {_number(column, stat[1])}"
+                    if stat[2] > 1
+                    else _number(column, stat[0])
+                )
         lines.append(f"| {model} ({len(names)} seed{'s' * (len(names) > 1)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -165,8 +169,10 @@ def write_demo_report(pipeline: FinishedRun) -> dict[str, Any]:
     shifts = {name: model["attention_shift"] for name, model in analysis["models"].items()}
     rows = summary_rows(results, shifts)
     vqa_task = _task_key(results, "easyvqa")
-    priors = {kind: results["tasks"].get(vqa_task, {}).get(kind) if vqa_task else None
-              for kind in ("answer_prior", "question_prior")}  # fmt: skip
+    priors = {
+        kind: results["tasks"].get(vqa_task, {}).get(kind) if vqa_task else None
+        for kind in ("answer_prior", "question_prior")
+    }
 
     curves: dict[str, list] = {}
     for run in model_runs(pipeline.settings):
@@ -175,12 +181,17 @@ def write_demo_report(pipeline: FinishedRun) -> dict[str, Any]:
             curves[folder] = json.loads(log.read_text()) if log.is_file() else []
     plots = {
         "training_curves": plot_training_curves(curves, out / "training_curves.png"),
-        "forgetting": plot_forgetting({c: {n: r[c] for n, r in rows.items() if r[c] is not None} for c, *_ in RETENTION},
-                                      out / "forgetting.png"),  # fmt: skip
+        "forgetting": plot_forgetting(
+            {c: {n: r[c] for n, r in rows.items() if r[c] is not None} for c, *_ in RETENTION}, out / "forgetting.png"
+        ),
         "laws": plot_laws({name: model["laws"] for name, model in analysis["models"].items()}, out / "laws.png")[0],
     }
     models = list(seed_groups(rows))
-    verdicts = {against: retention_verdicts(rows, "WINGS", against) for against in models if against not in ("WINGS", "base LLM")}
+    verdicts = {
+        against: retention_verdicts(rows, "WINGS", against)
+        for against in models
+        if against not in ("WINGS", "base LLM")
+    }
     stats = seed_statistics(rows)
     spread = {against: beyond_spread(stats, "WINGS", against) for against in verdicts}
     report = {
@@ -207,8 +218,11 @@ def write_demo_report(pipeline: FinishedRun) -> dict[str, Any]:
         print("\n" + short_run_note(pipeline.settings))
     for kind, prior in priors.items():
         if prior:
-            print(f"\neasy-vqa {PRIOR_TEXT[kind]}: acc {100 * prior['acc']:.1f}, "
-                  f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}", end="")  # fmt: skip
+            print(
+                f"\neasy-vqa {PRIOR_TEXT[kind]}: acc {100 * prior['acc']:.1f}, "
+                f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}",
+                end="",
+            )
     print()
     for against, verdict in verdicts.items():
         print(f"WINGS against {against}, retention: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))
@@ -233,13 +247,15 @@ def _yes(value: bool | None) -> str:
 PRIOR_TEXT = {
     "answer_prior": "answer-prior baseline (always the most frequent training answer per question type)",
     "question_prior": "question-prior baseline (the most frequent training answer of the same question; "
-                      "a model that never looks at the image can learn this much)",
+    "a model that never looks at the image can learn this much)",
 }
 
 
-BASE_FOOTNOTE = ("Base LLM row: the base LLM has no vision tower and sees the easy-vqa question text alone, so its "
-                 "easy-vqa columns (0.0 when its free-text answers never match easy-vqa's words) say what the text "
-                 "gives without an image, not how well it sees.")
+BASE_FOOTNOTE = (
+    "Base LLM row: the base LLM has no vision tower and sees the easy-vqa question text alone, so its "
+    "easy-vqa columns (0.0 when its free-text answers never match easy-vqa's words) say what the text "
+    "gives without an image, not how well it sees."
+)
 
 
 def short_run_note(settings: DemoSettings) -> str | None:
@@ -247,24 +263,34 @@ def short_run_note(settings: DemoSettings) -> str | None:
     default = DemoSettings.default()
     if settings.align_steps >= default.align_steps and settings.instruct_steps >= default.instruct_steps:
         return None
-    return (f"This run trains {settings.align_steps} + {settings.instruct_steps} steps, fewer than the default "
-            f"preset's {default.align_steps} + {default.instruct_steps} (`--quick`): it checks that the pipeline runs "
-            "end to end, not the method. Its models are far from converged, so accuracies at or below the question "
-            "prior and ties between models are expected; `wings demo` without --quick measures the method.")
+    return (
+        f"This run trains {settings.align_steps} + {settings.instruct_steps} steps, fewer than the default "
+        f"preset's {default.align_steps} + {default.instruct_steps} (`--quick`): it checks that the pipeline runs "
+        "end to end, not the method. Its models are far from converged, so accuracies at or below the question "
+        "prior and ties between models are expected; `wings demo` without --quick measures the method."
+    )
 
 
-def _markdown(pipeline: FinishedRun, table: str, priors: dict, verdicts: dict, identity: dict,
-              spread: dict | None = None) -> str:  # fmt: skip
+def _markdown(
+    pipeline: FinishedRun, table: str, priors: dict, verdicts: dict, identity: dict, spread: dict | None = None
+) -> str:
     s = pipeline.settings
     tower = "trained from scratch in stage 1" if is_scratch_preset(s.vision) else "pretrained, frozen"
     seeds = f"; {s.seeds} seeds ({s.seed}..{s.seed + s.seeds - 1}), mean ± standard deviation" if s.seeds > 1 else ""
     lines = [
-        "# wings demo", "",
+        "# wings demo",
+        "",
         f"SmolLM2 LLM `{s.llm}` + vision tower `{s.vision}` ({tower}), easy-vqa conversations of up to "
         f"{s.max_turns} question(s), max_length {s.max_length}, batch {s.batch_size}; stage 1 {s.align_steps} steps, "
-        f"stage 2 {s.instruct_steps} steps for every model; LoRRA rank {s.lorra_rank}{seeds}.", "",
-        "## Summary", "", *([f"**{short_run_note(s)}**", ""] if short_run_note(s) else []), table, "",
-        BASE_FOOTNOTE, "",
+        f"stage 2 {s.instruct_steps} steps for every model; LoRRA rank {s.lorra_rank}{seeds}.",
+        "",
+        "## Summary",
+        "",
+        *([f"**{short_run_note(s)}**", ""] if short_run_note(s) else []),
+        table,
+        "",
+        BASE_FOOTNOTE,
+        "",
         f"Accuracies in percent on {s.vqa_limit or 'all'} easy-vqa test questions (a seeded sample), with 95% "
         "intervals in brackets; image swap: the share of answers that change when the question is asked about "
         f"another image of another shape and colour (the first {s.swap_limit or 'all'} of those questions that have "
@@ -272,32 +298,61 @@ def _markdown(pipeline: FinishedRun, table: str, priors: dict, verdicts: dict, i
         "changes; retention: "
         f"`retention_mc` accuracy ({s.retention_limit or 'all'} questions), KL(base || model) per token and perplexity "
         "on the base LLM's greedy continuations (`retention_lm`); attention shift = 1 - pearson(LAWS_before, "
-        "LAWS_after), n/a for the base LLM, which sees no image (WINGS.md).", "",
-    ]  # fmt: skip
+        "LAWS_after), n/a for the base LLM, which sees no image (WINGS.md).",
+        "",
+    ]
     if spread:
-        lines += ["WINGS against each baseline, difference of the means against the sum of the seed standard "
-                  "deviations:", ""]  # fmt: skip
+        lines += [
+            "WINGS against each baseline, difference of the means against the sum of the seed standard deviations:",
+            "",
+        ]
         for against, verdict in spread.items():
             lines.append(f"- {against}: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))
         lines.append("")
     for kind, prior in priors.items():
         if prior:
-            lines += [f"{PRIOR_TEXT[kind][0].upper()}{PRIOR_TEXT[kind][1:]}: acc {100 * prior['acc']:.1f}, "
-                      f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}.", ""]  # fmt: skip
+            lines += [
+                f"{PRIOR_TEXT[kind][0].upper()}{PRIOR_TEXT[kind][1:]}: acc {100 * prior['acc']:.1f}, "
+                f"yes/no {100 * prior['acc_yes_no']:.1f}, open {100 * prior['acc_open']:.1f}.",
+                "",
+            ]
     lines += ["## Retention: WINGS against each baseline (better = higher MC accuracy, lower KL, lower perplexity)", ""]
     for against, verdict in verdicts.items():
         lines.append(f"- against {against}: " + ", ".join(f"{k} {v}" for k, v in verdict.items()))
-    lines += ["", f"After align, text-only: max |logit difference| to the base LLM {identity['max_abs_logit_diff']:.3g}, "
-              f"identical greedy continuations {identity['identical_greedy']}/{identity['prompts']}.", "",
-              "## Learning rates", ""]  # fmt: skip
+    lines += [
+        "",
+        f"After align, text-only: max |logit difference| to the base LLM {identity['max_abs_logit_diff']:.3g}, "
+        f"identical greedy continuations {identity['identical_greedy']}/{identity['prompts']}.",
+        "",
+        "## Learning rates",
+        "",
+    ]
     for run in model_runs_of(pipeline):
         lines.append(f"- {run.name}: {run.align[0]} {run.align[2]}; {run.instruct[0]} {run.instruct[2]}")
-    lines += ["", "## Figures", "", "![training curves](training_curves.png)", "", "![forgetting](forgetting.png)", "",
-              "![LAWS curves](laws.png)", "", "## Full evaluation", "",
-              (pipeline.out / "eval" / "results.md").read_text().removeprefix("# Evaluation\n\n"), "",
-              f"Seconds per step (`timings.json`, over the runs that did each step): {pipeline.timings}", "",
-              f"Intra-op threads of the steps run this time (measured before each step unless `--threads`): "
-              f"{pipeline.threads or 'none run'}", "", "## Chat", "", f"    {chat_command(pipeline)}", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "![forgetting](forgetting.png)",
+        "",
+        "![LAWS curves](laws.png)",
+        "",
+        "## Full evaluation",
+        "",
+        (pipeline.out / "eval" / "results.md").read_text().removeprefix("# Evaluation\n\n"),
+        "",
+        f"Seconds per step (`timings.json`, over the runs that did each step): {pipeline.timings}",
+        "",
+        f"Intra-op threads of the steps run this time (measured before each step unless `--threads`): "
+        f"{pipeline.threads or 'none run'}",
+        "",
+        "## Chat",
+        "",
+        f"    {chat_command(pipeline)}",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -18,8 +18,7 @@ from wings.model.registry import cache_dir
 SCRATCH_TOWER_RATE = 1e-3
 WINGS_RATES: dict[str, dict[str, float]] = {
     "align": {"projector": 1e-3, "visual_learners": 1e-3},
-    "instruct": {"projector": 1e-4, "visual_learners": 1e-4, "textual_learners": 1e-4, "routers": 1e-3,
-                 "llm": 2e-6},
+    "instruct": {"projector": 1e-4, "visual_learners": 1e-4, "textual_learners": 1e-4, "routers": 1e-3, "llm": 2e-6},
 }
 LLAVA_RATES: dict[str, dict[str, float]] = {
     "llava-align": {"projector": 1e-3},
@@ -53,8 +52,12 @@ class DemoSettings:
     align_steps: int = 250
     instruct_steps: int = 8
     save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
-    wings_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in WINGS_RATES.items()})
-    llava_rates: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in LLAVA_RATES.items()})
+    wings_rates: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in WINGS_RATES.items()}
+    )
+    llava_rates: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in LLAVA_RATES.items()}
+    )
     vqa_limit: int | None = 500  # easy-vqa test questions scored, a seeded sample (None: all 9,673)
     swap_limit: int | None = 200  # of those, asked again about another image (the image-swap column)
     retention_limit: int | None = None  # retention_mc questions and retention_lm prompts (None: all)
@@ -76,8 +79,16 @@ class DemoSettings:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoSettings:
         """A minutes-long check of the whole pipeline (numbers far from converged)."""
-        values = dict(out=Path("runs/demo-quick"), batch_size=4, align_steps=12, instruct_steps=2, save_steps=1000,
-                      vqa_limit=48, retention_limit=16, attention_samples=4)  # fmt: skip
+        values = dict(
+            out=Path("runs/demo-quick"),
+            batch_size=4,
+            align_steps=12,
+            instruct_steps=2,
+            save_steps=1000,
+            vqa_limit=48,
+            retention_limit=16,
+            attention_samples=4,
+        )
         return cls(**(values | overrides))
 
 
@@ -103,8 +114,14 @@ def seeded_runs(settings: DemoSettings) -> list[ModelRun]:
                 runs.append(ModelRun(run.name, run.align, run.instruct, seed))
             else:
                 tag = f"-seed{seed}"
-                runs.append(ModelRun(f"{run.name}{SEED_TAG}{seed}]", (run.align[0], run.align[1] + tag, run.align[2]),
-                                     (run.instruct[0], run.instruct[1] + tag, run.instruct[2]), seed))  # fmt: skip
+                runs.append(
+                    ModelRun(
+                        f"{run.name}{SEED_TAG}{seed}]",
+                        (run.align[0], run.align[1] + tag, run.align[2]),
+                        (run.instruct[0], run.instruct[1] + tag, run.instruct[2]),
+                        seed,
+                    )
+                )
     return runs
 
 
@@ -117,15 +134,28 @@ def model_runs(settings: DemoSettings) -> list[ModelRun]:
     align_folder = "llava-align" if matched_align == llava["llava-align"] else "llava-matched-align"
     runs = [
         ModelRun("WINGS", ("align", "wings-align", wings["align"]), ("instruct", "wings-instruct", wings["instruct"])),
-        ModelRun("LLaVA", ("llava-align", "llava-align", llava["llava-align"]),
-                 ("llava-instruct", "llava-instruct", llava["llava-instruct"])),
-        ModelRun("LLaVA (WINGS LR)", ("llava-align", align_folder, matched_align),
-                 ("llava-instruct", "llava-matched-instruct", matched_instruct)),
-    ]  # fmt: skip
+        ModelRun(
+            "LLaVA",
+            ("llava-align", "llava-align", llava["llava-align"]),
+            ("llava-instruct", "llava-instruct", llava["llava-instruct"]),
+        ),
+        ModelRun(
+            "LLaVA (WINGS LR)",
+            ("llava-align", align_folder, matched_align),
+            ("llava-instruct", "llava-matched-instruct", matched_instruct),
+        ),
+    ]
     if settings.ablations:
-        visual = {group: rate for group, rate in wings["instruct"].items() if group not in ("textual_learners", "routers")}
-        runs.append(ModelRun("visual learner only", ("align", "wings-align", wings["align"]),
-                             ("instruct-visual", "visual-instruct", visual)))  # fmt: skip
+        visual = {
+            group: rate for group, rate in wings["instruct"].items() if group not in ("textual_learners", "routers")
+        }
+        runs.append(
+            ModelRun(
+                "visual learner only",
+                ("align", "wings-align", wings["align"]),
+                ("instruct-visual", "visual-instruct", visual),
+            )
+        )
     return runs
 
 
