@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.demo.fake_easy_vqa import fake_easy_vqa
-from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
+from tests.fixtures.easy_vqa import fake_easy_vqa
 from wings.demo.pipeline import DemoPipeline
 from wings.demo.settings import DemoSettings, model_runs
 

@@ -6,8 +6,7 @@ import pytest
 
 from experiments.easy_vqa_probe import main, question_prior, yes_no_questions
 from experiments.easy_vqa_stage1 import main as train_stage
-from tests.demo.fake_easy_vqa import fake_easy_vqa
-from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
+from tests.fixtures.easy_vqa import fake_easy_vqa
 from wings.data.easy_vqa import convert_easy_vqa
 
 

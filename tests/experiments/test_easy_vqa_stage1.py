@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.easy_vqa_stage1 import KINDS, main, parse_arguments, question_kind
-from tests.demo.fake_easy_vqa import fake_easy_vqa
-from tests.training.conftest import tiny_llm_dir  # noqa: F401  (the fixture)
+from tests.fixtures.easy_vqa import fake_easy_vqa
 from wings.data.easy_vqa import convert_easy_vqa
 
 

@@ -6,24 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM
-
-from tests.fixtures.models import text_config
-from tests.fixtures.tokenizers import build_tokenizer
-
-
-@pytest.fixture(scope="session")
-def tiny_llm_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-llm")
-    tokenizer = build_tokenizer("chatml")
-    torch.manual_seed(0)
-    config = text_config("qwen2")
-    config.vocab_size = len(tokenizer) + 8  # room for the added <image> placeholder token
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

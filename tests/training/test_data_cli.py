@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.data.test_easy_vqa import fake_easy_vqa  # noqa: F401  (the fixture)
+from tests.fixtures.easy_vqa import fake_easy_vqa
 from tests.fixtures.tokenizers import build_processor
 from wings.training import data_cli
 
@@ -57,9 +57,10 @@ def test_check_measures_lengths_with_a_saved_processor(tmp_path, capsys):
         run_cli("data", "check", data, "--max-length", "30")
 
 
-def test_easy_vqa_converts_and_prints_counts(tmp_path, fake_easy_vqa, capsys):  # noqa: F811  (the fixture)
-    out_dir = tmp_path / "o"
-    assert run_cli("data", "easy-vqa", "--out", str(out_dir), "--source", str(fake_easy_vqa), "--max-turns", "1") == 0
+def test_easy_vqa_converts_and_prints_counts(tmp_path, capsys):
+    source, out_dir = fake_easy_vqa(tmp_path / "easy_vqa_data"), tmp_path / "o"
+    assert run_cli("data", "easy-vqa", "--out", str(out_dir), "--source", str(source), "--max-turns", "1") == 0
     out = capsys.readouterr().out
-    assert f"train: 2 images, 4 questions (2 yes/no) in 4 conversations -> {out_dir}/train.json" in out
+    # the builder: 6 training images with 3 questions each, one of them yes/no; one question a conversation
+    assert f"train: 6 images, 18 questions (6 yes/no) in 18 conversations -> {out_dir}/train.json" in out
     assert (out_dir / "images" / "test" / "0.png").is_file()
