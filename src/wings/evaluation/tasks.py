@@ -7,7 +7,7 @@ from the Hugging Face hub. Besides the names in `TASKS`, two prefixes take a use
 `mc:FILE.jsonl` (the generic multiple-choice schema, see `load_generic_jsonl`) and `ppl:FILE.txt`
 (perplexity of a text file). Multimodal tasks (`text_only=False`, see `evaluation/vqa.py`): `easy_vqa`
 (with --data-dir), `easyvqa:DIR`, `vqa:FILE.jsonl`, `mmbench:FILE.tsv`, and `iit:FILE` (the IIT benchmark
-of `wings.analysis.iit`). `kind` says which scorer runs a task; `text_only` which tasks enter the
+of `wings.evaluation.iit`). `kind` says which scorer runs a task; `text_only` which tasks enter the
 forgetting average.
 """
 
