@@ -12,9 +12,23 @@ from tests.fixtures.easy_vqa import fake_easy_vqa
 from wings.demo.pipeline import DemoPipeline
 from wings.demo.settings import DemoSettings, model_runs
 
+# A run of seconds: tiny steps, a handful of questions, no checkpoints in between.
+TINY_RUN = dict(
+    lorra_rank=4,
+    batch_size=2,
+    align_steps=2,
+    instruct_steps=1,
+    save_steps=1000,
+    vqa_limit=4,
+    retention_limit=3,
+    attention_samples=2,
+    eval_batch_size=4,
+    progress=False,
+)
+
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_llm_dir):  # noqa: F811
+def finished(tmp_path_factory, tiny_llm_dir):
     """One finished demo run (with the ablation) and its printed output."""
     raw = fake_easy_vqa(tmp_path_factory.mktemp("easy-vqa-raw"))
     settings = DemoSettings(
@@ -22,20 +36,11 @@ def finished(tmp_path_factory, tiny_llm_dir):  # noqa: F811
         llm=str(tiny_llm_dir),
         easy_vqa_source=raw,
         max_turns=2,
-        lorra_rank=4,
         max_length=64,
-        batch_size=2,
-        align_steps=2,
-        instruct_steps=1,
-        save_steps=1000,
-        vqa_limit=4,
-        retention_limit=3,
-        attention_samples=2,
-        eval_batch_size=4,
         threads=None,
         ablations=True,
         eval_cache=tmp_path_factory.mktemp("eval-cache"),
-        progress=False,
+        **TINY_RUN,
     )
     report = DemoPipeline(settings).run()
     return settings, report
@@ -84,26 +89,17 @@ def test_writes_report_results_and_plots(finished):
     assert all(1 <= threads <= (os.cpu_count() or 1) for threads in results["threads"].values())
 
 
-def test_seeds_give_mean_and_spread_per_model(tmp_path, tiny_llm_dir):  # noqa: F811
+def test_seeds_give_mean_and_spread_per_model(tmp_path, tiny_llm_dir):
     from wings.demo.report import seed_statistics
 
     settings = DemoSettings(
         out=tmp_path / "demo",
         llm=str(tiny_llm_dir),
         easy_vqa_source=fake_easy_vqa(tmp_path / "raw"),
-        lorra_rank=4,
-        batch_size=2,
-        align_steps=2,
-        instruct_steps=1,
-        save_steps=1000,
-        vqa_limit=4,
-        retention_limit=3,
-        attention_samples=2,
-        eval_batch_size=4,
         threads=1,
         eval_cache=None,
-        progress=False,
         seeds=2,
+        **TINY_RUN,
         vision="siglip-scratch-32",
     )
     report = DemoPipeline(settings).run()

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.easy_vqa_probe import main, question_prior, yes_no_questions
 from experiments.easy_vqa_stage1 import main as train_stage
-from tests.fixtures.easy_vqa import fake_easy_vqa
+from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
 
 
@@ -25,26 +25,9 @@ def test_questions_and_prior_read_both_splits(easy_vqa):
     assert question_prior(easy_vqa) == {"is there a circle?": "yes"}  # 3 yes, 3 no: the first counted wins a tie
 
 
-def test_probe_scores_every_layer(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
+def test_probe_scores_every_layer(tmp_path, easy_vqa, tiny_llm_dir):
     out = tmp_path / "stage1"
-    train_stage(
-        [
-            "--data",
-            str(easy_vqa),
-            "--out",
-            str(out),
-            "--llm",
-            str(tiny_llm_dir),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--test-questions",
-            "3",
-            "--lorra-rank",
-            "4",
-        ]
-    )
+    train_stage(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir))
     result = main(["--model", str(out / "model"), "--data", str(easy_vqa), "--train-questions", "6"])
     layers = result["probe_by_layer"]
     assert len(layers) >= 2 and all(0 <= value <= 100 for value in layers)  # embeddings, then every layer

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.easy_vqa_stage1 import KINDS, main, parse_arguments, question_kind
-from tests.fixtures.easy_vqa import fake_easy_vqa
+from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
 
 
@@ -25,32 +25,10 @@ def test_question_kinds():
     assert question_kind("what shape is in the image?", "circle") == "shape"
 
 
-def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
+def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):
     out = tmp_path / "stage1"
-    result = main(
-        [
-            "--data",
-            str(easy_vqa),
-            "--out",
-            str(out),
-            "--llm",
-            str(tiny_llm_dir),
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--eval-every",
-            "1",
-            "--test-questions",
-            "9",
-            "--train-file",
-            "align.json",
-            "--loraplus-ratio",
-            "10",
-            "--lorra-rank",
-            "4",
-        ]
-    )
+    extra = ["--eval-every", "1", "--train-file", "align.json", "--loraplus-ratio", "10"]
+    result = main(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir, steps=2, test_questions=9) + extra)
     assert set(result["scores"]) == {*KINDS, "all"}
     assert all(0 <= value <= 100 for value in result["scores"].values())
     assert [entry["step"] for entry in result["history"]] == [1]  # every step before the last; the last is final
@@ -60,26 +38,9 @@ def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_v
     assert json.loads((out / "scores.json").read_text())["scores"] == result["scores"]
 
 
-def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tiny_llm_dir):  # noqa: F811
+def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tiny_llm_dir):
     first = tmp_path / "stage1"
-    main(
-        [
-            "--data",
-            str(easy_vqa),
-            "--out",
-            str(first),
-            "--llm",
-            str(tiny_llm_dir),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--test-questions",
-            "3",
-            "--lorra-rank",
-            "4",
-        ]
-    )
+    main(tiny_stage_arguments(easy_vqa, first, tiny_llm_dir))
     out = tmp_path / "stage2"
     result = main(
         [

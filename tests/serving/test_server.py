@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import base64
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
-from tests.fixtures.serving import png_bytes
+from tests.fixtures.serving import png_bytes, serving
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +24,8 @@ def base_url(engine):
     limits = ServerLimits(
         max_request_bytes=200_000, max_image_pixels=64 * 64, max_images=2, max_tokens=64, default_max_tokens=16
     )
-    app = create_app(engine, api_key=API_KEY, limits=limits)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(400):  # bounded wait for the socket to open
-        if server.started:
-            break
-        time.sleep(0.025)
-    assert server.started, "the test server did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(engine, api_key=API_KEY, limits=limits)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
