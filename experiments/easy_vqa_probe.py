@@ -7,7 +7,12 @@ of its "yes" / "no" logits). A probe far above the prior where the model's answe
 the question and the image is computed, the answer does not use it. A probe at the prior in every layer: the model
 does not compute it.
 
+With `--target colour` (or `shape`) the probes predict the image's colour (shape) from the same hidden states of the
+same yes/no questions instead: whether what the image shows reaches the answer position of a yes/no question at
+all, beside the most frequent class.
+
     python -m experiments.easy_vqa_probe --model runs/demo/wings-instruct --data runs/demo/data/easy-vqa
+    python -m experiments.easy_vqa_probe --model runs/demo/wings-instruct --data runs/demo/data/easy-vqa --target colour
 """
 
 from __future__ import annotations
@@ -51,6 +56,19 @@ def question_prior(data: Path) -> dict[str, str]:
     return {text: count.most_common(1)[0][0] for text, count in counts.items()}
 
 
+def image_labels(data: Path) -> dict[str, dict[str, str]]:
+    """image -> {"colour": ..., "shape": ...} from the open questions of both splits (images with both)."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    rows = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
+    for record in json.loads((data / "train.json").read_text()):
+        question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
+        rows.append({"image": record["image"], "question": question, "answer": answer})
+    for row in rows:
+        if row["answer"] not in ("yes", "no"):
+            found[row["image"]]["colour" if "color" in row["question"] else "shape"] = row["answer"]
+    return {image: labels for image, labels in found.items() if len(labels) == 2}
+
+
 @torch.no_grad()
 def answer_states(
     model: Any, processor: Any, data: Path, questions: list[dict[str, str]], chunk_size: int = 50
@@ -78,16 +96,28 @@ def answer_states(
     return np.concatenate(states), np.array(answers)
 
 
-def probe(model_dir: Path, data: Path, train_questions: int, test_questions: int) -> dict[str, Any]:
-    """Per layer, the probe's test accuracy on the right answer; beside it the prior's and the model's own."""
+def probe(
+    model_dir: Path, data: Path, train_questions: int, test_questions: int, target: str = "answer"
+) -> dict[str, Any]:
+    """Per layer, the probe's test accuracy on the right answer (or the image's colour / shape); beside it the
+    prior's (the most frequent class's) and the model's own answer."""
     model = WingsForConditionalGeneration.from_pretrained(model_dir)
     processor = WingsProcessor.from_pretrained(model_dir)
     train, test = yes_no_questions(data, "train", train_questions), yes_no_questions(data, "test", test_questions)
+    if target != "answer":  # the label is what the image shows: keep the questions whose image has both labels
+        shown = image_labels(data)
+        train, test = (
+            [dict(q, answer=shown[q["image"]][target]) for q in qs if q["image"] in shown] for qs in (train, test)
+        )
     train_states, _ = answer_states(model, processor, data, train)
     test_states, own = answer_states(model, processor, data, test)
     truth_train = np.array([q["answer"] for q in train])
     truth = np.array([q["answer"] for q in test])
-    prior = question_prior(data)
+    if target != "answer":
+        majority = Counter(truth_train.tolist()).most_common(1)[0][0]
+        prior = defaultdict(lambda: majority)
+    else:
+        prior = question_prior(data)
     layers = []
     for layer in range(train_states.shape[1]):
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
@@ -95,10 +125,11 @@ def probe(model_dir: Path, data: Path, train_questions: int, test_questions: int
         layers.append(round(100 * float((classifier.predict(test_states[:, layer]) == truth).mean()), 1))
     return {
         "model": str(model_dir),
+        "target": target,
         "train_questions": len(train),
         "test_questions": len(test),
         "question_prior": round(100 * float(np.mean([prior.get(q["question"], "no") == q["answer"] for q in test])), 1),
-        "model_answer": round(100 * float((own == truth).mean()), 1),
+        "model_answer": round(100 * float((own == truth).mean()), 1) if target == "answer" else None,
         "probe_by_layer": layers,  # 0: the input embeddings, then after each decoder layer
         "best_probe": max(layers),
     }
@@ -110,12 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, required=True, help="`wings data easy-vqa --max-turns 1` output")
     parser.add_argument("--train-questions", type=int, default=1000, help="yes/no training questions to fit on")
     parser.add_argument("--test-questions", type=int, default=500, help="yes/no test questions to score")
+    parser.add_argument(
+        "--target", choices=("answer", "colour", "shape"), default="answer", help="what the probes predict"
+    )
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model} holds no model (config.json)")
     if not (args.data / "train.json").is_file() or not (args.data / "test_questions.jsonl").is_file():
         parser.error(f"--data {args.data}: write it with `wings data easy-vqa --out {args.data} --max-turns 1`")
-    result = probe(args.model, args.data, args.train_questions, args.test_questions)
+    result = probe(args.model, args.data, args.train_questions, args.test_questions, args.target)
     print(json.dumps(result))
     return result
 

@@ -11,6 +11,7 @@ import pytest
 from tests.fixtures.easy_vqa import fake_easy_vqa
 from wings.demo.pipeline import DemoPipeline
 from wings.demo.settings import DemoSettings, model_runs
+from wings.model.processing_wings import WingsProcessor
 
 # A run of seconds: tiny steps, a handful of questions, no checkpoints in between.
 TINY_RUN = dict(
@@ -80,6 +81,10 @@ def test_writes_report_results_and_plots(finished):
     report_md = (out / "report.md").read_text()
     assert "| WINGS |" in report_md and "answer-prior" in report_md.lower()
     assert "| base LLM |" in report_md and "| n/a |" in report_md and "image swap" in report_md
+    assert "seed standard deviations" not in report_md  # one seed: no spread to compare against
+    # every model trained and scored with the demo's empty system turn, saved with its processor
+    for folder in ("wings-align", "wings-instruct", "llava-instruct"):
+        assert WingsProcessor.from_pretrained(out / folder).system_prompt == settings.system_prompt == ""
     # the default tower: pretrained, frozen, its features computed once per image
     provenance = json.loads((out / "wings-align" / "provenance.json").read_text())
     assert settings.vision == "efficientnet-lite0-in1k" and "(pretrained, frozen)" in report_md

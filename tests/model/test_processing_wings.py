@@ -176,6 +176,30 @@ def test_save_and_load_round_trip(tmp_path, processor):
         assert torch.equal(first[key], second[key]), key
 
 
+def test_system_prompt_replaces_the_templates_default_and_travels_with_the_processor(tmp_path):
+    default = build_processor("chatml")
+    empty = build_processor("chatml", system_prompt="")
+    prompt = [{"role": "user", "content": "<image>\nWhat is in the image?"}]
+    assert empty.render(prompt).startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<image>")
+    shorter = len(default.encode_conversation(CONVERSATION, [red()])["input_ids"]) - len(
+        empty.encode_conversation(CONVERSATION, [red()])["input_ids"]
+    )
+    assert shorter == len(default.tokenizer("You are a helpful assistant.", add_special_tokens=False)["input_ids"])
+    # a conversation's own system message wins; transformers' apply_chat_template renders as render does
+    own = [{"role": "system", "content": "Be brief."}] + prompt
+    assert empty.render(own) == default.render(own)
+    assert empty.apply_chat_template(prompt, tokenize=False) == empty.render(prompt)
+    assert empty.apply_chat_template([prompt, own], tokenize=False) == [empty.render(prompt), empty.render(own)]
+    # labels still cover exactly the assistant turns
+    encoded = empty.encode_conversation(CONVERSATION, [red()])
+    supervised = empty.decode(encoded["input_ids"][encoded["labels"] != IGNORE_INDEX])
+    assert supervised == "A red circle.<|im_end|>Demo response.<|im_end|>"
+    empty.save_pretrained(tmp_path)
+    assert WingsProcessor.from_pretrained(tmp_path).system_prompt == ""
+    default.save_pretrained(tmp_path / "default")
+    assert WingsProcessor.from_pretrained(tmp_path / "default").system_prompt is None
+
+
 def test_batch_call_pads_left_for_generation_and_decodes_without_image_tokens(processor):
     prompts = [
         [{"role": "user", "content": "<image>\nWhat is in the image?"}],

@@ -98,6 +98,21 @@ def test_data_image_normalization_is_computed_from_the_training_images_and_saved
         build_config(raw)
 
 
+def test_system_prompt_is_set_by_the_first_stage_and_kept_by_the_next(tiny_llm_dir, tiny_data, tmp_path):
+    from wings.model.processing_wings import WingsProcessor
+
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align", max_steps=1)
+    raw["model"]["system_prompt"] = ""
+    align = run_stage(build_config(raw))
+    assert WingsProcessor.from_pretrained(align).system_prompt == ""
+    instruct = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "instruct", stage="instruct", max_steps=1)
+    instruct["model"] = {"init_from": str(align)}
+    assert WingsProcessor.from_pretrained(run_stage(build_config(instruct))).system_prompt == ""
+    instruct["model"]["system_prompt"] = "Be brief."
+    with pytest.raises(ValueError, match="system_prompt is for a new model"):
+        build_config(instruct)
+
+
 def test_align_checkpoint_leaves_out_the_frozen_llm_and_export_restores_it(tiny_llm_dir, tiny_data, tmp_path):
     config = build_config(tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align"))
     output = run_stage(config)

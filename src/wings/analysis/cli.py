@@ -92,9 +92,13 @@ class SampleText:
     images: list[str]
 
 
-def sample_texts(path: Path, tokenizer: Any, image_folder: Path | None = None) -> list[SampleText]:
+def sample_texts(
+    path: Path, tokenizer: Any, image_folder: Path | None = None, processor: Any = None
+) -> list[SampleText]:
     """Each sample's text cut at its `<image>` placeholders, with its images; text before the first image and
-    after the last one is required (several images are allowed: the text between them is in no segment)."""
+    after the last one is required (several images are allowed: the text between them is in no segment).
+    Conversations are rendered by a WINGS model's processor when given (its system prompt as in training), else
+    by the tokenizer's chat template."""
     folder = image_folder or path.parent
     out = []
     for index, record in enumerate(read_records(path)):
@@ -106,7 +110,9 @@ def sample_texts(path: Path, tokenizer: Any, image_folder: Path | None = None) -
         else:
             conversation = normalize_record(record, folder, str(path), index)
             messages, images = conversation.to_chat(), conversation.images
-            if getattr(tokenizer, "chat_template", None):
+            if processor is not None:
+                text = processor.render(messages)
+            elif getattr(tokenizer, "chat_template", None):
                 text = tokenizer.apply_chat_template(messages, tokenize=False)
             else:
                 text = "\n".join(message["content"] for message in messages)
@@ -191,9 +197,10 @@ def run_attention_shift(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"data": str(args.data), "query_tokens": args.query_tokens, "models": {}}
     for name in args.model:
         entry = load_eval_model(name, dtype=dtype, device=args.device)
-        texts = sample_texts(args.data, entry.tokenizer, args.image_folder)[: args.limit]
+        processor = load_processor(entry, name)
+        texts = sample_texts(args.data, entry.tokenizer, args.image_folder, processor)[: args.limit]
         samples = tokenize_samples(texts, entry.tokenizer)
-        analysis = analyze_model(entry.model, samples, load_processor(entry, name), args.query_tokens)
+        analysis = analyze_model(entry.model, samples, processor, args.query_tokens)
         results["models"][name] = analysis
         print(f"{name}: {shift_summary(analysis)}")
         del entry

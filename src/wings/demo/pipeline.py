@@ -171,7 +171,7 @@ class DemoPipeline:
         data_file = "align.json" if init_from is None and s.align_on_descriptions else "train.json"
         if init_from is None:
             scratch = is_scratch_preset(s.vision)  # trained in stage 1; a pretrained tower stays frozen
-            model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": scratch}
+            model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": scratch, "system_prompt": s.system_prompt}
             if scratch:
                 rates["vision_tower"] = SCRATCH_TOWER_RATE
         else:
@@ -288,9 +288,11 @@ class DemoPipeline:
         results: dict[str, Any] = {"samples": str(samples_file), "models": {}}
         for entry in tqdm([base] + models, desc="attention shift", disable=not self.settings.progress):
             _set_threads(self.settings.threads)
-            samples = tokenize_samples(sample_texts(samples_file, entry.tokenizer), entry.tokenizer)
             folder = self.model_dirs().get(entry.name)
             processor = load_processor(entry, str(folder)) if folder else None
+            samples = tokenize_samples(
+                sample_texts(samples_file, entry.tokenizer, processor=processor), entry.tokenizer
+            )
             analysis = analyze_model(entry.model, samples, processor)
             analysis.pop("samples")
             results["models"][entry.name] = analysis

@@ -301,7 +301,7 @@ def _markdown(
         "LAWS_after), n/a for the base LLM, which sees no image (WINGS.md).",
         "",
     ]
-    if spread:
+    if spread and any(spread.values()):  # empty with one seed: no spread to compare against
         lines += [
             "WINGS against each baseline, difference of the means against the sum of the seed standard deviations:",
             "",

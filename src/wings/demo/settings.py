@@ -46,10 +46,13 @@ class DemoSettings:
     loraplus_lr_ratio: float = 10.0
     lorra_rank: int = 8
     router_init_visual_weight: float | None = None  # routers' initial w_v at tokens that see an image (None: config's)
+    # An empty system turn instead of SmolLM2's 20-token default: a third of every sample's tokens, in training
+    # and evaluation (measured: docs/results/demo.md). Saved with the models' processors.
+    system_prompt: str | None = ""
     max_length: int = 64
     batch_size: int = 8
     # Stage 1 carries the visual learning (LLM frozen, ~2 s a step); stage 2 trains the LLM (~4 s a step).
-    align_steps: int = 250
+    align_steps: int = 300
     instruct_steps: int = 8
     save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
     wings_rates: dict[str, dict[str, float]] = field(

@@ -19,6 +19,7 @@ def build_wings(
     vision: str,
     dtype: torch.dtype = torch.float32,
     image_preprocess: str = "pad",
+    system_prompt: str | None = None,
     **wings_options: Any,
 ) -> tuple[WingsForConditionalGeneration, WingsProcessor]:
     """A fresh WINGS model (new projector and learners around the given LLM and tower) and its processor."""
@@ -29,6 +30,10 @@ def build_wings(
     model.config.base_vision = vision
     image_processor_path = vision if Path(vision).is_dir() else None
     processor = WingsProcessor.from_model_config(
-        tokenizer, model.config, image_processor_path=image_processor_path, image_preprocess=image_preprocess
+        tokenizer,
+        model.config,
+        image_processor_path=image_processor_path,
+        image_preprocess=image_preprocess,
+        system_prompt=system_prompt,
     )
     return model, processor

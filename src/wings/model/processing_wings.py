@@ -54,6 +54,9 @@ class WingsProcessor(ProcessorMixin):
         image_preprocess: "pad" (pad to square with the mean colour, the authors' choice) or
             "resize" (stretch to the tower's square size).
         max_pixels: images larger than this are refused (decompression-bomb guard).
+        system_prompt: the system message of a conversation that starts without one (None: the chat template's
+            own default, if it has one). "" renders an empty system turn: SmolLM2's template would otherwise add
+            its 20-token default, a third of a short VQA sample.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class WingsProcessor(ProcessorMixin):
         image_seq_length: int | None = None,
         image_preprocess: str = "pad",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        system_prompt: str | None = None,
         **kwargs,
     ):
         if image_token_id is None or image_seq_length is None:
@@ -83,6 +87,7 @@ class WingsProcessor(ProcessorMixin):
         self.image_seq_length = int(image_seq_length)
         self.image_preprocess = image_preprocess
         self.max_pixels = int(max_pixels)
+        self.system_prompt = system_prompt
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     # ----------------------------------------------------------------------------------------- building
@@ -114,14 +119,31 @@ class WingsProcessor(ProcessorMixin):
         return processor
 
     # ---------------------------------------------------------------------------------------- rendering
+    def with_system_prompt(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`messages` with the processor's system prompt first, unless they start with a system message."""
+        messages = list(messages)
+        if self.system_prompt is None or (messages and messages[0].get("role") == "system"):
+            return messages
+        return [{"role": "system", "content": self.system_prompt}] + messages
+
     def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
         """The conversation as text, through the chat template (placeholders kept as `image_token`)."""
         return self.tokenizer.apply_chat_template(
-            list(messages),
+            self.with_system_prompt(messages),
             chat_template=self.chat_template,
             add_generation_prompt=add_generation_prompt,
             tokenize=False,
         )
+
+    def apply_chat_template(self, conversation, **kwargs: Any):
+        """The tokenizer's `apply_chat_template` (one conversation or a list), with the processor's chat template
+        and system prompt, as `render` applies them."""
+        if conversation and isinstance(conversation[0], (list, tuple)):
+            conversation = [self.with_system_prompt(messages) for messages in conversation]
+        else:
+            conversation = self.with_system_prompt(conversation)
+        kwargs.setdefault("chat_template", self.chat_template)
+        return self.tokenizer.apply_chat_template(conversation, **kwargs)
 
     def assistant_spans(self, messages: Sequence[dict[str, str]], rendered: str) -> list[tuple[int, int]]:
         """Character ranges of each assistant turn in `rendered`: its content through its end-of-turn token.

@@ -62,6 +62,11 @@ class ModelArguments:
         None, "the tower's hidden state the projector reads (default: the tower's own, e.g. a CNN's head, -1)"
     )
     image_preprocess: str = option("pad", "pad (to square with the mean colour) or resize")
+    system_prompt: str | None = option(
+        None,
+        "system message of conversations without one, saved with a new model's processor (none: the chat "
+        "template's default; an empty string: an empty system turn)",
+    )
     image_normalization: str = option(
         "tower",
         "pixel mean/std: tower (the tower's own; SigLIP 0.5/0.5) or data (per channel, from up to 1,000 "
@@ -158,6 +163,11 @@ class TrainConfig:
             raise ValueError(
                 "model.image_normalization=data is for a new from-scratch tower (a preset): a pretrained tower "
                 "keeps the statistics it was trained with, and a model from init_from keeps its processor's"
+            )
+        if self.model.system_prompt is not None and self.model.init_from:
+            raise ValueError(
+                "model.system_prompt is for a new model: a model from init_from keeps its processor's "
+                "(set it in the first stage)"
             )
 
     def to_dict(self) -> dict[str, Any]:

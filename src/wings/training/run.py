@@ -57,6 +57,7 @@ def load_for_stage(config: TrainConfig, stage: Stage) -> tuple[WingsForCondition
             config.model.llm,
             config.model.vision,
             image_preprocess=config.model.image_preprocess,
+            system_prompt=config.model.system_prompt,
             learners=stage.learners,
             lorra_rank=config.model.lorra_rank,
             wings_layers=config.model.wings_layers,
