@@ -115,7 +115,7 @@ def probe(
     truth = np.array([q["answer"] for q in test])
     if target != "answer":
         majority = Counter(truth_train.tolist()).most_common(1)[0][0]
-        prior = defaultdict(lambda: majority)
+        prior = {q["question"]: majority for q in test}
     else:
         prior = question_prior(data)
     layers = []

@@ -10,6 +10,8 @@ generation), per kind: yes/no, colour, shape.
     python -m experiments.easy_vqa_stage1 --data runs/demo/data/easy-vqa --train-file align.json \\
         --loraplus-ratio 10 --steps 200 --eval-every 100                  # the demo's stage 1
     python -m experiments.easy_vqa_stage1 --data DIR --steps 150 --eval-every 50   # on easy-vqa's own mix
+    python -m experiments.easy_vqa_stage1 --data DIR --train-file align_balanced.json --loraplus-ratio 10 \
+        --steps 300 --eval-every 100               # yes/no questions whose text predicts nothing
     python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --steps 100 \\
         --rates '{"visual_learners": 1e-3, "textual_learners": 1e-3}'    # a stage 2 from the demo's stage 1
     python -m experiments.easy_vqa_stage1 --data DIR --vision siglip-scratch-32 --kinds colour --loraplus-ratio 10 \\
@@ -161,6 +163,34 @@ class ScoreEvery(TrainerCallback):
         self.final = self.scorer.score(model, processing_class)
 
 
+def write_balanced_align_set(data: Path, seed: int = 0, name: str = "align_balanced.json") -> dict[str, int]:
+    """`write_align_set` with the text prior taken away: every colour question, half the shape ones, and as many
+    yes/no questions drawn from a pool in which every question text is answered yes and no equally often (as many
+    of each as the rarer answer has). A model trained on it gains nothing on yes/no from the question text."""
+    shuffler = random.Random(seed)
+    open_questions: dict[str, list[dict[str, Any]]] = {"colour": [], "shape": []}
+    by_text: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for record in json.loads((data / "train.json").read_text()):
+        question = record["conversations"][0]["value"].replace("<image>", "").strip()
+        answer = record["conversations"][1]["value"]
+        kind = question_kind(question, answer)
+        if kind == "yes/no":
+            by_text.setdefault(question, {"yes": [], "no": []})[answer].append(record)
+        else:
+            open_questions[kind].append(record)
+    pool = []
+    for answers in by_text.values():
+        size = min(len(answers["yes"]), len(answers["no"]))
+        pool += shuffler.sample(answers["yes"], size) + shuffler.sample(answers["no"], size)
+    shapes = shuffler.sample(open_questions["shape"], len(open_questions["shape"]) // 2)
+    opened = len(open_questions["colour"]) + len(shapes)
+    yes_no = shuffler.sample(pool, min(opened, len(pool)))
+    chosen = open_questions["colour"] + shapes + yes_no
+    shuffler.shuffle(chosen)
+    (data / name).write_text(json.dumps(chosen))
+    return {"colour": len(open_questions["colour"]), "shape": len(shapes), "yes/no": len(yes_no)}
+
+
 def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed: int) -> Path:
     """The conversations of `train_file` whose question is of one of `kinds`, shuffled, written under `out`."""
     every = json.loads((data / train_file).read_text())
@@ -245,8 +275,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-file",
         default="train.json",
-        help="training conversations in --data: train.json (easy-vqa's mix) or align.json (the "
-        "demo's stage-1 set, `write_align_set`)",
+        help="training conversations in --data: train.json (easy-vqa's mix), align.json (the "
+        "demo's stage-1 set, `write_align_set`) or align_balanced.json (the same with yes/no questions whose text "
+        "predicts nothing, `write_balanced_align_set`)",
     )
     args = parser.parse_args(argv)
     needed = ("train.json", "test_questions.jsonl", "answers.json")
@@ -283,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = solid_copy(args.data, args.out / "solid") if args.solid_images else args.data
     if args.train_file == "align.json" and not (data / "align.json").is_file():
         write_align_set(data, seed=args.seed)
+    if args.train_file == "align_balanced.json" and not (data / "align_balanced.json").is_file():
+        write_balanced_align_set(data, seed=args.seed)
     train_path = training_file(data, args.train_file, set(args.kinds.split(",")), args.out, args.seed)
     scorer = KindScorer(data, args.test_questions)
     every = ScoreEvery(scorer, args.eval_every)

@@ -35,6 +35,16 @@ def test_probe_scores_every_layer(tmp_path, easy_vqa, tiny_llm_dir):
     assert 0 <= result["model_answer"] <= 100 and result["best_probe"] == max(layers)
 
 
+def test_probe_can_read_the_images_colour_instead_of_the_answer(tmp_path, easy_vqa, tiny_llm_dir):
+    out = tmp_path / "stage1"
+    train_stage(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir))
+    result = main(["--model", str(out / "model"), "--data", str(easy_vqa), "--target", "colour"])
+    assert result["target"] == "colour" and result["model_answer"] is None
+    assert result["test_questions"] == 3 and len(result["probe_by_layer"]) >= 2
+    # the prior of a colour is its most frequent class: the miniature's 6 training images have 3 colours, 2 each
+    assert result["question_prior"] == pytest.approx(100 / 3, abs=0.1)
+
+
 def test_a_folder_without_a_model_is_refused(tmp_path, easy_vqa, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--data", str(easy_vqa)])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.easy_vqa_stage1 import KINDS, main, parse_arguments, question_kind
+from experiments.easy_vqa_stage1 import KINDS, main, parse_arguments, question_kind, write_balanced_align_set
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
 
@@ -23,6 +23,18 @@ def test_question_kinds():
     assert question_kind("is there a circle?", "yes") == "yes/no"
     assert question_kind("what color is the shape?", "red") == "colour"
     assert question_kind("what shape is in the image?", "circle") == "shape"
+
+
+def test_balanced_align_set_answers_every_yes_no_question_text_yes_and_no_equally_often(tmp_path, easy_vqa):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text((easy_vqa / "train.json").read_text())
+    counts = write_balanced_align_set(data)
+    records = json.loads((data / "align_balanced.json").read_text())
+    # the miniature: 6 colour, 6 shape and 6 yes/no questions ("is there a circle?": 3 yes, 3 no)
+    assert counts == {"colour": 6, "shape": 3, "yes/no": 6} and len(records) == 15
+    answers = [r["conversations"][1]["value"] for r in records if r["conversations"][1]["value"] in ("yes", "no")]
+    assert answers.count("yes") == answers.count("no") == 3
 
 
 def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):

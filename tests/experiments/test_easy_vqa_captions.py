@@ -1,0 +1,39 @@
+"""The caption experiment: the LLM fine-tuned on yes/no questions with the image's caption as text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experiments.easy_vqa_captions import balanced_training_questions, captions, main, question_prior_accuracy
+from tests.fixtures.easy_vqa import fake_easy_vqa
+from wings.data.easy_vqa import convert_easy_vqa
+
+
+@pytest.fixture(scope="module")
+def easy_vqa(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("easy-vqa")
+    convert_easy_vqa(data, fake_easy_vqa(tmp_path_factory.mktemp("raw")), max_turns=1)
+    return data
+
+
+def test_captions_and_balanced_questions(easy_vqa):
+    seen = captions(easy_vqa)
+    assert len(seen) == 9 and seen["images/train/0.png"] == "a red circle"  # 6 training and 3 test images
+    questions = balanced_training_questions(easy_vqa, seen, seed=0)
+    assert sorted(answer for _, _, answer in questions) == ["no"] * 3 + ["yes"] * 3
+    test = [{"question": "is there a circle?", "answer": "no"}, {"question": "is there a circle?", "answer": "yes"}]
+    assert question_prior_accuracy(easy_vqa, test) == 50.0
+
+
+def test_fine_tunes_and_scores_every_eval_step(easy_vqa, tiny_llm_dir):
+    result = main(["--data", str(easy_vqa), "--llm", str(tiny_llm_dir), "--steps", "2", "--eval-every", "1"])
+    assert [entry["step"] for entry in result["history"]] == [0, 1, 2]
+    assert result["questions"] == 3 and all(0 <= entry["yes/no"] <= 100 for entry in result["history"])
+
+
+def test_bad_flags_are_refused(easy_vqa, capsys):
+    with pytest.raises(SystemExit):
+        main(["--data", str(easy_vqa), "--steps", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
