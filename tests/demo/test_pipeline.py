@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.easy_vqa import fake_easy_vqa
-from wings.demo.pipeline import DemoPipeline
+from wings.demo.pipeline import DemoPipeline, stage_differences
 from wings.demo.settings import DemoSettings, model_runs
 from wings.model.processing_wings import WingsProcessor
 
@@ -161,6 +162,34 @@ def test_second_run_skips_every_finished_step(finished, capsys):
     assert printed.count("skipped") == len(steps)
     assert (Path(settings.out) / "eval" / "results.json").stat().st_mtime == before
     assert second["summary"] == first["summary"]
+
+
+def test_a_stage_trained_with_other_settings_is_trained_again_and_what_follows_redone(finished, capsys):
+    settings, _ = finished
+    changed = dataclasses.replace(settings, instruct_steps=settings.instruct_steps + 1)
+    result = DemoPipeline(changed).run()
+    printed = capsys.readouterr().out
+    assert "train wings-instruct: trained with other settings (training.max_steps): training it again" in printed
+    assert {"data", "train wings-align", "train llava-align"} <= set(result["skipped_steps"])
+    assert not {"train wings-instruct", "train llava-instruct", "check align", "evaluate"} & set(
+        result["skipped_steps"]
+    )
+    provenance = json.loads((Path(settings.out) / "wings-instruct" / "provenance.json").read_text())
+    assert provenance["config"]["training"]["max_steps"] == changed.instruct_steps
+
+
+def test_stage_differences_name_the_settings_that_changed():
+    wanted = {
+        "model": {"lorra_rank": 8, "system_prompt": ""},
+        "data": {"max_length": 64},
+        "optim": {"learning_rates": {"projector": 1e-3}, "loraplus_lr_ratio": 10.0},
+        "training": {"max_steps": 300, "per_device_train_batch_size": 8, "seed": 0},
+    }
+    assert stage_differences(json.loads(json.dumps(wanted)), wanted) == []
+    older = json.loads(json.dumps(wanted))
+    del older["model"]["system_prompt"]  # trained before the setting existed
+    older["optim"]["learning_rates"]["projector"] = 2e-3
+    assert stage_differences(older, wanted) == ["model.system_prompt", "optim.learning_rates"]
 
 
 @pytest.mark.parametrize("threads", ["0", "-2", "two"])

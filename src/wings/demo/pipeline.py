@@ -79,6 +79,25 @@ class Step:
     name: str
     output: Path
     run: Callable[[], Any]
+    stage: tuple[str, str, dict[str, float], str | None, int] | None = None  # a training step's train() arguments
+
+
+def stage_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The settings (as `section.key`) in which a stage's recorded configuration differs from the one it would be
+    trained with now; a key the record lacks (an older version) counts as different."""
+    compared = {
+        "model": list(wanted["model"]),
+        "data": ["max_length"],
+        "optim": ["learning_rates", "loraplus_lr_ratio"],
+        "training": ["max_steps", "per_device_train_batch_size", "seed"],
+    }
+    missing = object()
+    return [
+        f"{section}.{key}"
+        for section, keys in compared.items()
+        for key in keys
+        if recorded.get(section, {}).get(key, missing) != wanted[section].get(key)
+    ]
 
 
 class DemoPipeline:
@@ -91,6 +110,8 @@ class DemoPipeline:
         self.timings: dict[str, float] = {}
         self.threads: dict[str, int] = {}  # intra-op threads each step ran with (this run)
         self.skipped: list[str] = []
+        self.trained: set[str] = set()  # stage folders trained in this run: what starts from them is redone
+        self.outdated: set[str] = set()  # finished stage folders trained with other settings: trained again
 
     # ------------------------------------------------------------------------------------------ steps
     def steps(self) -> list[Step]:
@@ -105,6 +126,7 @@ class DemoPipeline:
                             f"train {folder}",
                             self.out / folder / "provenance.json",
                             lambda s=stage, f=folder, r=rates, i=init, seed=run.seed: self.train(s, f, r, i, seed),
+                            (stage, folder, rates, init, run.seed),
                         )
                     )
         steps += [
@@ -139,12 +161,26 @@ class DemoPipeline:
         return write_demo_report(self)
 
     def _is_current(self, step: Step) -> bool:
-        """Evaluation and analysis are redone when the set of models changed (e.g. --ablations added)."""
+        """A finished stage is reused when it was trained with the settings it would be trained with now, from a
+        stage not trained again in this run; the checks, evaluation and analysis are redone when a stage was
+        trained in this run or the set of models changed (e.g. --ablations added)."""
+        if step.stage is not None:
+            provenance = json.loads(step.output.read_text())
+            if provenance.get("status") != "complete":
+                return False  # an interrupted stage: run_stage resumes it from its last checkpoint
+            _, folder, _, init_from, _ = step.stage
+            changed = stage_differences(provenance.get("config", {}), self.stage_config(*step.stage))
+            if init_from in self.trained:
+                changed.append(f"{init_from} trained again")
+            if changed:
+                print(f"{step.name}: trained with other settings ({', '.join(changed)}): training it again")
+                self.outdated.add(folder)
+            return not changed
+        if self.trained:
+            return False
         if step.name in ("evaluate", "attention shift"):
             names = json.loads(step.output.read_text()).get("models", {})
             return set(names) >= set(self.model_names())
-        if step.name.startswith("train"):
-            return json.loads(step.output.read_text()).get("status") == "complete"
         return True
 
     def model_names(self) -> list[str]:
@@ -162,7 +198,10 @@ class DemoPipeline:
         print(f"stage 1 data (align.json): {write_align_set(self.data_dir, seed=self.settings.seed)}")
 
     # ------------------------------------------------------------------------------------------ training
-    def train(self, stage: str, folder: str, rates: dict[str, float], init_from: str | None, seed: int = 0) -> None:
+    def stage_config(
+        self, stage: str, folder: str, rates: dict[str, float], init_from: str | None, seed: int = 0
+    ) -> dict[str, Any]:
+        """The `wings train` configuration of one of the demo's stages, as a mapping."""
         s = self.settings
         steps = s.align_steps if init_from is None else s.instruct_steps
         model: dict[str, Any] = {"lorra_rank": s.lorra_rank, "router_init_visual_weight": s.router_init_visual_weight}
@@ -176,7 +215,7 @@ class DemoPipeline:
                 rates["vision_tower"] = SCRATCH_TOWER_RATE
         else:
             model["init_from"] = str(self.out / init_from)
-        raw = {
+        return {
             "stage": stage,
             "model": model,
             "data": {
@@ -200,10 +239,13 @@ class DemoPipeline:
                 "disable_tqdm": not s.progress,
             },
         }
+
+    def train(self, stage: str, folder: str, rates: dict[str, float], init_from: str | None, seed: int = 0) -> None:
         log = LossLog()
-        callbacks = [log] if s.threads else [log, ThreadChoice()]
-        config = build_config(raw, f"demo stage {folder}")
-        output = run_stage(config, command=f"wings demo ({folder})", callbacks=callbacks)
+        callbacks = [log] if self.settings.threads else [log, ThreadChoice()]
+        config = build_config(self.stage_config(stage, folder, rates, init_from, seed), f"demo stage {folder}")
+        output = run_stage(config, command=f"wings demo ({folder})", callbacks=callbacks, force=folder in self.outdated)
+        self.trained.add(folder)
         (output / "loss_history.json").write_text(json.dumps(log.history, indent=1) + "\n")
         # The stage is complete (its model is saved beside): its checkpoints were only for resuming it, and a
         # stage-2 one holds 1.6 GB of weights and optimizer state.
