@@ -20,58 +20,31 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from experiments.easy_vqa_stage1 import LLM, question_kind
+from experiments.easy_vqa_probe import question_prior
+from experiments.easy_vqa_stage1 import LLM, balance_yes_no, image_labels, training_questions
 from wings.model.registry import load_llm
 
 
 def captions(data: Path) -> dict[str, str]:
-    """image -> "a red circle", from the open questions of the training and test sets (images with both)."""
-    found: dict[str, dict[str, str]] = defaultdict(dict)
-    for record in json.loads((data / "train.json").read_text()):
-        for turn in range(0, len(record["conversations"]) - 1, 2):
-            question = record["conversations"][turn]["value"].replace("<image>", "").strip()
-            answer = record["conversations"][turn + 1]["value"]
-            if answer not in ("yes", "no"):
-                found[record["image"]][question_kind(question, answer)] = answer
-    for line in (data / "test_questions.jsonl").read_text().splitlines():
-        q = json.loads(line)
-        if q["type"] == "open":
-            found[q["image"]][question_kind(q["question"], q["answer"])] = q["answer"]
-    return {image: f"a {c['colour']} {c['shape']}" for image, c in found.items() if len(c) == 2}
+    """image -> "a red circle", for the images of both splits whose colour and shape are known."""
+    return {image: f"a {labels['colour']} {labels['shape']}" for image, labels in image_labels(data).items()}
 
 
 def balanced_training_questions(data: Path, seen: dict[str, str], seed: int) -> list[tuple[str, str, str]]:
-    """(image, question, answer) of yes/no training questions, as many yes as no for every question text."""
-    by_question: dict[str, dict[str, list[tuple[str, str, str]]]] = defaultdict(lambda: defaultdict(list))
-    for record in json.loads((data / "train.json").read_text()):
-        for turn in range(0, len(record["conversations"]) - 1, 2):
-            question = record["conversations"][turn]["value"].replace("<image>", "").strip()
-            answer = record["conversations"][turn + 1]["value"]
-            if answer in ("yes", "no") and record["image"] in seen:
-                by_question[question][answer].append((record["image"], question, answer))
-    shuffler, chosen = random.Random(seed), []
-    for answers in by_question.values():
-        size = min(len(answers["yes"]), len(answers["no"]))
-        chosen += shuffler.sample(answers["yes"], size) + shuffler.sample(answers["no"], size)
+    """(image, question, answer) of yes/no training questions with a caption, as many yes as no for every text."""
+    by_text: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
+    for record, question, answer in training_questions(data):
+        if answer in ("yes", "no") and record["image"] in seen:
+            by_text.setdefault(question, {"yes": [], "no": []})[answer].append((record["image"], question, answer))
+    shuffler = random.Random(seed)
+    chosen = balance_yes_no(by_text, shuffler)
     shuffler.shuffle(chosen)
     return chosen
-
-
-def question_prior_accuracy(data: Path, questions: list[dict[str, Any]]) -> float:
-    """The score of answering each test question with its text's most frequent training answer."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for record in json.loads((data / "train.json").read_text()):
-        for turn in range(0, len(record["conversations"]) - 1, 2):
-            question = record["conversations"][turn]["value"].replace("<image>", "").strip()
-            counts[question][record["conversations"][turn + 1]["value"]] += 1
-    right = sum(max(counts[q["question"]], key=counts[q["question"]].get) == q["answer"] for q in questions)
-    return round(100 * right / len(questions), 1)
 
 
 def prompt(tokenizer: Any, caption: str, question: str) -> str:
@@ -113,7 +86,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     samples = balanced_training_questions(args.data, seen, args.seed)
     scorer = YesNoScorer(args.data, seen, tokenizer, args.test_questions)
     history = [{"step": 0, "yes/no": scorer.score(model)}]
-    prior = question_prior_accuracy(args.data, scorer.questions)
+    prior_answers = question_prior(args.data)
+    prior = round(
+        100 * sum(prior_answers.get(q["question"]) == q["answer"] for q in scorer.questions) / len(scorer.questions), 1
+    )
     print(f"{len(samples)} balanced training questions; question prior {prior}; step 0: yes/no {history[0]['yes/no']}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     model.train()
@@ -147,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not (args.data / "train.json").is_file():
         parser.error(f"--data {args.data} has no train.json: write it with `wings data easy-vqa --out {args.data}`")
-    if min(args.steps, args.batch_size, args.eval_every) < 1:
-        parser.error("--steps, --batch-size and --eval-every must be at least 1")
+    if min(args.steps, args.batch_size, args.eval_every, args.test_questions) < 1 or args.lr <= 0:
+        parser.error("--steps, --batch-size, --eval-every and --test-questions must be at least 1, --lr positive")
     result = train(args)
     print(json.dumps(result))
     return result

@@ -29,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from experiments.easy_vqa_stage1 import image_labels
 from wings.model.modeling_wings import WingsForConditionalGeneration
 from wings.model.processing_wings import WingsCollator, WingsProcessor
 
@@ -54,19 +55,6 @@ def question_prior(data: Path) -> dict[str, str]:
     for question in yes_no_questions(data, "train", 10**9):
         counts[question["question"]][question["answer"]] += 1
     return {text: count.most_common(1)[0][0] for text, count in counts.items()}
-
-
-def image_labels(data: Path) -> dict[str, dict[str, str]]:
-    """image -> {"colour": ..., "shape": ...} from the open questions of both splits (images with both)."""
-    found: dict[str, dict[str, str]] = defaultdict(dict)
-    rows = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
-    for record in json.loads((data / "train.json").read_text()):
-        question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
-        rows.append({"image": record["image"], "question": question, "answer": answer})
-    for row in rows:
-        if row["answer"] not in ("yes", "no"):
-            found[row["image"]]["colour" if "color" in row["question"] else "shape"] = row["answer"]
-    return {image: labels for image, labels in found.items() if len(labels) == 2}
 
 
 @torch.no_grad()

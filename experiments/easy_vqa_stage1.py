@@ -163,25 +163,50 @@ class ScoreEvery(TrainerCallback):
         self.final = self.scorer.score(model, processing_class)
 
 
+def training_questions(data: Path) -> list[tuple[dict[str, Any], str, str]]:
+    """(record, question, answer) of every turn of the training conversations, the question without `<image>`."""
+    found = []
+    for record in json.loads((data / "train.json").read_text()):
+        turns = record["conversations"]
+        for turn in range(0, len(turns) - 1, 2):
+            found.append((record, turns[turn]["value"].replace("<image>", "").strip(), turns[turn + 1]["value"]))
+    return found
+
+
+def image_labels(data: Path) -> dict[str, dict[str, str]]:
+    """image -> {"colour": ..., "shape": ...} from the open questions of both splits (the images with both)."""
+    found: dict[str, dict[str, str]] = {}
+    test = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
+    pairs = [(record["image"], q, a) for record, q, a in training_questions(data)]
+    for image, question, answer in pairs + [(q["image"], q["question"], q["answer"]) for q in test]:
+        if answer not in ("yes", "no"):
+            found.setdefault(image, {})[question_kind(question, answer)] = answer
+    return {image: labels for image, labels in found.items() if len(labels) == 2}
+
+
+def balance_yes_no(by_text: dict[str, dict[str, list[Any]]], shuffler: random.Random) -> list[Any]:
+    """From {question text: {"yes": [...], "no": [...]}}, as many yes as no items of every text (the rarer
+    answer's count): a model trained on them gains nothing from the question text."""
+    chosen: list[Any] = []
+    for answers in by_text.values():
+        size = min(len(answers["yes"]), len(answers["no"]))
+        chosen += shuffler.sample(answers["yes"], size) + shuffler.sample(answers["no"], size)
+    return chosen
+
+
 def write_balanced_align_set(data: Path, seed: int = 0, name: str = "align_balanced.json") -> dict[str, int]:
     """`write_align_set` with the text prior taken away: every colour question, half the shape ones, and as many
-    yes/no questions drawn from a pool in which every question text is answered yes and no equally often (as many
-    of each as the rarer answer has). A model trained on it gains nothing on yes/no from the question text."""
+    yes/no questions drawn from `balance_yes_no`'s pool. Conversations of one question (`--max-turns 1`)."""
     shuffler = random.Random(seed)
     open_questions: dict[str, list[dict[str, Any]]] = {"colour": [], "shape": []}
     by_text: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for record in json.loads((data / "train.json").read_text()):
-        question = record["conversations"][0]["value"].replace("<image>", "").strip()
-        answer = record["conversations"][1]["value"]
+    for record, question, answer in training_questions(data):
         kind = question_kind(question, answer)
         if kind == "yes/no":
             by_text.setdefault(question, {"yes": [], "no": []})[answer].append(record)
         else:
             open_questions[kind].append(record)
-    pool = []
-    for answers in by_text.values():
-        size = min(len(answers["yes"]), len(answers["no"]))
-        pool += shuffler.sample(answers["yes"], size) + shuffler.sample(answers["no"], size)
+    pool = balance_yes_no(by_text, shuffler)
     shapes = shuffler.sample(open_questions["shape"], len(open_questions["shape"]) // 2)
     opened = len(open_questions["colour"]) + len(shapes)
     yes_no = shuffler.sample(pool, min(opened, len(pool)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.easy_vqa_captions import balanced_training_questions, captions, main, question_prior_accuracy
+from experiments.easy_vqa_captions import balanced_training_questions, captions, main
 from tests.fixtures.easy_vqa import fake_easy_vqa
 from wings.data.easy_vqa import convert_easy_vqa
 
@@ -23,13 +23,12 @@ def test_captions_and_balanced_questions(easy_vqa):
     assert len(seen) == 9 and seen["images/train/0.png"] == "a red circle"  # 6 training and 3 test images
     questions = balanced_training_questions(easy_vqa, seen, seed=0)
     assert sorted(answer for _, _, answer in questions) == ["no"] * 3 + ["yes"] * 3
-    test = [{"question": "is there a circle?", "answer": "no"}, {"question": "is there a circle?", "answer": "yes"}]
-    assert question_prior_accuracy(easy_vqa, test) == 50.0
 
 
 def test_fine_tunes_and_scores_every_eval_step(easy_vqa, tiny_llm_dir):
     result = main(["--data", str(easy_vqa), "--llm", str(tiny_llm_dir), "--steps", "2", "--eval-every", "1"])
     assert [entry["step"] for entry in result["history"]] == [0, 1, 2]
+    assert result["question prior"] == 66.7  # "is there a circle?": prior "yes", right for 2 of the 3 test images
     assert result["questions"] == 3 and all(0 <= entry["yes/no"] <= 100 for entry in result["history"])
 
 
