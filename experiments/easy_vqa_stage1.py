@@ -19,6 +19,13 @@ generation), per kind: yes/no, colour, shape.
     python -m experiments.easy_vqa_stage1 --data DIR --vision siglip-scratch-32 --kinds colour --solid-images
     python -m experiments.easy_vqa_stage1 --data DIR --caption-baseline   # the frozen base LLM on yes/no, given
                                                                           # the true caption as text
+    python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --yes-no-mode describe-first \\
+        --train-file align_balanced.json --steps 300 --eval-every 100   # yes/no answered "red circle. no"
+    python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --yes-no-mode caption-turn \\
+        --train-file align_balanced.json --steps 200 --eval-every 100   # a caption turn before each yes/no question
+
+New models get the demo's empty system turn (`--template-system-prompt`: the chat template's default, as the rows
+measured before the demo took the empty one).
 
 `--data` is a folder written by `wings data easy-vqa --max-turns 1` (`wings demo` writes one under
 runs/demo/data/easy-vqa). 1.2-3.5 s a stage-1 step on 2 cores (quiet / shared), about twice that in stage 2.
@@ -40,6 +47,7 @@ from transformers import TrainerCallback
 
 from wings.data.easy_vqa import write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
+from wings.evaluation.vqa import VisualQuestion, generate_answers
 from wings.model.processing_wings import WingsCollator
 from wings.model.registry import load_llm
 from wings.model.vision_towers import is_scratch_preset
@@ -102,14 +110,69 @@ def caption_baseline(data: Path, limit: int = 200, llm: str = LLM) -> dict[str, 
     }
 
 
-class KindScorer:
-    """Scores a model on the first test questions by the answer it ranks first among easy-vqa's answers."""
+def description(labels: dict[str, str]) -> str:
+    """What a describe-first answer names before its yes / no: "red circle"."""
+    return f"{labels['colour']} {labels['shape']}"
 
-    def __init__(self, data: Path, limit: int) -> None:
+
+def describe_first(records: list[dict[str, Any]], labels: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The conversations with every yes/no answer led by what the image shows ("red circle. no"), so that the
+    comparison a yes/no question asks is between two words of the text; yes/no conversations whose image has no
+    known colour and shape are left out, the others are kept as they are."""
+    rewritten = []
+    for record in records:
+        answer = record["conversations"][1]["value"]
+        if answer in ("yes", "no"):
+            if record["image"] not in labels:
+                continue
+            turns = [dict(turn) for turn in record["conversations"]]
+            turns[1]["value"] = f"{description(labels[record['image']])}. {answer}"
+            record = {**record, "conversations": turns}
+        rewritten.append(record)
+    return rewritten
+
+
+CAPTION_QUESTION = "what is in the image?"
+
+
+def caption_turn_first(records: list[dict[str, Any]], labels: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The conversations with a caption turn before every yes/no question ("what is in the image?" -> "red
+    circle"), so that the words to compare stand before the question, as in the caption experiment; yes/no
+    conversations whose image has no known colour and shape are left out, the others are kept as they are."""
+    rewritten = []
+    for record in records:
+        question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
+        if answer in ("yes", "no"):
+            if record["image"] not in labels:
+                continue
+            turns = [
+                {"from": "human", "value": f"<image>\n{CAPTION_QUESTION}"},
+                {"from": "gpt", "value": description(labels[record["image"]])},
+                {"from": "human", "value": question.replace("<image>", "").strip()},
+                {"from": "gpt", "value": answer},
+            ]
+            record = {**record, "conversations": turns}
+        rewritten.append(record)
+    return rewritten
+
+
+class KindScorer:
+    """Scores a model on the first test questions by the answer it ranks first among easy-vqa's answers.
+
+    With `mode` "describe-first", yes/no questions are answered by greedy generation instead and scored by the
+    answer's last word ("red circle. no" -> "no"); with "caption-turn", the model first captions the image in a turn
+    of its own (`CAPTION_QUESTION`, greedy) and the yes/no question follows as the next turn, ranked as the others.
+    "description" is then the share of yes/no questions whose generated description or caption names the image's
+    colour and shape right (of the questions whose image has both labels)."""
+
+    def __init__(self, data: Path, limit: int, mode: str = "plain") -> None:
         self.data = data
         self.answers = json.loads((data / "answers.json").read_text())["answers"]
         lines = (data / "test_questions.jsonl").read_text().splitlines()[:limit]
         self.questions = [json.loads(line) for line in lines]
+        self.mode = mode
+        self.labels = image_labels(data) if mode != "plain" else {}
+        self.captions: dict[str, str] = {}  # image -> the model's caption, for the current scoring
 
     @torch.no_grad()
     def score(self, model: Any, processor: Any, chunk_size: int = 50) -> dict[str, float]:
@@ -120,13 +183,13 @@ class KindScorer:
             [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers]
         )
         right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+        if self.mode == "caption-turn":
+            self.captions = self.generated_captions(model, processor, chunk_size)
         for start in range(0, len(self.questions), chunk_size):
             chunk = self.questions[start : start + chunk_size]
             samples = [
                 processor.encode_conversation(
-                    [{"role": "user", "content": f"<image>\n{q['question']}"}],
-                    [str(self.data / q["image"])],
-                    add_generation_prompt=True,
+                    self.messages(q), [str(self.data / q["image"])], add_generation_prompt=True
                 )
                 for q in chunk
             ]
@@ -135,13 +198,61 @@ class KindScorer:
             batch = {key: value.to(model.device) for key, value in batch.items()}
             ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
             for question, choice in zip(chunk, ranked.tolist()):
-                right[question_kind(question["question"], question["answer"])].append(
-                    self.answers[choice] == question["answer"]
-                )
+                kind = question_kind(question["question"], question["answer"])
+                if not (self.mode == "describe-first" and kind == "yes/no"):
+                    right[kind].append(self.answers[choice] == question["answer"])
+        scores: dict[str, float] = {}
+        if self.mode == "describe-first":
+            right["yes/no"], described = self.generated_yes_no(model, processor, chunk_size)
+            scores["description"] = round(100 * sum(described) / max(len(described), 1), 1)
+        if self.mode == "caption-turn":
+            described = [
+                self.captions[q["image"]].lower() == description(self.labels[q["image"]])
+                for q in self.questions
+                if q["answer"] in ("yes", "no") and q["image"] in self.labels
+            ]
+            scores["description"] = round(100 * sum(described) / max(len(described), 1), 1)
         model.train(training)
-        scores = {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
+        scores |= {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
         scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
         return scores
+
+    def messages(self, question: dict[str, Any]) -> list[dict[str, str]]:
+        """The prompt's turns: the question alone, or (caption-turn, yes/no) after the model's own caption turn."""
+        asked = {"role": "user", "content": f"<image>\n{question['question']}"}
+        if self.mode != "caption-turn" or question["answer"] not in ("yes", "no"):
+            return [asked]
+        return [
+            {"role": "user", "content": f"<image>\n{CAPTION_QUESTION}"},
+            {"role": "assistant", "content": self.captions[question["image"]]},
+            {"role": "user", "content": question["question"]},
+        ]
+
+    def generated_captions(self, model: Any, processor: Any, batch_size: int) -> dict[str, str]:
+        """image -> the model's greedy answer to `CAPTION_QUESTION`, for the images of the yes/no questions."""
+        images = sorted({q["image"] for q in self.questions if q["answer"] in ("yes", "no")})
+        asked = [
+            VisualQuestion(id=image, image=str(self.data / image), question=CAPTION_QUESTION, answers=())
+            for image in images
+        ]
+        said = generate_answers(model, processor, asked, batch_size=batch_size, max_new_tokens=8)
+        return dict(zip(images, said))
+
+    def generated_yes_no(self, model: Any, processor: Any, batch_size: int) -> tuple[list[bool], list[bool]]:
+        """(right answer, right description) of every yes/no question, by the greedy answer's last word."""
+        asked = [q for q in self.questions if q["answer"] in ("yes", "no")]
+        questions = [
+            VisualQuestion(id=str(i), image=str(self.data / q["image"]), question=q["question"], answers=(q["answer"],))
+            for i, q in enumerate(asked)
+        ]
+        said = generate_answers(model, processor, questions, batch_size=batch_size, max_new_tokens=8)
+        right, described = [], []
+        for question, text in zip(asked, said):
+            words = text.replace(".", " ").replace(",", " ").split()
+            right.append(bool(words) and words[-1].lower() == question["answer"])
+            if question["image"] in self.labels:
+                described.append(text.lower().startswith(description(self.labels[question["image"]])))
+        return right, described
 
 
 class ScoreEvery(TrainerCallback):
@@ -216,12 +327,17 @@ def write_balanced_align_set(data: Path, seed: int = 0, name: str = "align_balan
     return {"colour": len(open_questions["colour"]), "shape": len(shapes), "yes/no": len(yes_no)}
 
 
-def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed: int) -> Path:
-    """The conversations of `train_file` whose question is of one of `kinds`, shuffled, written under `out`."""
+def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed: int, mode: str = "plain") -> Path:
+    """The conversations of `train_file` whose question is of one of `kinds`, shuffled, written under `out` (their
+    yes/no questions rewritten by `describe_first` or `caption_turn_first` in those modes)."""
     every = json.loads((data / train_file).read_text())
     records = [
         r for r in every if question_kind(r["conversations"][0]["value"], r["conversations"][1]["value"]) in kinds
     ]
+    if mode == "describe-first":
+        records = describe_first(records, image_labels(data))
+    if mode == "caption-turn":
+        records = caption_turn_first(records, image_labels(data))
     random.Random(seed).shuffle(records)
     path = out / "train.json"
     path.write_text(json.dumps(records))
@@ -243,13 +359,18 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
             "train_vision_tower": scratch,
             "vision_feature_layer": args.feature_layer,
             "image_normalization": args.image_normalization,
+            "system_prompt": None if args.template_system_prompt else "",
         }
         if scratch:
             rates.setdefault("vision_tower", SCRATCH_TOWER_RATE)
     return {
         "stage": stage,
         "model": model,
-        "data": {"datasets": [{"path": str(train_path), "image_folder": str(image_folder)}], "max_length": 64},
+        # the demo's 64 tokens; a caption turn before the question needs about 20 more
+        "data": {
+            "datasets": [{"path": str(train_path), "image_folder": str(image_folder)}],
+            "max_length": 96 if args.yes_no_mode == "caption-turn" else 64,
+        },
         "optim": {"learning_rates": rates, "loraplus_lr_ratio": args.loraplus_ratio},
         "training": {
             "output_dir": str(args.out / "model"),
@@ -287,6 +408,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--caption-baseline",
         action="store_true",
         help="score the base LLM on yes/no questions, given the true caption as text; no training",
+    )
+    parser.add_argument(
+        "--yes-no-mode",
+        choices=("plain", "describe-first", "caption-turn"),
+        default="plain",
+        help='yes/no questions as they are; answers led by what the image shows ("red circle. no", scored by '
+        'generation); or after a caption turn ("what is in the image?" -> "red circle", captioned by the model when '
+        "scored)",
+    )
+    parser.add_argument(
+        "--template-system-prompt",
+        action="store_true",
+        help="a new model renders the chat template's default system prompt (default: the demo's empty one)",
     )
     parser.add_argument("--test-questions", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=0)
@@ -341,8 +475,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_align_set(data, seed=args.seed)
     if args.train_file == "align_balanced.json" and not (data / "align_balanced.json").is_file():
         write_balanced_align_set(data, seed=args.seed)
-    train_path = training_file(data, args.train_file, set(args.kinds.split(",")), args.out, args.seed)
-    scorer = KindScorer(data, args.test_questions)
+    kinds = set(args.kinds.split(","))
+    train_path = training_file(data, args.train_file, kinds, args.out, args.seed, args.yes_no_mode)
+    scorer = KindScorer(data, args.test_questions, args.yes_no_mode)
     every = ScoreEvery(scorer, args.eval_every)
     config = build_config(stage_config(args, train_path, data), "experiments.easy_vqa_stage1")
     run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
@@ -350,7 +485,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage = "stage 2 from " + str(args.init_from) if args.init_from else "stage 1"
     print(
         f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
-        f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''} "
+        f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''}"
+        f"{'' if args.yes_no_mode == 'plain' else ', yes/no ' + args.yes_no_mode} "
         f"| {json.dumps(final)} |"
     )
     result = {"scores": final, "history": every.history, "learning_rates": config.optim.learning_rates}

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from experiments.easy_vqa_stage1 import KINDS, main, parse_arguments, question_kind, write_balanced_align_set
+from experiments.easy_vqa_stage1 import (
+    KINDS,
+    caption_turn_first,
+    describe_first,
+    image_labels,
+    main,
+    parse_arguments,
+    question_kind,
+    write_balanced_align_set,
+)
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
 
@@ -37,6 +46,52 @@ def test_balanced_align_set_answers_every_yes_no_question_text_yes_and_no_equall
     assert answers.count("yes") == answers.count("no") == 3
 
 
+def test_describe_first_leads_yes_no_answers_with_what_the_image_shows(easy_vqa):
+    records = json.loads((easy_vqa / "train.json").read_text())
+    labels = image_labels(easy_vqa)
+    rewritten = describe_first(records, labels)
+    assert len(rewritten) == len(records)  # every miniature image has a colour and a shape question
+    answers = {
+        r["image"]: r["conversations"][1]["value"] for r in rewritten if "circle?" in r["conversations"][0]["value"]
+    }
+    assert answers["images/train/0.png"] == "red circle. yes" and answers["images/train/1.png"] == "green triangle. no"
+    opened = [r["conversations"][1]["value"] for r in rewritten if "color" in r["conversations"][0]["value"]]
+    assert sorted(opened) == ["blue", "blue", "green", "green", "red", "red"]  # open answers untouched
+    asked = [r["conversations"][1]["value"] for r in records if "circle?" in r["conversations"][0]["value"]]
+    assert sorted(asked) == ["no"] * 3 + ["yes"] * 3  # the input is not changed in place
+    unlabelled = describe_first(records, {})
+    assert all(r["conversations"][1]["value"] not in ("yes", "no") for r in unlabelled)
+    assert len(unlabelled) == len(records) - 6  # yes/no questions about an image of unknown colour are left out
+
+
+def test_caption_turn_puts_the_caption_before_each_yes_no_question(easy_vqa):
+    records = json.loads((easy_vqa / "train.json").read_text())
+    rewritten = caption_turn_first(records, image_labels(easy_vqa))
+    asked = [r for r in rewritten if len(r["conversations"]) == 4]
+    assert len(asked) == 6 and len(rewritten) == len(records)
+    first = next(r for r in asked if r["image"] == "images/train/1.png")["conversations"]
+    assert [turn["value"] for turn in first] == [
+        "<image>\nwhat is in the image?",
+        "green triangle",
+        "is there a circle?",
+        "no",
+    ]
+    assert len(caption_turn_first(records, {})) == len(records) - 6
+
+
+@pytest.mark.parametrize("mode, turns", [("describe-first", 2), ("caption-turn", 4)])
+def test_yes_no_modes_train_on_rewritten_questions_and_score_descriptions(
+    mode, turns, tmp_path, easy_vqa, tiny_llm_dir
+):
+    out = tmp_path / mode
+    result = main(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir, test_questions=9) + ["--yes-no-mode", mode])
+    trained = json.loads((out / "train.json").read_text())
+    yes_no = [r for r in trained if r["conversations"][-1]["value"].endswith(("yes", "no"))]
+    assert len(yes_no) == 6 and all(len(r["conversations"]) == turns for r in yes_no)
+    assert set(result["scores"]) == {*KINDS, "all", "description"}
+    assert all(0 <= value <= 100 for value in result["scores"].values())
+
+
 def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):
     out = tmp_path / "stage1"
     extra = ["--eval-every", "1", "--train-file", "align.json", "--loraplus-ratio", "10"]
@@ -48,6 +103,7 @@ def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_v
     assert provenance["status"] == "complete" and provenance["stage"] == "align"
     assert provenance["learning_rates"] == {"projector": 1e-3, "visual_learners": 1e-3}  # the demo's stage 1
     assert json.loads((out / "scores.json").read_text())["scores"] == result["scores"]
+    assert json.loads((out / "model" / "processor_config.json").read_text())["system_prompt"] == ""  # the demo's
 
 
 def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tiny_llm_dir):

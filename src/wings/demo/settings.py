@@ -51,8 +51,9 @@ class DemoSettings:
     system_prompt: str | None = ""
     max_length: int = 64
     batch_size: int = 8
-    # Stage 1 carries the visual learning (LLM frozen, ~2 s a step); stage 2 trains the LLM (~4 s a step).
-    align_steps: int = 300
+    # Stage 1 carries the visual learning (LLM frozen, ~1 s a step); stage 2 trains the LLM (~3 s a step). 350 stage-1
+    # steps: open questions 91.7 (300: 89.3 with each of 3 seeds; docs/results/demo.md).
+    align_steps: int = 350
     instruct_steps: int = 8
     save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
     wings_rates: dict[str, dict[str, float]] = field(
