@@ -45,9 +45,18 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
+from experiments.easy_vqa_yes_no_modes import (
+    CAPTION_QUESTION,
+    YES_NO_MODES,
+    caption_turn_prompt,
+    description,
+    greedy_answers,
+    last_word,
+    names,
+    rewrite_yes_no,
+)
 from wings.data.easy_vqa import write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
-from wings.evaluation.vqa import VisualQuestion, generate_answers
 from wings.model.processing_wings import WingsCollator
 from wings.model.registry import load_llm
 from wings.model.vision_towers import is_scratch_preset
@@ -110,58 +119,12 @@ def caption_baseline(data: Path, limit: int = 200, llm: str = LLM) -> dict[str, 
     }
 
 
-def description(labels: dict[str, str]) -> str:
-    """What a describe-first answer names before its yes / no: "red circle"."""
-    return f"{labels['colour']} {labels['shape']}"
-
-
-def describe_first(records: list[dict[str, Any]], labels: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """The conversations with every yes/no answer led by what the image shows ("red circle. no"), so that the
-    comparison a yes/no question asks is between two words of the text; yes/no conversations whose image has no
-    known colour and shape are left out, the others are kept as they are."""
-    rewritten = []
-    for record in records:
-        answer = record["conversations"][1]["value"]
-        if answer in ("yes", "no"):
-            if record["image"] not in labels:
-                continue
-            turns = [dict(turn) for turn in record["conversations"]]
-            turns[1]["value"] = f"{description(labels[record['image']])}. {answer}"
-            record = {**record, "conversations": turns}
-        rewritten.append(record)
-    return rewritten
-
-
-CAPTION_QUESTION = "what is in the image?"
-
-
-def caption_turn_first(records: list[dict[str, Any]], labels: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """The conversations with a caption turn before every yes/no question ("what is in the image?" -> "red
-    circle"), so that the words to compare stand before the question, as in the caption experiment; yes/no
-    conversations whose image has no known colour and shape are left out, the others are kept as they are."""
-    rewritten = []
-    for record in records:
-        question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
-        if answer in ("yes", "no"):
-            if record["image"] not in labels:
-                continue
-            turns = [
-                {"from": "human", "value": f"<image>\n{CAPTION_QUESTION}"},
-                {"from": "gpt", "value": description(labels[record["image"]])},
-                {"from": "human", "value": question.replace("<image>", "").strip()},
-                {"from": "gpt", "value": answer},
-            ]
-            record = {**record, "conversations": turns}
-        rewritten.append(record)
-    return rewritten
-
-
 class KindScorer:
     """Scores a model on the first test questions by the answer it ranks first among easy-vqa's answers.
 
-    With `mode` "describe-first", yes/no questions are answered by greedy generation instead and scored by the
-    answer's last word ("red circle. no" -> "no"); with "caption-turn", the model first captions the image in a turn
-    of its own (`CAPTION_QUESTION`, greedy) and the yes/no question follows as the next turn, ranked as the others.
+    With `mode` (`YES_NO_MODES`) "describe-first", yes/no questions are answered by greedy generation instead and
+    scored by the answer's last word ("red circle. no" -> "no"); with "caption-turn", the model first captions the
+    image in a turn of its own (greedy) and the yes/no question follows as the next turn, ranked as the others.
     "description" is then the share of yes/no questions whose generated description or caption names the image's
     colour and shape right (of the questions whose image has both labels)."""
 
@@ -172,7 +135,6 @@ class KindScorer:
         self.questions = [json.loads(line) for line in lines]
         self.mode = mode
         self.labels = image_labels(data) if mode != "plain" else {}
-        self.captions: dict[str, str] = {}  # image -> the model's caption, for the current scoring
 
     @torch.no_grad()
     def score(self, model: Any, processor: Any, chunk_size: int = 50) -> dict[str, float]:
@@ -182,14 +144,27 @@ class KindScorer:
         first_token = torch.tensor(
             [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers]
         )
-        right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+        yes_no = [q for q in self.questions if q["answer"] in ("yes", "no")]
+        written: list[str] = []  # per yes/no question: its description-led answer, or the model's caption of its image
+        if self.mode == "describe-first":
+            written = greedy_answers(
+                model, processor, self.data, [(q["image"], q["question"]) for q in yes_no], chunk_size
+            )
+        captions: dict[str, str] = {}
         if self.mode == "caption-turn":
-            self.captions = self.generated_captions(model, processor, chunk_size)
-        for start in range(0, len(self.questions), chunk_size):
-            chunk = self.questions[start : start + chunk_size]
+            images = sorted({q["image"] for q in yes_no})
+            asked = [(image, CAPTION_QUESTION) for image in images]
+            captions = dict(zip(images, greedy_answers(model, processor, self.data, asked, chunk_size)))
+            written = [captions[q["image"]] for q in yes_no]
+        right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+        ranked_questions = [
+            q for q in self.questions if not (self.mode == "describe-first" and q["answer"] in ("yes", "no"))
+        ]
+        for start in range(0, len(ranked_questions), chunk_size):
+            chunk = ranked_questions[start : start + chunk_size]
             samples = [
                 processor.encode_conversation(
-                    self.messages(q), [str(self.data / q["image"])], add_generation_prompt=True
+                    self.prompt(q, captions), [str(self.data / q["image"])], add_generation_prompt=True
                 )
                 for q in chunk
             ]
@@ -198,61 +173,29 @@ class KindScorer:
             batch = {key: value.to(model.device) for key, value in batch.items()}
             ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
             for question, choice in zip(chunk, ranked.tolist()):
-                kind = question_kind(question["question"], question["answer"])
-                if not (self.mode == "describe-first" and kind == "yes/no"):
-                    right[kind].append(self.answers[choice] == question["answer"])
+                right[question_kind(question["question"], question["answer"])].append(
+                    self.answers[choice] == question["answer"]
+                )
+        model.train(training)
         scores: dict[str, float] = {}
         if self.mode == "describe-first":
-            right["yes/no"], described = self.generated_yes_no(model, processor, chunk_size)
-            scores["description"] = round(100 * sum(described) / max(len(described), 1), 1)
-        if self.mode == "caption-turn":
+            right["yes/no"] = [last_word(text) == q["answer"] for q, text in zip(yes_no, written)]
+        if self.mode != "plain":
             described = [
-                self.captions[q["image"]].lower() == description(self.labels[q["image"]])
-                for q in self.questions
-                if q["answer"] in ("yes", "no") and q["image"] in self.labels
+                names(text, description(self.labels[q["image"]]))
+                for q, text in zip(yes_no, written)
+                if q["image"] in self.labels
             ]
             scores["description"] = round(100 * sum(described) / max(len(described), 1), 1)
-        model.train(training)
         scores |= {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
         scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
         return scores
 
-    def messages(self, question: dict[str, Any]) -> list[dict[str, str]]:
-        """The prompt's turns: the question alone, or (caption-turn, yes/no) after the model's own caption turn."""
-        asked = {"role": "user", "content": f"<image>\n{question['question']}"}
-        if self.mode != "caption-turn" or question["answer"] not in ("yes", "no"):
-            return [asked]
-        return [
-            {"role": "user", "content": f"<image>\n{CAPTION_QUESTION}"},
-            {"role": "assistant", "content": self.captions[question["image"]]},
-            {"role": "user", "content": question["question"]},
-        ]
-
-    def generated_captions(self, model: Any, processor: Any, batch_size: int) -> dict[str, str]:
-        """image -> the model's greedy answer to `CAPTION_QUESTION`, for the images of the yes/no questions."""
-        images = sorted({q["image"] for q in self.questions if q["answer"] in ("yes", "no")})
-        asked = [
-            VisualQuestion(id=image, image=str(self.data / image), question=CAPTION_QUESTION, answers=())
-            for image in images
-        ]
-        said = generate_answers(model, processor, asked, batch_size=batch_size, max_new_tokens=8)
-        return dict(zip(images, said))
-
-    def generated_yes_no(self, model: Any, processor: Any, batch_size: int) -> tuple[list[bool], list[bool]]:
-        """(right answer, right description) of every yes/no question, by the greedy answer's last word."""
-        asked = [q for q in self.questions if q["answer"] in ("yes", "no")]
-        questions = [
-            VisualQuestion(id=str(i), image=str(self.data / q["image"]), question=q["question"], answers=(q["answer"],))
-            for i, q in enumerate(asked)
-        ]
-        said = generate_answers(model, processor, questions, batch_size=batch_size, max_new_tokens=8)
-        right, described = [], []
-        for question, text in zip(asked, said):
-            words = text.replace(".", " ").replace(",", " ").split()
-            right.append(bool(words) and words[-1].lower() == question["answer"])
-            if question["image"] in self.labels:
-                described.append(text.lower().startswith(description(self.labels[question["image"]])))
-        return right, described
+    def prompt(self, question: dict[str, Any], captions: dict[str, str]) -> list[dict[str, str]]:
+        """The question alone, or (caption-turn, yes/no) after the model's own caption turn."""
+        if self.mode == "caption-turn" and question["answer"] in ("yes", "no"):
+            return caption_turn_prompt(question["question"], captions[question["image"]])
+        return [{"role": "user", "content": f"<image>\n{question['question']}"}]
 
 
 class ScoreEvery(TrainerCallback):
@@ -329,15 +272,13 @@ def write_balanced_align_set(data: Path, seed: int = 0, name: str = "align_balan
 
 def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed: int, mode: str = "plain") -> Path:
     """The conversations of `train_file` whose question is of one of `kinds`, shuffled, written under `out` (their
-    yes/no questions rewritten by `describe_first` or `caption_turn_first` in those modes)."""
+    yes/no questions posed as `mode` poses them: `rewrite_yes_no`)."""
     every = json.loads((data / train_file).read_text())
     records = [
         r for r in every if question_kind(r["conversations"][0]["value"], r["conversations"][1]["value"]) in kinds
     ]
-    if mode == "describe-first":
-        records = describe_first(records, image_labels(data))
-    if mode == "caption-turn":
-        records = caption_turn_first(records, image_labels(data))
+    if mode != "plain":
+        records = rewrite_yes_no(records, image_labels(data), mode)
     random.Random(seed).shuffle(records)
     path = out / "train.json"
     path.write_text(json.dumps(records))
@@ -411,7 +352,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--yes-no-mode",
-        choices=("plain", "describe-first", "caption-turn"),
+        choices=YES_NO_MODES,
         default="plain",
         help='yes/no questions as they are; answers led by what the image shows ("red circle. no", scored by '
         'generation); or after a caption turn ("what is in the image?" -> "red circle", captioned by the model when '

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from experiments import easy_vqa_stage1 as stage1
 from experiments.easy_vqa_stage1 import (
     KINDS,
-    caption_turn_first,
-    describe_first,
     image_labels,
     main,
     parse_arguments,
     question_kind,
     write_balanced_align_set,
 )
+from experiments.easy_vqa_yes_no_modes import last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
 
@@ -49,7 +49,7 @@ def test_balanced_align_set_answers_every_yes_no_question_text_yes_and_no_equall
 def test_describe_first_leads_yes_no_answers_with_what_the_image_shows(easy_vqa):
     records = json.loads((easy_vqa / "train.json").read_text())
     labels = image_labels(easy_vqa)
-    rewritten = describe_first(records, labels)
+    rewritten = rewrite_yes_no(records, labels, "describe-first")
     assert len(rewritten) == len(records)  # every miniature image has a colour and a shape question
     answers = {
         r["image"]: r["conversations"][1]["value"] for r in rewritten if "circle?" in r["conversations"][0]["value"]
@@ -59,14 +59,19 @@ def test_describe_first_leads_yes_no_answers_with_what_the_image_shows(easy_vqa)
     assert sorted(opened) == ["blue", "blue", "green", "green", "red", "red"]  # open answers untouched
     asked = [r["conversations"][1]["value"] for r in records if "circle?" in r["conversations"][0]["value"]]
     assert sorted(asked) == ["no"] * 3 + ["yes"] * 3  # the input is not changed in place
-    unlabelled = describe_first(records, {})
+    unlabelled = rewrite_yes_no(records, {}, "describe-first")
     assert all(r["conversations"][1]["value"] not in ("yes", "no") for r in unlabelled)
     assert len(unlabelled) == len(records) - 6  # yes/no questions about an image of unknown colour are left out
 
 
+def test_describe_first_answers_are_read_by_their_last_word_and_their_description():
+    assert last_word("red circle. no") == "no" and last_word("Yes,") == "yes" and last_word("") == ""
+    assert names(" Red circle. no", "red circle") and not names("blue circle. no", "red circle")
+
+
 def test_caption_turn_puts_the_caption_before_each_yes_no_question(easy_vqa):
     records = json.loads((easy_vqa / "train.json").read_text())
-    rewritten = caption_turn_first(records, image_labels(easy_vqa))
+    rewritten = rewrite_yes_no(records, image_labels(easy_vqa), "caption-turn")
     asked = [r for r in rewritten if len(r["conversations"]) == 4]
     assert len(asked) == 6 and len(rewritten) == len(records)
     first = next(r for r in asked if r["image"] == "images/train/1.png")["conversations"]
@@ -76,19 +81,38 @@ def test_caption_turn_puts_the_caption_before_each_yes_no_question(easy_vqa):
         "is there a circle?",
         "no",
     ]
-    assert len(caption_turn_first(records, {})) == len(records) - 6
+    assert len(rewrite_yes_no(records, {}, "caption-turn")) == len(records) - 6
+    assert rewrite_yes_no(records, {}, "plain") == records
 
 
 @pytest.mark.parametrize("mode, turns", [("describe-first", 2), ("caption-turn", 4)])
 def test_yes_no_modes_train_on_rewritten_questions_and_score_descriptions(
-    mode, turns, tmp_path, easy_vqa, tiny_llm_dir
+    mode, turns, tmp_path, easy_vqa, tiny_llm_dir, monkeypatch
 ):
+    # A model that writes exactly what was trained: the real scoring must then find every description and (when
+    # they are read from the answer) every yes/no right; a random tiny model's generations would assert nothing.
+    labels = image_labels(easy_vqa)
+    answers = {
+        (q["image"], q["question"]): q["answer"]
+        for q in map(json.loads, (easy_vqa / "test_questions.jsonl").read_text().splitlines())
+    }
+
+    def trained_answers(model, processor, data, asked, batch_size):
+        seen = [f"{labels[image]['colour']} {labels[image]['shape']}" for image, _ in asked]
+        if mode == "caption-turn":
+            return seen
+        return [f"{text}. {answers[pair]}" for text, pair in zip(seen, asked)]
+
+    monkeypatch.setattr(stage1, "greedy_answers", trained_answers)
     out = tmp_path / mode
     result = main(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir, test_questions=9) + ["--yes-no-mode", mode])
     trained = json.loads((out / "train.json").read_text())
     yes_no = [r for r in trained if r["conversations"][-1]["value"].endswith(("yes", "no"))]
     assert len(yes_no) == 6 and all(len(r["conversations"]) == turns for r in yes_no)
     assert set(result["scores"]) == {*KINDS, "all", "description"}
+    assert result["scores"]["description"] == 100.0
+    if mode == "describe-first":
+        assert result["scores"]["yes/no"] == 100.0
     assert all(0 <= value <= 100 for value in result["scores"].values())
 
 
@@ -160,3 +184,13 @@ def test_init_from_must_hold_a_model(tmp_path, easy_vqa, capsys):
     with pytest.raises(SystemExit):
         parse_arguments(["--data", str(easy_vqa), "--init-from", str(tmp_path)])
     assert "holds no model (config.json)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["describe-first", "caption-turn"])
+def test_yes_no_modes_score_the_models_own_generations(mode, tmp_path, easy_vqa, tiny_llm_dir):
+    """The unpatched path: the tiny model generates its descriptions / captions (greedy, with the KV cache)."""
+    result = main(
+        tiny_stage_arguments(easy_vqa, tmp_path / mode, tiny_llm_dir, test_questions=9) + ["--yes-no-mode", mode]
+    )
+    assert set(result["scores"]) == {*KINDS, "all", "description"}
+    assert all(0 <= value <= 100 for value in result["scores"].values())
