@@ -157,6 +157,27 @@ def test_stage_chain_and_provenance(tiny_llm_dir, tiny_data, tmp_path):
     assert run_stage(build_config(raw)) == instruct
 
 
+def test_a_seeded_stage_repeats_whatever_the_process_drew_before(tiny_llm_dir, tiny_data, tmp_path):
+    """The learners' and projector's initial weights come from the configured seed, not from the state the
+    global random generator happens to be in (a pretrained tower draws nothing): two runs of one config are equal."""
+    from wings.model.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteVisionModel
+
+    tower = tmp_path / "tower"
+    EfficientNetLiteVisionModel(EfficientNetLiteConfig(image_size=32)).save_pretrained(tower)
+    weights = []
+    for earlier_draws in (1, 5):
+        torch.manual_seed(123)
+        torch.rand(earlier_draws)  # whatever ran before in the process (data preparation, an earlier stage)
+        raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / f"run-{earlier_draws}", max_steps=2)
+        raw["model"]["vision"] = str(tower)
+        output = run_stage(build_config(raw))
+        with safe_open(output / "model.safetensors", "pt") as saved:
+            weights.append({name: saved.get_tensor(name) for name in saved.keys()})
+    assert weights[0].keys() == weights[1].keys() and any("learner" in name for name in weights[0])
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
 class KillAt(TrainerCallback):
     """Stands in for a kill: the process dies right after the step-`step` checkpoint."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -319,10 +320,10 @@ class WingsProcessor(ProcessorMixin):
 def build_image_processor(vision_config, pretrained_path: str | os.PathLike | None = None):
     """The vision tower's image processor at its own size, mean and std, with no crop.
 
-    With `pretrained_path` (the tower's local folder) its saved settings are used; otherwise the
-    family's defaults (SigLIP: mean = std = 0.5; CLIP: OpenAI's; a tower whose config names its own
-    `image_mean` / `image_std`, like EfficientNet-Lite, those). The PIL backend is chosen so that
-    pixel values are the same with or without torchvision installed.
+    With `pretrained_path` (the tower's local folder) its saved settings are used when it holds them
+    (`preprocessor_config.json`); otherwise the family's defaults (SigLIP: mean = std = 0.5; CLIP: OpenAI's;
+    a tower whose config names its own `image_mean` / `image_std`, like EfficientNet-Lite, those). The PIL
+    backend is chosen so that pixel values are the same with or without torchvision installed.
     """
     size = {"height": vision_config.image_size, "width": vision_config.image_size}
     is_clip = "clip" in getattr(vision_config, "model_type", "")
@@ -330,7 +331,7 @@ def build_image_processor(vision_config, pretrained_path: str | os.PathLike | No
     settings: dict[str, Any] = {}
     if getattr(vision_config, "image_mean", None) is not None:  # the tower says how its weights saw pixels
         settings = {"image_mean": list(vision_config.image_mean), "image_std": list(vision_config.image_std)}
-    if pretrained_path is not None:
+    if pretrained_path is not None and Path(pretrained_path, "preprocessor_config.json").is_file():
         saved = AutoImageProcessor.from_pretrained(pretrained_path)
         settings = {key: getattr(saved, key) for key in ("image_mean", "image_std", "resample") if hasattr(saved, key)}
     # Pad-to-square (or resize) already decided the framing: resize to the square, never crop.

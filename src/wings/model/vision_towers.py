@@ -85,8 +85,9 @@ def tower_names() -> list[str]:
 def load_vision_tower(name_or_path: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
     """A vision tower from a preset name (from scratch or pretrained) or a SigLIP/CLIP hub id or folder."""
     if name_or_path in VISION_PRESETS:
-        torch.manual_seed(seed)
-        tower = AutoModel.from_config(SiglipVisionConfig(**VISION_PRESETS[name_or_path]))
+        with torch.random.fork_rng(devices=[]):  # its own seed, leaving the caller's random stream where it was
+            torch.manual_seed(seed)
+            tower = AutoModel.from_config(SiglipVisionConfig(**VISION_PRESETS[name_or_path]))
         tower.name_or_path = name_or_path
         return tower.to(dtype)
     if name_or_path in PRETRAINED_TOWERS:

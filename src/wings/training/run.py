@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from wings.data.dataset import build_dataset, read_data_events
@@ -145,8 +145,10 @@ def run_stage(
     if is_complete(output_dir) and not force:
         print(f"{output_dir} already holds a finished {stage.name} stage: reusing it (pass --force to retrain)")
         return output_dir
-    # The model is built before the DeepSpeed config is active: ZeRO-3 then partitions the assembled model when
-    # the engine starts, instead of partitioning sub-models while WINGS is still wiring them together.
+    # The new modules' initial weights come from the run's seed, not from whatever the process drew before (the
+    # Trainer seeds only after the model exists). The model is built before the DeepSpeed config is active: ZeRO-3
+    # then partitions the assembled model when the engine starts, not sub-models while WINGS wires them together.
+    set_seed(config.training["seed"])
     model, processor, llm_reference = load_for_stage(config, stage)
     args = training_arguments(config)
     train_tower = config.model.train_vision_tower
