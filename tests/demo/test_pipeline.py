@@ -190,6 +190,19 @@ def test_stage_differences_name_the_settings_that_changed():
     del older["model"]["system_prompt"]  # trained before the setting existed
     older["optim"]["learning_rates"]["projector"] = 2e-3
     assert stage_differences(older, wanted) == ["model.system_prompt", "optim.learning_rates"]
+    in_bf16 = json.loads(json.dumps(wanted))
+    in_bf16["training"]["bf16"] = True  # a key neither has is no difference; one only the new config has is
+    assert stage_differences(wanted, in_bf16) == ["training.bf16"]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_stage_one_trains_in_bf16_with_eager_attention_when_asked_and_stage_two_in_float32(tmp_path, bf16):
+    pipeline = DemoPipeline(DemoSettings(out=tmp_path, align_bf16=bf16))
+    align = pipeline.stage_config("align", "wings-align", {"projector": 1e-3}, None)
+    instruct = pipeline.stage_config("instruct", "wings-instruct", {"llm": 2e-6}, "wings-align")
+    assert align["training"]["bf16"] is bf16
+    assert align["model"].get("attn_implementation") == ("eager" if bf16 else None)
+    assert "bf16" not in instruct["training"] and "attn_implementation" not in instruct["model"]
 
 
 @pytest.mark.parametrize("threads", ["0", "-2", "two"])

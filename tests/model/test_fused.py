@@ -82,3 +82,21 @@ def test_the_formulas_path_refuses_a_kv_cache():
     model.learner_path = "plain"
     with pytest.raises(ValueError, match="use_cache=False"):
         model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True)
+
+
+def test_learners_attend_in_float32_under_cpu_autocast():
+    """CPU mixed precision: the learners' attention runs in float32 (bf16's backward is slow on a CPU), on the
+    bf16 inputs autocast gives it, and gradients reach them."""
+    from wings.model.fused import attend
+
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, 5, 4, 8, generator=generator).bfloat16().requires_grad_()  # (B, L, H, D)
+    keys, values = (torch.randn(2, 4, 3, 8, generator=generator).bfloat16() for _ in range(2))  # (B, H, T, D)
+    mask = torch.zeros(2, 1, 5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = attend(queries, keys, values, mask)
+    expected = attend(queries.float(), keys.float(), values.float(), mask)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, expected)
+    mixed.sum().backward()
+    assert queries.grad is not None and queries.grad.abs().sum() > 0

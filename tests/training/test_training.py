@@ -178,6 +178,30 @@ def test_a_seeded_stage_repeats_whatever_the_process_drew_before(tiny_llm_dir, t
         assert torch.equal(tensor, weights[1][name]), name
 
 
+class ParameterDtypes(TrainerCallback):
+    """The dtype of every trainable and frozen parameter group while training."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.dtypes = {group: {p.dtype for _, p in named} for group, named in model.parameter_groups().items() if named}
+
+
+def test_bf16_holds_a_frozen_llm_in_bf16_and_saves_a_float32_model(tiny_llm_dir, tiny_data, tmp_path):
+    """With mixed precision the frozen LLM of stage 1 is kept in bf16 (it is only read); what trains stays float32
+    and the saved model, and the stage after it, are float32."""
+    dtypes = ParameterDtypes()
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "align", max_steps=2, bf16=True)
+    align = run_stage(build_config(raw), callbacks=[dtypes])
+    assert dtypes.dtypes["llm"] == {torch.bfloat16}
+    assert dtypes.dtypes["visual_learners"] == dtypes.dtypes["projector"] == {torch.float32}
+    model = WingsForConditionalGeneration.from_pretrained(align)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    stage_two = ParameterDtypes()
+    raw = tiny_config(tiny_llm_dir, tiny_data, tmp_path / "instruct", "instruct", max_steps=1, bf16=True)
+    raw["model"]["init_from"] = str(align)
+    run_stage(build_config(raw), callbacks=[stage_two])
+    assert stage_two.dtypes["llm"] == {torch.float32}  # trained: float32 weights, bf16 only inside autocast
+
+
 class KillAt(TrainerCallback):
     """Stands in for a kill: the process dies right after the step-`step` checkpoint."""
 

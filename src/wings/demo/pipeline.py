@@ -39,6 +39,7 @@ from wings.evaluation.report import write_report
 from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
 from wings.evaluation.tasks import retention_file
 from wings.model.vision_towers import is_scratch_preset
+from wings.threads import cpu_has_amx
 from wings.threads import set_threads as _set_threads
 from wings.training.arguments import build_config
 from wings.training.run import run_stage
@@ -84,19 +85,19 @@ class Step:
 
 def stage_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """The settings (as `section.key`) in which a stage's recorded configuration differs from the one it would be
-    trained with now; a key the record lacks (an older version) counts as different."""
+    trained with now; a key only one of them has (a record of an older version) counts as different."""
     compared = {
         "model": list(wanted["model"]),
         "data": ["max_length"],
         "optim": ["learning_rates", "loraplus_lr_ratio"],
-        "training": ["max_steps", "per_device_train_batch_size", "seed"],
+        "training": ["max_steps", "per_device_train_batch_size", "seed", "bf16"],
     }
     missing = object()
     return [
         f"{section}.{key}"
         for section, keys in compared.items()
         for key in keys
-        if recorded.get(section, {}).get(key, missing) != wanted[section].get(key)
+        if recorded.get(section, {}).get(key, missing) != wanted[section].get(key, missing)
     ]
 
 
@@ -208,6 +209,11 @@ class DemoPipeline:
         rates = dict(rates)
         # Stage 1 aligns on descriptions (align.json, see write_align_set) unless told to use the full mix.
         data_file = "align.json" if init_from is None and s.align_on_descriptions else "train.json"
+        training: dict[str, Any] = {}
+        if init_from is None:
+            training["bf16"] = self.align_bf16()
+            if training["bf16"]:
+                model["attn_implementation"] = "eager"
         if init_from is None:
             scratch = is_scratch_preset(s.vision)  # trained in stage 1; a pretrained tower stays frozen
             model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": scratch, "system_prompt": s.system_prompt}
@@ -237,8 +243,15 @@ class DemoPipeline:
                 "use_cpu": s.use_cpu,
                 "seed": seed,
                 "disable_tqdm": not s.progress,
+                **training,
             },
         }
+
+    def align_bf16(self) -> bool:
+        """Whether stage 1 trains in bf16 (`DemoSettings.align_bf16`; None: on a CPU with AMX bf16 units)."""
+        if self.settings.align_bf16 is not None:
+            return self.settings.align_bf16
+        return self.settings.use_cpu and cpu_has_amx()
 
     def train(self, stage: str, folder: str, rates: dict[str, float], init_from: str | None, seed: int = 0) -> None:
         log = LossLog()

@@ -54,6 +54,10 @@ class DemoSettings:
     # Stage 1 carries the visual learning (LLM frozen, ~1 s a step); stage 2 trains the LLM (~3 s a step). 350 stage-1
     # steps: open questions 91.7 (300: 89.3 with each of 3 seeds; docs/results/demo.md).
     align_steps: int = 350
+    # Stage 1 (the LLM frozen) in bf16 mixed precision, the LLM held in bf16, its attention eager (on a CPU, torch's
+    # bf16 SDPA backward is slow). None: where the CPU has AMX bf16 units (measured there: a stage-1 step 1.5-2x
+    # faster; docs/results/demo.md). Stage 2 trains the LLM at 2e-6 and stays float32, as does every evaluation.
+    align_bf16: bool | None = None
     instruct_steps: int = 8
     save_steps: int = 50  # checkpoints for resuming a stage (a stage-2 one: ~1.6 GB of weights and optimizer state)
     wings_rates: dict[str, dict[str, float]] = field(

@@ -277,9 +277,8 @@ def _run_vqa(
     suffix = settings.vqa_prompt_suffix if task.name.startswith("vqa:") else None  # easy-vqa: the trained format
     priors = swapped = None
     if task.metrics == EASY_VQA_METRICS:
-        if settings.limit:  # easy-vqa's file runs image by image: a seeded sample spreads the questions over images
-            picked = sorted(random.Random(SEED).sample(range(len(every)), min(settings.limit, len(every))))
-            questions = [every[index] for index in picked]
+        if settings.limit:
+            questions = vqa.easy_vqa_sample(every, settings.limit, SEED)
         # the same questions about other images: does the model look?
         swapped = vqa.image_swapped(questions[: settings.vqa_swap_limit], every)
         folder = task.path if task.path is not None else settings.data_dir

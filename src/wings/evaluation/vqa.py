@@ -22,6 +22,7 @@ import binascii
 import csv
 import json
 import math
+import random
 import re
 import sys
 from collections import Counter, defaultdict
@@ -129,6 +130,13 @@ def load_easy_vqa(folder: str | Path) -> list[VisualQuestion]:
             )
         )
     return questions
+
+
+def easy_vqa_sample(questions: Sequence[VisualQuestion], limit: int, seed: int) -> list[VisualQuestion]:
+    """`limit` questions, a seeded sample in file order: easy-vqa's file runs image by image, so the first
+    `limit` would cover few images."""
+    picked = random.Random(seed).sample(range(len(questions)), min(limit, len(questions)))
+    return [questions[index] for index in sorted(picked)]
 
 
 def easy_vqa_train_answers(folder: str | Path) -> list[tuple[str, str, str]]:

@@ -87,6 +87,11 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask
 
     `mask` (B, 1, L, T) additive (0 / -inf); None means plainly causal over the same L tokens.
     """
+    if queries.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # bf16 attention's backward on a CPU is several times slower than float32's at the learners' sizes
+        # (docs/results/demo.md, "bf16 on a CPU"): attend in float32, the projections around stay bf16.
+        with torch.autocast("cpu", enabled=False):
+            return attend(queries.float(), keys.float(), values.float(), None if mask is None else mask.float())
     queries = queries.transpose(1, 2)
     if keys.dtype != queries.dtype:  # a cache kept in another dtype
         keys, values = keys.to(queries.dtype), values.to(queries.dtype)

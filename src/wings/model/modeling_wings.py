@@ -168,6 +168,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
         super()._activation_checkpointing_enable(kwargs, every_n_layers, offload)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of WINGS' own modules, which every checkpoint holds (saved as the config's `dtype`): a frozen
+        LLM may be held in bf16 while they train in float32 (`wings.training.run.run_stage`)."""
+        return self.projector.linear_1.weight.dtype
+
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Named parameters by role (the training stages freeze, train and set learning rates by group)."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
