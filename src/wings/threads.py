@@ -57,29 +57,47 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+PRODUCT_SHAPES = ((256, 576), (576, 1536))  # a batch of tokens through a SmolLM2-135M MLP matrix
+PRODUCT_FLOPS = 4 * 2 * 256 * 576 * 1536  # the four products `product_seconds` times
+
+
+def product_seconds() -> float:
+    """Seconds for four float32 products of `PRODUCT_SHAPES` at torch's current thread count (after one to warm
+    the thread pool). Its own random generator: a measurement in the middle of training draws nothing from the run's."""
+    generator = torch.Generator().manual_seed(0)
+    a, w = (torch.randn(*shape, generator=generator) for shape in PRODUCT_SHAPES)
+    a @ w
+    begin = time.perf_counter()
+    for _ in range(4):
+        a @ w
+    return time.perf_counter() - begin
+
+
 def measured_threads(limit: int | None = None) -> int:
     """The intra-op thread count, 1 or every core (at most `limit`), that runs a matrix product of a small LLM's
     sizes fastest right now. It takes ~0.3 s, so long jobs (`wings demo`) repeat it as the machine's load changes."""
     candidates = sorted({1, min(cores(), limit or cores())})
     if len(candidates) == 1:
         return 1
-    a, w = torch.randn(256, 576), torch.randn(576, 1536)  # a batch of tokens through a SmolLM2-135M MLP matrix
     best: dict[int, float] = {}
     for _ in range(3):  # interleaved rounds: a burst of load hits every candidate alike
         for threads in candidates:
             torch.set_num_threads(threads)
-            a @ w  # warm the thread pool
-            begin = time.perf_counter()
-            for _ in range(4):
-                a @ w
-            best[threads] = min(best.get(threads, float("inf")), time.perf_counter() - begin)
+            best[threads] = min(best.get(threads, float("inf")), product_seconds())
     fewest = candidates[0]  # more threads only when clearly faster (10%): a tie keeps the core free
     return min(candidates, key=lambda threads: best[threads] * (1.0 if threads == fewest else 1.1))
 
 
+def matmul_gflops(rounds: int = 5) -> float:
+    """This machine's speed now: GFLOPS of `product_seconds`' float32 products at torch's current thread count
+    (best of `rounds`). Beside a timing it says how fast the machine ran: this project's 2-core machine ran the
+    same demo step at 1.0 s and at 1.8 s within one hour (docs/results/demo.md)."""
+    return PRODUCT_FLOPS / min(product_seconds() for _ in range(rounds)) / 1e9
+
+
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): bf16 matrix products there ran ~10x
-    faster than float32 ones (one core, a SmolLM2-135M MLP matrix), where without them bf16 gains little."""
+    faster than float32 ones (one core, a SmolLM2-135M MLP matrix); without them the gain is not measured."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own check; private, so guarded
     try:
         return bool(probe()) if probe is not None else False

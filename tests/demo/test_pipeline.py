@@ -93,6 +93,9 @@ def test_writes_report_results_and_plots(finished):
     # Every step that ran says how many intra-op threads it used (measured: settings.threads is None).
     assert set(results["threads"]) == {step.name for step in DemoPipeline(settings).steps()}
     assert all(1 <= threads <= (os.cpu_count() or 1) for threads in results["threads"].values())
+    # and how fast the machine ran before it, which dates the timings
+    assert set(results["machine_gflops"]) == set(results["threads"])
+    assert all(gflops > 0 for gflops in results["machine_gflops"].values())
 
 
 def test_seeds_give_mean_and_spread_per_model(tmp_path, tiny_llm_dir):

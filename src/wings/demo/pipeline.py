@@ -39,7 +39,7 @@ from wings.evaluation.report import write_report
 from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
 from wings.evaluation.tasks import retention_file
 from wings.model.vision_towers import is_scratch_preset
-from wings.threads import cpu_has_amx
+from wings.threads import cpu_has_amx, matmul_gflops
 from wings.threads import set_threads as _set_threads
 from wings.training.arguments import build_config
 from wings.training.run import run_stage
@@ -110,6 +110,7 @@ class DemoPipeline:
         self.data_dir = self.out / "data" / "easy-vqa"
         self.timings: dict[str, float] = {}
         self.threads: dict[str, int] = {}  # intra-op threads each step ran with (this run)
+        self.speed: dict[str, float] = {}  # the machine's float32 GFLOPS before each step (this run)
         self.skipped: list[str] = []
         self.trained: set[str] = set()  # stage folders trained in this run: what starts from them is redone
         self.outdated: set[str] = set()  # finished stage folders trained with other settings: trained again
@@ -150,6 +151,7 @@ class DemoPipeline:
             threads = _set_threads(self.settings.threads)
             print(f"[{number}/{len(steps)}] {step.name} ({threads} thread{'s' * (threads > 1)})")
             self.threads[step.name] = threads
+            self.speed[step.name] = round(matmul_gflops(), 1)
             begin = time.perf_counter()
             step.run()
             self.timings[step.name] = round(time.perf_counter() - begin, 1)

@@ -22,6 +22,7 @@ class FinishedRun(Protocol):
     data_dir: Path
     timings: dict[str, float]  # seconds per step
     threads: dict[str, int]  # intra-op threads per step run this time
+    speed: dict[str, float]  # the machine's float32 GFLOPS before each step run this time
     skipped: list[str]  # steps done before, not run this time
 
 
@@ -203,6 +204,7 @@ def write_demo_report(pipeline: FinishedRun) -> dict[str, Any]:
         "align_text_identity": identity,
         "timings_s": pipeline.timings,
         "threads": pipeline.threads,
+        "machine_gflops": pipeline.speed,
         "skipped_steps": pipeline.skipped,
         "settings": settings_dict(pipeline.settings),
         "chat": chat_command(pipeline),
@@ -347,6 +349,9 @@ def _markdown(
         "",
         f"Intra-op threads of the steps run this time (measured before each step unless `--threads`): "
         f"{pipeline.threads or 'none run'}",
+        "",
+        "Machine speed before each step run this time (a float32 matrix product, GFLOPS at the step's threads; the "
+        f"same code runs slower when this is lower): {pipeline.speed or 'none run'}",
         "",
         "## Chat",
         "",
