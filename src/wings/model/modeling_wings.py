@@ -170,9 +170,14 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of WINGS' own modules, which every checkpoint holds (saved as the config's `dtype`): a frozen
-        LLM may be held in bf16 while they train in float32 (`wings.training.run.run_stage`)."""
-        return self.projector.linear_1.weight.dtype
+        """The dtype of WINGS' own modules (projector, else learners), which every checkpoint holds (saved as the
+        config's `dtype`): a frozen LLM may be held in bf16 while they train in float32 (`run_stage`). Without
+        either, the LLM's."""
+        for module in (self.projector, self.wings_layers):
+            for parameter in module.parameters() if module is not None else ():
+                if parameter.is_floating_point():
+                    return parameter.dtype
+        return self.language_model.dtype
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Named parameters by role (the training stages freeze, train and set learning rates by group)."""
