@@ -71,7 +71,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not 0 <= args.open_accuracy <= 1:
         parser.error(f"--open-accuracy is a fraction between 0 and 1, got {args.open_accuracy}")
-    table = bound_table(args.data, args.limit, args.open_accuracy)
+    if args.limit < 1:
+        parser.error(f"--limit is a number of test questions of at least 1, got {args.limit}")
+    try:
+        table = bound_table(args.data, args.limit, args.open_accuracy)
+    except FileNotFoundError as error:  # no test or training file: say which and how to write it
+        parser.error(str(error))
+    if not table["yes_no_questions"]:
+        parser.error(f"--data {args.data}: the {table['questions']} sampled test questions hold no yes/no question")
     print(
         f"{table['questions']} test questions ({table['yes_no_questions']} yes/no, {table['open_questions']} open, "
         f"open scored {100 * args.open_accuracy:.1f})"

@@ -43,3 +43,23 @@ def test_a_blind_signal_scores_the_question_prior_and_a_perfect_one_everything(t
     assert rows[1.0]["overall"] == pytest.approx(100 * (yes_no + 0.5 * open_count) / (yes_no + open_count))
     assert "| 100% | 100.0 |" in capsys.readouterr().out
     assert bound_table(data, 9, 1.0)["rows"][-1]["overall"] == 100
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--open-accuracy", "1.5"], "--open-accuracy is a fraction between 0 and 1"),
+        (["--limit", "0"], "--limit is a number of test questions of at least 1"),
+    ],
+)
+def test_bad_arguments_are_named(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), *arguments])
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_without_the_data_names_the_command_that_writes_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "missing")])
+    error = capsys.readouterr().err
+    assert "no test_questions.jsonl" in error and "wings data easy-vqa" in error
