@@ -23,6 +23,10 @@ generation), per kind: yes/no, colour, shape.
         --train-file align_balanced.json --steps 300 --eval-every 100   # yes/no answered "red circle. no"
     python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --yes-no-mode caption-turn \\
         --train-file align_balanced.json --steps 200 --eval-every 100   # a caption turn before each yes/no question
+    python -m experiments.easy_vqa_stage1 --data DIR --train-file align_balanced.json --loraplus-ratio 10 --bf16 \\
+        --steps 2700 --eval-every 300                # stage 1 in bf16, as the demo runs it on a CPU with AMX units
+    python -m experiments.easy_vqa_stage1 --data DIR --train-file align_balanced.json --loraplus-ratio 10 --bf16 \\
+        --null-key --steps 300 --eval-every 100      # learners that may attend to nothing (not the paper's)
 
 New models get the demo's empty system turn (`--template-system-prompt`: the chat template's default, as the rows
 measured before the demo took the empty one).
@@ -42,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import TrainerCallback
 
@@ -57,6 +62,7 @@ from experiments.easy_vqa_yes_no_modes import (
 )
 from wings.data.easy_vqa import write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
+from wings.model import fused
 from wings.model.processing_wings import WingsCollator
 from wings.model.registry import load_llm
 from wings.model.vision_towers import is_scratch_preset
@@ -285,6 +291,28 @@ def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed:
     return path
 
 
+def attend_with_null_key(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
+    """`fused.attend` with one more key for every query: logit 0, value 0 (a "null key").
+
+    The paper's learner spreads a softmax over the image's tokens only, so its output is always some mix of what the
+    image shows: it cannot say "what the question names is not there" by attending less. With a null key it can
+    (the output shrinks towards 0 where no visual key matches the query). An experiment, not the library's learner.
+    """
+    if mask is None:  # plainly causal over the same tokens (a textual learner's shortcut): made explicit
+        length = queries.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=queries.device).tril()
+        mask = torch.zeros(causal.shape, device=queries.device).masked_fill(~causal, float("-inf"))[None, None]
+    with torch.autocast(queries.device.type, enabled=False):  # attend in float32, as the fast path does on a CPU
+        queries, keys, values, mask = queries.float(), keys.float(), values.float(), mask.float()
+        nothing = keys.new_zeros(*keys.shape[:2], 1, keys.shape[-1])
+        keys, values = torch.cat([keys, nothing], dim=2), torch.cat([values, nothing], dim=2)
+        mask = torch.cat(
+            [mask.expand(queries.shape[0], 1, -1, -1), mask.new_zeros(queries.shape[0], 1, mask.shape[2], 1)], dim=-1
+        )
+        attended = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, mask)
+    return attended.transpose(1, 2).flatten(2)
+
+
 def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path) -> dict[str, Any]:
     """The `wings train` configuration of the experiment's stage (the demo's settings unless a flag changes one)."""
     stage = "instruct" if args.init_from else "align"
@@ -302,6 +330,8 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
             "image_normalization": args.image_normalization,
             "system_prompt": None if args.template_system_prompt else "",
         }
+        if args.bf16:  # the demo's stage 1 where the CPU has AMX units: the frozen LLM in bf16, its attention eager
+            model["attn_implementation"] = "eager"
         if scratch:
             rates.setdefault("vision_tower", SCRATCH_TOWER_RATE)
     return {
@@ -323,6 +353,7 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
             "use_cpu": not torch.cuda.is_available(),
             "seed": args.seed,
             "disable_tqdm": True,
+            "bf16": args.bf16,
         },
     }
 
@@ -363,6 +394,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a new model renders the chat template's default system prompt (default: the demo's empty one)",
     )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="stage 1 in bf16 mixed precision, as the demo runs it on a CPU with AMX units (what trains stays float32)",
+    )
+    parser.add_argument(
+        "--null-key",
+        action="store_true",
+        help="every learner's softmax gets one more key, logit 0 and value 0, so that it can attend to nothing "
+        "(an experiment: not the paper's learner, not the library's)",
+    )
     parser.add_argument("--test-questions", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -392,6 +434,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(KINDS)}")
     if args.steps < 1 or args.batch_size < 1 or args.loraplus_ratio <= 0:
         parser.error("--steps and --batch-size must be at least 1, --loraplus-ratio positive")
+    if args.bf16 and args.init_from is not None:
+        parser.error("--bf16 is for a stage 1 (the LLM frozen); a stage 2 from --init-from trains in float32")
     if args.init_from is not None and not (args.init_from / "config.json").is_file():
         parser.error(f"--init-from {args.init_from} holds no model (config.json)")
     try:
@@ -421,13 +465,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scorer = KindScorer(data, args.test_questions, args.yes_no_mode)
     every = ScoreEvery(scorer, args.eval_every)
     config = build_config(stage_config(args, train_path, data), "experiments.easy_vqa_stage1")
-    run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
+    library_attend = fused.attend
+    if args.null_key:  # for this run only: the scores below read the same learners
+        fused.attend = attend_with_null_key
+    try:
+        run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
+    finally:
+        fused.attend = library_attend
     final = every.final
     stage = "stage 2 from " + str(args.init_from) if args.init_from else "stage 1"
     print(
         f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
         f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''}"
-        f"{'' if args.yes_no_mode == 'plain' else ', yes/no ' + args.yes_no_mode} "
+        f"{'' if args.yes_no_mode == 'plain' else ', yes/no ' + args.yes_no_mode}"
+        f"{', bf16' if args.bf16 else ''}{', null key' if args.null_key else ''} "
         f"| {json.dumps(final)} |"
     )
     result = {"scores": final, "history": every.history, "learning_rates": config.optim.learning_rates}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import easy_vqa_stage1 as stage1
 from experiments.easy_vqa_stage1 import (
@@ -159,6 +160,52 @@ def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tin
     assert set(result["scores"]) == {*KINDS, "all"}
 
 
+def test_a_null_key_is_one_more_logit_of_zero_with_a_zero_value():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, 3, 4, 8, generator=generator)  # (B, L, H, D)
+    keys, values = torch.randn(2, 4, 5, 8, generator=generator), torch.randn(2, 4, 5, 8, generator=generator)
+    allowed = torch.ones(2, 1, 3, 5, dtype=torch.bool)
+    allowed[0, 0, 1, 2:] = False
+    allowed[1, 0, 2, :] = False  # a query with no admissible key
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    scores = queries.transpose(1, 2) @ keys.transpose(-1, -2) / 8**0.5 + mask
+    weights = torch.softmax(torch.cat([scores, torch.zeros(2, 4, 3, 1)], dim=-1), dim=-1)[..., :-1]
+    expected = (weights @ values).transpose(1, 2).flatten(2)
+    got = stage1.attend_with_null_key(queries, keys, values, mask)
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(got[1, 2], torch.zeros(32))  # nothing admissible: all weight on the null key
+    # None means plainly causal over the same tokens, as in the library's `attend`
+    square = torch.randn(1, 4, 4, 8, generator=generator)  # (B, H, T = L, D)
+    causal = torch.zeros(4, 4).masked_fill(~torch.ones(4, 4, dtype=torch.bool).tril(), float("-inf"))[None, None]
+    torch.testing.assert_close(
+        stage1.attend_with_null_key(square.transpose(1, 2), square, square, None),
+        stage1.attend_with_null_key(square.transpose(1, 2), square, square, causal),
+    )
+
+
+def test_null_key_runs_patch_the_learners_for_the_run_only(tmp_path, easy_vqa, tiny_llm_dir, monkeypatch):
+    calls, null_key = [], stage1.attend_with_null_key
+
+    def counted(*args):
+        calls.append(1)
+        return null_key(*args)
+
+    library_attend = stage1.fused.attend
+    monkeypatch.setattr(stage1, "attend_with_null_key", counted)
+    result = main(tiny_stage_arguments(easy_vqa, tmp_path / "null", tiny_llm_dir) + ["--null-key"])
+    assert calls  # the learners attended through it, in training and scoring
+    assert stage1.fused.attend is library_attend  # and the library's attention is back
+    assert set(result["scores"]) == {*KINDS, "all"}
+
+
+def test_bf16_is_the_demos_stage1_precision(easy_vqa):
+    args = parse_arguments(["--data", str(easy_vqa), "--bf16"])
+    config = stage1.stage_config(args, easy_vqa / "train.json", easy_vqa)
+    assert config["training"]["bf16"] is True and config["model"]["attn_implementation"] == "eager"
+    plain = stage1.stage_config(parse_arguments(["--data", str(easy_vqa)]), easy_vqa / "train.json", easy_vqa)
+    assert plain["training"]["bf16"] is False and "attn_implementation" not in plain["model"]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -166,6 +213,7 @@ def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tin
         (["--rates", "{visual: 1}"], "--rates is not JSON"),
         (["--rates", '{"visual_learners": "fast"}'], "--rates must map group names to numbers"),
         (["--steps", "0"], "--steps and --batch-size must be at least 1"),
+        (["--bf16", "--init-from", "."], "--bf16 is for a stage 1"),
     ],
 )
 def test_bad_flags_are_refused_with_the_fix(easy_vqa, capsys, flags, message):
