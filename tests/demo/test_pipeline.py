@@ -225,3 +225,12 @@ def test_demo_rejects_an_unknown_tower_before_doing_anything(tmp_path, capsys):
         main(["demo", "--quick", "--vision", "efficientnet-typo", "--out", str(tmp_path / "demo")])
     assert "--vision efficientnet-typo: not a preset (siglip-scratch-32" in str(raised.value.code)
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("layer", [None, -5])
+def test_the_tower_layer_is_chosen_by_stage_one_and_inherited_by_stage_two(tmp_path, layer):
+    pipeline = DemoPipeline(DemoSettings(out=tmp_path, vision_feature_layer=layer))
+    align = pipeline.stage_config("align", "wings-align", {"projector": 1e-3}, None)
+    instruct = pipeline.stage_config("instruct", "wings-instruct", {"llm": 2e-6}, "wings-align")
+    assert align["model"].get("vision_feature_layer") == layer  # None: the key is left out, the tower's own layer
+    assert "vision_feature_layer" not in instruct["model"]  # a stage from a model keeps that model's layer

@@ -219,6 +219,8 @@ class DemoPipeline:
         if init_from is None:
             scratch = is_scratch_preset(s.vision)  # trained in stage 1; a pretrained tower stays frozen
             model |= {"llm": s.llm, "vision": s.vision, "train_vision_tower": scratch, "system_prompt": s.system_prompt}
+            if s.vision_feature_layer is not None:
+                model["vision_feature_layer"] = s.vision_feature_layer
             if scratch:
                 rates["vision_tower"] = SCRATCH_TOWER_RATE
         else:

@@ -34,6 +34,7 @@ class DemoSettings:
     llm: str = "smollm2-135m-instruct"  # registry name, hub id or directory
     # EfficientNet-Lite0 pretrained on ImageNet, frozen: 112 px -> 16 visual tokens (`wings.model.vision_towers`)
     vision: str = "efficientnet-lite0-in1k"
+    vision_feature_layer: int | None = None  # the tower's hidden state the projector reads (None: the tower's own)
     easy_vqa_source: Path | None = None  # easy-vqa's raw data folder (default: the installed package's)
     # Questions per training conversation. Measured (docs/results/demo.md): 2 per conversation scored lower than 1
     # with both towers (the pretrained one: an image's colour answer then gave its shape question away).
