@@ -9,6 +9,8 @@ then predicts nothing), and scored on test yes/no questions by the larger of the
 conversations use the demo's empty system turn.
 
     python -m experiments.easy_vqa_captions --data runs/demo/data/easy-vqa --steps 400 --eval-every 100
+    python -m experiments.easy_vqa_captions --data runs/demo/data/easy-vqa --steps 200 --eval-every 50 \
+        --layout caption-turn      # the caption as the answer to "what is in the image?", the question next turn
 
 If the LLM learns the comparison from text in a few hundred steps, what the demo lacks is on the visual side (the
 learners carry the colour to the answer, not in a form the LLM compares); if it does not, the comparison itself
@@ -27,6 +29,7 @@ import torch
 
 from experiments.easy_vqa_probe import question_prior
 from experiments.easy_vqa_stage1 import LLM, balance_yes_no, image_labels, training_questions
+from experiments.easy_vqa_yes_no_modes import CAPTION_QUESTION
 from wings.model.registry import load_llm
 
 
@@ -47,21 +50,31 @@ def balanced_training_questions(data: Path, seen: dict[str, str], seed: int) -> 
     return chosen
 
 
-def prompt(tokenizer: Any, caption: str, question: str) -> str:
-    messages = [
-        {"role": "system", "content": ""},
-        {"role": "user", "content": f"The image shows {caption}.\n{question}"},
-    ]
+LAYOUTS = ("same-turn", "caption-turn")
+
+
+def prompt(tokenizer: Any, caption: str, question: str, layout: str = "same-turn") -> str:
+    """The caption and the question in one user turn, or (caption-turn) the caption as the assistant's answer to
+    "what is in the image?" and the question in the next turn, as `easy_vqa_stage1 --yes-no-mode caption-turn`."""
+    if layout == "caption-turn":
+        turns = [
+            {"role": "user", "content": CAPTION_QUESTION},
+            {"role": "assistant", "content": caption.removeprefix("a ")},
+            {"role": "user", "content": question},
+        ]
+    else:
+        turns = [{"role": "user", "content": f"The image shows {caption}.\n{question}"}]
+    messages = [{"role": "system", "content": ""}, *turns]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 class YesNoScorer:
     """Accuracy on the first test yes/no questions (with a caption) by the larger of the yes / no logits."""
 
-    def __init__(self, data: Path, seen: dict[str, str], tokenizer: Any, limit: int) -> None:
+    def __init__(self, data: Path, seen: dict[str, str], tokenizer: Any, limit: int, layout: str = "same-turn") -> None:
         lines = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
         self.questions = [q for q in lines if q["type"] == "yes/no" and q["image"] in seen][:limit]
-        self.prompts = [prompt(tokenizer, seen[q["image"]], q["question"]) for q in self.questions]
+        self.prompts = [prompt(tokenizer, seen[q["image"]], q["question"], layout) for q in self.questions]
         self.tokenizer = tokenizer
         self.yes, self.no = (tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "no"))
 
@@ -84,7 +97,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load_llm(args.llm)
     seen = captions(args.data)
     samples = balanced_training_questions(args.data, seen, args.seed)
-    scorer = YesNoScorer(args.data, seen, tokenizer, args.test_questions)
+    scorer = YesNoScorer(args.data, seen, tokenizer, args.test_questions, args.layout)
     history = [{"step": 0, "yes/no": scorer.score(model)}]
     prior_answers = question_prior(args.data)
     prior = round(
@@ -96,7 +109,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer.padding_side = "left"
     for step in range(1, args.steps + 1):
         chunk = [samples[((step - 1) * args.batch_size + i) % len(samples)] for i in range(args.batch_size)]
-        texts = [prompt(tokenizer, seen[image], question) for image, question, _ in chunk]
+        texts = [prompt(tokenizer, seen[image], question, args.layout) for image, question, _ in chunk]
         batch = tokenizer(texts, return_tensors="pt", padding=True)
         targets = torch.tensor([scorer.yes if answer == "yes" else scorer.no for _, _, answer in chunk])
         loss = torch.nn.functional.cross_entropy(model(**batch).logits[:, -1], targets)
@@ -107,7 +120,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if step % args.eval_every == 0 or step == args.steps:
             history.append({"step": step, "loss": round(loss.item(), 3), "yes/no": scorer.score(model)})
             print(f"  step {step}: {history[-1]}")
-    return {"questions": len(scorer.questions), "question prior": prior, "lr": args.lr, "history": history}
+    return {
+        "questions": len(scorer.questions),
+        "question prior": prior,
+        "lr": args.lr,
+        "layout": args.layout,
+        "history": history,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,6 +139,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--test-questions", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="same-turn",
+        help="the caption before the question in one user turn, or as the answer to a caption turn before it",
+    )
     args = parser.parse_args(argv)
     if not (args.data / "train.json").is_file():
         parser.error(f"--data {args.data} has no train.json: write it with `wings data easy-vqa --out {args.data}`")

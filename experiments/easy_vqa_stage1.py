@@ -71,6 +71,13 @@ from wings.training.run import run_stage
 
 KINDS = ("yes/no", "colour", "shape")
 LLM = "smollm2-135m-instruct"  # the demo's
+# A stage 2's learning rates by stage: WINGS' (both learners and routers), the visual learner alone (the demo's
+# ablation) or none (the LLaVA-style recipe's stage at WINGS' rates): which learner stands in the way, if one does.
+STAGE2_RATES = {
+    "instruct": WINGS_RATES["instruct"],
+    "instruct-visual": {group: WINGS_RATES["instruct"][group] for group in ("projector", "visual_learners", "llm")},
+    "llava-instruct": {group: WINGS_RATES["instruct"][group] for group in ("projector", "llm")},
+}
 
 
 def question_kind(question: str, answer: str) -> str:
@@ -315,8 +322,8 @@ def attend_with_null_key(queries: torch.Tensor, keys: torch.Tensor, values: torc
 
 def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path) -> dict[str, Any]:
     """The `wings train` configuration of the experiment's stage (the demo's settings unless a flag changes one)."""
-    stage = "instruct" if args.init_from else "align"
-    rates = dict(WINGS_RATES[stage]) | json.loads(args.rates or "{}")
+    stage = args.stage if args.init_from else "align"
+    rates = dict(STAGE2_RATES.get(stage, WINGS_RATES["align"])) | json.loads(args.rates or "{}")
     if args.init_from:
         model: dict[str, Any] = {"init_from": str(args.init_from)}
     else:
@@ -341,6 +348,7 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
         "data": {
             "datasets": [{"path": str(train_path), "image_folder": str(image_folder)}],
             "max_length": 96 if args.yes_no_mode == "caption-turn" else 64,
+            "group_by_length": not args.no_group_by_length,
         },
         "optim": {"learning_rates": rates, "loraplus_lr_ratio": args.loraplus_ratio},
         "training": {
@@ -364,6 +372,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/easy-vqa-stage1"), help="scratch folder (replaced)")
     parser.add_argument("--llm", default=LLM, help="LLM of a new model: registry name, hub id or directory")
     parser.add_argument("--init-from", type=Path, help="train stage 2 (instruct) from this stage's output folder")
+    parser.add_argument(
+        "--stage",
+        choices=sorted(STAGE2_RATES),
+        default="instruct",
+        help="with --init-from: WINGS' stage 2, the visual learner alone (instruct-visual) or no learner at all "
+        "(llava-instruct: the image tokens in the LLM's sequence only)",
+    )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -398,6 +413,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--bf16",
         action="store_true",
         help="stage 1 in bf16 mixed precision, as the demo runs it on a CPU with AMX units (what trains stays float32)",
+    )
+    parser.add_argument(
+        "--no-group-by-length",
+        action="store_true",
+        help="batches drawn at random instead of grouped by length (the trainer's default groups them)",
     )
     parser.add_argument(
         "--null-key",
@@ -436,6 +456,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--steps and --batch-size must be at least 1, --loraplus-ratio positive")
     if args.bf16 and args.init_from is not None:
         parser.error("--bf16 is for a stage 1 (the LLM frozen); a stage 2 from --init-from trains in float32")
+    if args.stage != "instruct" and args.init_from is None:
+        parser.error(f"--stage {args.stage} is a stage 2: give the stage-1 model it starts from with --init-from")
     if args.init_from is not None and not (args.init_from / "config.json").is_file():
         parser.error(f"--init-from {args.init_from} holds no model (config.json)")
     try:
@@ -473,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         fused.attend = library_attend
     final = every.final
-    stage = "stage 2 from " + str(args.init_from) if args.init_from else "stage 1"
+    stage = f"stage 2 ({args.stage}) from {args.init_from}" if args.init_from else "stage 1"
     print(
         f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
         f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''}"

@@ -36,3 +36,17 @@ def test_bad_flags_are_refused(easy_vqa, capsys):
     with pytest.raises(SystemExit):
         main(["--data", str(easy_vqa), "--steps", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_caption_turn_layout_puts_the_caption_in_an_assistant_turn_before_the_question(tiny_llm_dir):
+    from experiments.easy_vqa_captions import prompt
+    from wings.model.registry import load_llm
+
+    _, tokenizer = load_llm(str(tiny_llm_dir))
+    same = prompt(tokenizer, "a red circle", "is there a blue shape?")
+    turn = prompt(tokenizer, "a red circle", "is there a blue shape?", "caption-turn")
+    assert "The image shows a red circle.\nis there a blue shape?" in same
+    caption_at, question_at = turn.index("red circle"), turn.index("is there a blue shape?")
+    assert "what is in the image?" in turn[:caption_at] and "a red circle" not in turn  # as the stage-1 turn names it
+    assert turn.count("assistant") == 2 and turn.rstrip().endswith("assistant")  # the caption's turn and the answer's
+    assert caption_at < question_at

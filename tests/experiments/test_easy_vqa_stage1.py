@@ -206,6 +206,17 @@ def test_bf16_is_the_demos_stage1_precision(easy_vqa):
     assert plain["training"]["bf16"] is False and "attn_implementation" not in plain["model"]
 
 
+def test_a_stage_2_without_learners_and_batches_not_grouped_by_length(tmp_path, easy_vqa):
+    (tmp_path / "config.json").write_text("{}")
+    flags = ["--data", str(easy_vqa), "--init-from", str(tmp_path), "--stage", "llava-instruct"]
+    config = stage1.stage_config(parse_arguments([*flags, "--no-group-by-length"]), easy_vqa / "train.json", easy_vqa)
+    assert config["stage"] == "llava-instruct" and set(config["optim"]["learning_rates"]) == {"projector", "llm"}
+    assert config["data"]["group_by_length"] is False
+    visual = stage1.stage_config(parse_arguments([*flags[:-1], "instruct-visual"]), easy_vqa / "train.json", easy_vqa)
+    assert set(visual["optim"]["learning_rates"]) == {"projector", "visual_learners", "llm"}
+    assert visual["data"]["group_by_length"] is True  # the trainer's default
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -214,6 +225,7 @@ def test_bf16_is_the_demos_stage1_precision(easy_vqa):
         (["--rates", '{"visual_learners": "fast"}'], "--rates must map group names to numbers"),
         (["--steps", "0"], "--steps and --batch-size must be at least 1"),
         (["--bf16", "--init-from", "."], "--bf16 is for a stage 1"),
+        (["--stage", "llava-instruct"], "--stage llava-instruct is a stage 2: give the stage-1 model"),
     ],
 )
 def test_bad_flags_are_refused_with_the_fix(easy_vqa, capsys, flags, message):
