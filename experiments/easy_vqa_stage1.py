@@ -53,6 +53,7 @@ from transformers import TrainerCallback
 from experiments.easy_vqa_yes_no_modes import (
     CAPTION_QUESTION,
     YES_NO_MODES,
+    caption_text_question,
     caption_turn_prompt,
     description,
     greedy_answers,
@@ -193,7 +194,7 @@ class KindScorer:
         scores: dict[str, float] = {}
         if self.mode == "describe-first":
             right["yes/no"] = [last_word(text) == q["answer"] for q, text in zip(yes_no, written)]
-        if self.mode != "plain":
+        if self.mode in ("describe-first", "caption-turn"):
             described = [
                 names(text, description(self.labels[q["image"]]))
                 for q, text in zip(yes_no, written)
@@ -208,6 +209,9 @@ class KindScorer:
         """The question alone, or (caption-turn, yes/no) after the model's own caption turn."""
         if self.mode == "caption-turn" and question["answer"] in ("yes", "no"):
             return caption_turn_prompt(question["question"], captions[question["image"]])
+        if self.mode == "caption-text" and question["answer"] in ("yes", "no") and question["image"] in self.labels:
+            seen = description(self.labels[question["image"]])
+            return [{"role": "user", "content": caption_text_question(question["question"], seen)}]
         return [{"role": "user", "content": f"<image>\n{question['question']}"}]
 
 
@@ -401,8 +405,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         choices=YES_NO_MODES,
         default="plain",
         help='yes/no questions as they are; answers led by what the image shows ("red circle. no", scored by '
-        'generation); or after a caption turn ("what is in the image?" -> "red circle", captioned by the model when '
-        "scored)",
+        'generation); after a caption turn ("what is in the image?" -> "red circle", captioned by the model when '
+        'scored); or with the true caption written before the question, the image still there ("caption-text")',
     )
     parser.add_argument(
         "--template-system-prompt",

@@ -10,7 +10,7 @@ from typing import Any
 
 from wings.evaluation.vqa import VisualQuestion, generate_answers
 
-YES_NO_MODES = ("plain", "describe-first", "caption-turn")
+YES_NO_MODES = ("plain", "describe-first", "caption-turn", "caption-text")
 CAPTION_QUESTION = "what is in the image?"
 
 
@@ -31,6 +31,8 @@ def rewrite_yes_no(records: list[dict[str, Any]], labels: dict[str, dict[str, st
             seen = description(labels[record["image"]])
             if mode == "describe-first":
                 turns = [{"from": "human", "value": question}, {"from": "gpt", "value": f"{seen}. {answer}"}]
+            elif mode == "caption-text":
+                turns = [{"from": "human", "value": caption_text_question(question, seen)}, record["conversations"][1]]
             else:
                 turns = [
                     {"from": "human", "value": f"<image>\n{CAPTION_QUESTION}"},
@@ -41,6 +43,11 @@ def rewrite_yes_no(records: list[dict[str, Any]], labels: dict[str, dict[str, st
             record = {**record, "conversations": turns}
         rewritten.append(record)
     return rewritten
+
+
+def caption_text_question(question: str, caption: str) -> str:
+    """A yes/no question with the image's true caption written before it, the image still in the turn."""
+    return f"<image>\nThe image shows a {caption}.\n{question.replace('<image>', '').strip()}"
 
 
 def caption_turn_prompt(question: str, caption: str) -> list[dict[str, str]]:

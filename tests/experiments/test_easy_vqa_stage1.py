@@ -86,6 +86,21 @@ def test_caption_turn_puts_the_caption_before_each_yes_no_question(easy_vqa):
     assert rewrite_yes_no(records, {}, "plain") == records
 
 
+def test_caption_text_writes_the_true_caption_before_each_yes_no_question_beside_the_image(easy_vqa):
+    records = json.loads((easy_vqa / "train.json").read_text())
+    rewritten = rewrite_yes_no(records, image_labels(easy_vqa), "caption-text")
+    first = next(r for r in rewritten if r["image"] == "images/train/1.png" and r["conversations"][1]["value"] == "no")
+    assert [turn["value"] for turn in first["conversations"]] == [
+        "<image>\nThe image shows a green triangle.\nis there a circle?",
+        "no",
+    ]
+    scorer = stage1.KindScorer(easy_vqa, 9, "caption-text")
+    yes_no = next(q for q in scorer.questions if q["answer"] in ("yes", "no") and q["image"] in scorer.labels)
+    prompt = scorer.prompt(yes_no, {})[0]["content"]
+    labels = scorer.labels[yes_no["image"]]
+    assert prompt.startswith(f"<image>\nThe image shows a {labels['colour']} {labels['shape']}.\n")
+
+
 @pytest.mark.parametrize("mode, turns", [("describe-first", 2), ("caption-turn", 4)])
 def test_yes_no_modes_train_on_rewritten_questions_and_score_descriptions(
     mode, turns, tmp_path, easy_vqa, tiny_llm_dir, monkeypatch
