@@ -330,6 +330,8 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
     rates = dict(STAGE2_RATES.get(stage, WINGS_RATES["align"])) | json.loads(args.rates or "{}")
     if args.init_from:
         model: dict[str, Any] = {"init_from": str(args.init_from)}
+        if args.router_init_visual_weight is not None:  # the routers this stage creates
+            model["router_init_visual_weight"] = args.router_init_visual_weight
     else:
         scratch = is_scratch_preset(args.vision)
         model = {
@@ -417,6 +419,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--bf16",
         action="store_true",
         help="stage 1 in bf16 mixed precision, as the demo runs it on a CPU with AMX units (what trains stays float32)",
+    )
+    parser.add_argument(
+        "--router-init-visual-weight",
+        type=float,
+        help="with --init-from: w_v of the routers the stage creates, where a token sees an image (default 0.9)",
     )
     parser.add_argument(
         "--no-group-by-length",

@@ -230,6 +230,9 @@ def test_a_stage_2_without_learners_and_batches_not_grouped_by_length(tmp_path, 
     visual = stage1.stage_config(parse_arguments([*flags[:-1], "instruct-visual"]), easy_vqa / "train.json", easy_vqa)
     assert set(visual["optim"]["learning_rates"]) == {"projector", "visual_learners", "llm"}
     assert visual["data"]["group_by_length"] is True  # the trainer's default
+    low = stage1.stage_config(parse_arguments([*flags[:-2], "--router-init-visual-weight", "0.1"]), easy_vqa, easy_vqa)
+    assert low["stage"] == "instruct" and low["model"]["router_init_visual_weight"] == 0.1
+    assert "router_init_visual_weight" not in config["model"]  # not given: the model config's
 
 
 @pytest.mark.parametrize(
