@@ -100,3 +100,19 @@ def test_learners_attend_in_float32_under_cpu_autocast():
     assert torch.equal(mixed, expected)
     mixed.sum().backward()
     assert queries.grad is not None and queries.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["wings", "visual"])
+def test_learners_at_their_zero_init_leave_the_llms_gradients_as_without_learners(mode):
+    """B = 0: the learners add nothing, forward or backward, so the LLM trains exactly as the LLaVA-style model."""
+    with_learners = tiny_wings("llama", learners=mode).train()
+    without = tiny_wings("llama", learners="none").train()
+    shared = {k: v for k, v in with_learners.state_dict().items() if not k.startswith("wings_layers.")}
+    assert without.load_state_dict(shared, strict=False).missing_keys == []
+    inputs = batch(with_learners)
+    _, _, learner_grads = run(with_learners, inputs, "fused")
+    _, _, plain_grads = run(without, inputs, "fused")
+    llm = [name for name in plain_grads if name.startswith("language_model.")]
+    assert len(llm) > 10 and any(plain_grads[name].abs().max() > 0 for name in llm)
+    for name in llm:
+        torch.testing.assert_close(learner_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
