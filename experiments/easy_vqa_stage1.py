@@ -46,10 +46,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from transformers import TrainerCallback
 
+from experiments.easy_vqa_null_key import attend_with_null_key
 from experiments.easy_vqa_yes_no_modes import (
     CAPTION_QUESTION,
     YES_NO_MODES,
@@ -138,7 +138,9 @@ class KindScorer:
 
     With `mode` (`YES_NO_MODES`) "describe-first", yes/no questions are answered by greedy generation instead and
     scored by the answer's last word ("red circle. no" -> "no"); with "caption-turn", the model first captions the
-    image in a turn of its own (greedy) and the yes/no question follows as the next turn, ranked as the others.
+    image in a turn of its own (greedy) and the yes/no question follows as the next turn, ranked as the others; with
+    "caption-text", the true caption is written before a yes/no question (the image kept; a question whose image has
+    no known labels is asked plainly).
     "description" is then the share of yes/no questions whose generated description or caption names the image's
     colour and shape right (of the questions whose image has both labels)."""
 
@@ -302,28 +304,6 @@ def training_file(data: Path, train_file: str, kinds: set[str], out: Path, seed:
     return path
 
 
-def attend_with_null_key(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
-    """`fused.attend` with one more key for every query: logit 0, value 0 (a "null key").
-
-    The paper's learner spreads a softmax over the image's tokens only, so its output is always some mix of what the
-    image shows: it cannot say "what the question names is not there" by attending less. With a null key it can
-    (the output shrinks towards 0 where no visual key matches the query). An experiment, not the library's learner.
-    """
-    if mask is None:  # plainly causal over the same tokens (a textual learner's shortcut): made explicit
-        length = queries.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=queries.device).tril()
-        mask = torch.zeros(causal.shape, device=queries.device).masked_fill(~causal, float("-inf"))[None, None]
-    with torch.autocast(queries.device.type, enabled=False):  # attend in float32, as the fast path does on a CPU
-        queries, keys, values, mask = queries.float(), keys.float(), values.float(), mask.float()
-        nothing = keys.new_zeros(*keys.shape[:2], 1, keys.shape[-1])
-        keys, values = torch.cat([keys, nothing], dim=2), torch.cat([values, nothing], dim=2)
-        mask = torch.cat(
-            [mask.expand(queries.shape[0], 1, -1, -1), mask.new_zeros(queries.shape[0], 1, mask.shape[2], 1)], dim=-1
-        )
-        attended = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, mask)
-    return attended.transpose(1, 2).flatten(2)
-
-
 def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path) -> dict[str, Any]:
     """The `wings train` configuration of the experiment's stage (the demo's settings unless a flag changes one)."""
     stage = args.stage if args.init_from else "align"
@@ -467,6 +447,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--steps and --batch-size must be at least 1, --loraplus-ratio positive")
     if args.bf16 and args.init_from is not None:
         parser.error("--bf16 is for a stage 1 (the LLM frozen); a stage 2 from --init-from trains in float32")
+    if args.router_init_visual_weight is not None and args.init_from is None:
+        parser.error("--router-init-visual-weight sets the routers a stage 2 creates: give --init-from")
+    if args.router_init_visual_weight is not None and not 0 < args.router_init_visual_weight < 1:
+        parser.error(
+            f"--router-init-visual-weight must be in (0, 1) (a softmax weight), got {args.router_init_visual_weight}"
+        )
     if args.stage != "instruct" and args.init_from is None:
         parser.error(f"--stage {args.stage} is a stage 2: give the stage-1 model it starts from with --init-from")
     if args.init_from is not None and not (args.init_from / "config.json").is_file():

@@ -244,6 +244,8 @@ def test_a_stage_2_without_learners_and_batches_not_grouped_by_length(tmp_path, 
         (["--steps", "0"], "--steps and --batch-size must be at least 1"),
         (["--bf16", "--init-from", "."], "--bf16 is for a stage 1"),
         (["--stage", "llava-instruct"], "--stage llava-instruct is a stage 2: give the stage-1 model"),
+        (["--router-init-visual-weight", "0.1"], "--router-init-visual-weight sets the routers a stage 2 creates"),
+        (["--init-from", ".", "--router-init-visual-weight", "1"], "--router-init-visual-weight must be in (0, 1)"),
     ],
 )
 def test_bad_flags_are_refused_with_the_fix(easy_vqa, capsys, flags, message):
