@@ -38,6 +38,7 @@ runs/demo/data/easy-vqa). 1.2-3.5 s a stage-1 step on 2 cores (quiet / shared), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -47,8 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
+from experiments.easy_vqa_learner_positions import visual_learner_in_last_turn
 from experiments.easy_vqa_null_key import attend_with_null_key
 from experiments.easy_vqa_yes_no_modes import (
     CAPTION_QUESTION,
@@ -65,13 +67,14 @@ from wings.data.easy_vqa import write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
 from wings.model import fused
 from wings.model.processing_wings import WingsCollator
-from wings.model.registry import load_llm
+from wings.model.registry import load_llm, resolve_llm
 from wings.model.vision_towers import is_scratch_preset
 from wings.training.arguments import build_config
 from wings.training.run import run_stage
 
 KINDS = ("yes/no", "colour", "shape")
 LLM = "smollm2-135m-instruct"  # the demo's
+TURN_START = "<|im_start|>"  # a turn's first token in the demo LLM's chat template
 # A stage 2's learning rates by stage: WINGS' (both learners and routers), the visual learner alone (the demo's
 # ablation) or none (the LLaVA-style recipe's stage at WINGS' rates): which learner stands in the way, if one does.
 STAGE2_RATES = {
@@ -416,6 +419,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="every learner's softmax gets one more key, logit 0 and value 0, so that it can attend to nothing "
         "(an experiment: not the paper's learner, not the library's)",
     )
+    parser.add_argument(
+        "--visual-learner-at",
+        choices=("all", "answer"),
+        default="all",
+        help="where the visual learner writes: every token after the image (the paper's), or the answer turn only "
+        "(from its <|im_start|>; the question's words left as the LLM wrote them: an experiment)",
+    )
     parser.add_argument("--test-questions", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -487,8 +497,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     library_attend = fused.attend
     if args.null_key:  # for this run only: the scores below read the same learners
         fused.attend = attend_with_null_key
+    positions = contextlib.nullcontext()
+    if args.visual_learner_at == "answer":
+        tokenizer = AutoTokenizer.from_pretrained(args.init_from or resolve_llm(args.llm))
+        positions = visual_learner_in_last_turn(tokenizer.convert_tokens_to_ids(TURN_START))
     try:
-        run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
+        with positions:
+            run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
     finally:
         fused.attend = library_attend
     final = every.final
@@ -497,7 +512,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"| {stage}, {args.steps} steps, kinds {args.kinds}, rates {config.optim.learning_rates}, LoRA+ "
         f"{args.loraplus_ratio:g}, pixels {args.image_normalization}{', solid images' if args.solid_images else ''}"
         f"{'' if args.yes_no_mode == 'plain' else ', yes/no ' + args.yes_no_mode}"
-        f"{', bf16' if args.bf16 else ''}{', null key' if args.null_key else ''} "
+        f"{', bf16' if args.bf16 else ''}{', null key' if args.null_key else ''}"
+        f"{', visual learner in the answer turn' if args.visual_learner_at == 'answer' else ''} "
         f"| {json.dumps(final)} |"
     )
     result = {"scores": final, "history": every.history, "learning_rates": config.optim.learning_rates}
