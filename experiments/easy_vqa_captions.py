@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from experiments.easy_vqa_probe import question_prior
-from experiments.easy_vqa_stage1 import LLM, balance_yes_no, image_labels, training_questions
+from experiments.easy_vqa_scoring import image_labels, training_questions
+from experiments.easy_vqa_stage1 import LLM, balance_yes_no
 from experiments.easy_vqa_yes_no_modes import CAPTION_QUESTION
 from wings.model.registry import load_llm
 

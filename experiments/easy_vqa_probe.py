@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from experiments.easy_vqa_stage1 import image_labels
+from experiments.easy_vqa_scoring import image_labels
 from wings.model.modeling_wings import WingsForConditionalGeneration
 from wings.model.processing_wings import WingsCollator, WingsProcessor
 

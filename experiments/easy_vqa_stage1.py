@@ -48,31 +48,20 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 
 from experiments.easy_vqa_learner_positions import visual_learner_in_last_turn
 from experiments.easy_vqa_null_key import attend_with_null_key
-from experiments.easy_vqa_yes_no_modes import (
-    CAPTION_QUESTION,
-    YES_NO_MODES,
-    caption_text_question,
-    caption_turn_prompt,
-    description,
-    greedy_answers,
-    last_word,
-    names,
-    rewrite_yes_no,
-)
+from experiments.easy_vqa_scoring import KINDS, KindScorer, ScoreEvery, image_labels, question_kind, training_questions
+from experiments.easy_vqa_yes_no_modes import YES_NO_MODES, rewrite_yes_no
 from wings.data.easy_vqa import write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
 from wings.model import fused
-from wings.model.processing_wings import WingsCollator
 from wings.model.registry import load_llm, resolve_llm
 from wings.model.vision_towers import is_scratch_preset
 from wings.training.arguments import build_config
 from wings.training.run import run_stage
 
-KINDS = ("yes/no", "colour", "shape")
 LLM = "smollm2-135m-instruct"  # the demo's
 TURN_START = "<|im_start|>"  # a turn's first token in the demo LLM's chat template
 # A stage 2's learning rates by stage: WINGS' (both learners and routers), the visual learner alone (the demo's
@@ -82,12 +71,6 @@ STAGE2_RATES = {
     "instruct-visual": {group: WINGS_RATES["instruct"][group] for group in ("projector", "visual_learners", "llm")},
     "llava-instruct": {group: WINGS_RATES["instruct"][group] for group in ("projector", "llm")},
 }
-
-
-def question_kind(question: str, answer: str) -> str:
-    if answer in ("yes", "no"):
-        return "yes/no"
-    return "colour" if "color" in question else "shape"
 
 
 def solid_copy(data: Path, out: Path) -> Path:
@@ -134,130 +117,6 @@ def caption_baseline(data: Path, limit: int = 200, llm: str = LLM) -> dict[str, 
         "accuracy": round(100 * right / len(asked), 1),
         "answered yes": round(100 * said_yes / len(asked), 1),
     }
-
-
-class KindScorer:
-    """Scores a model on the first test questions by the answer it ranks first among easy-vqa's answers.
-
-    With `mode` (`YES_NO_MODES`) "describe-first", yes/no questions are answered by greedy generation instead and
-    scored by the answer's last word ("red circle. no" -> "no"); with "caption-turn", the model first captions the
-    image in a turn of its own (greedy) and the yes/no question follows as the next turn, ranked as the others; with
-    "caption-text", the true caption is written before a yes/no question (the image kept; a question whose image has
-    no known labels is asked plainly).
-    "description" is then the share of yes/no questions whose generated description or caption names the image's
-    colour and shape right (of the questions whose image has both labels)."""
-
-    def __init__(self, data: Path, limit: int, mode: str = "plain") -> None:
-        self.data = data
-        self.answers = json.loads((data / "answers.json").read_text())["answers"]
-        lines = (data / "test_questions.jsonl").read_text().splitlines()[:limit]
-        self.questions = [json.loads(line) for line in lines]
-        self.mode = mode
-        self.labels = image_labels(data) if mode != "plain" else {}
-
-    @torch.no_grad()
-    def score(self, model: Any, processor: Any, chunk_size: int = 50) -> dict[str, float]:
-        """{kind: accuracy in percent} and "all"; the model is left in the mode it was in."""
-        training = model.training
-        model.eval()
-        first_token = torch.tensor(
-            [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers]
-        )
-        yes_no = [q for q in self.questions if q["answer"] in ("yes", "no")]
-        written: list[str] = []  # per yes/no question: its description-led answer, or the model's caption of its image
-        if self.mode == "describe-first":
-            written = greedy_answers(
-                model, processor, self.data, [(q["image"], q["question"]) for q in yes_no], chunk_size
-            )
-        captions: dict[str, str] = {}
-        if self.mode == "caption-turn":
-            images = sorted({q["image"] for q in yes_no})
-            asked = [(image, CAPTION_QUESTION) for image in images]
-            captions = dict(zip(images, greedy_answers(model, processor, self.data, asked, chunk_size)))
-            written = [captions[q["image"]] for q in yes_no]
-        right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
-        ranked_questions = [
-            q for q in self.questions if not (self.mode == "describe-first" and q["answer"] in ("yes", "no"))
-        ]
-        for start in range(0, len(ranked_questions), chunk_size):
-            chunk = ranked_questions[start : start + chunk_size]
-            samples = [
-                processor.encode_conversation(
-                    self.prompt(q, captions), [str(self.data / q["image"])], add_generation_prompt=True
-                )
-                for q in chunk
-            ]
-            batch = WingsCollator(processor.pad_token_id, padding_side="left")(samples)
-            batch.pop("labels", None)
-            batch = {key: value.to(model.device) for key, value in batch.items()}
-            ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
-            for question, choice in zip(chunk, ranked.tolist()):
-                right[question_kind(question["question"], question["answer"])].append(
-                    self.answers[choice] == question["answer"]
-                )
-        model.train(training)
-        scores: dict[str, float] = {}
-        if self.mode == "describe-first":
-            right["yes/no"] = [last_word(text) == q["answer"] for q, text in zip(yes_no, written)]
-        if self.mode in ("describe-first", "caption-turn"):
-            described = [
-                names(text, description(self.labels[q["image"]]))
-                for q, text in zip(yes_no, written)
-                if q["image"] in self.labels
-            ]
-            scores["description"] = round(100 * sum(described) / max(len(described), 1), 1)
-        scores |= {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
-        scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
-        return scores
-
-    def prompt(self, question: dict[str, Any], captions: dict[str, str]) -> list[dict[str, str]]:
-        """The question alone, or (caption-turn, yes/no) after the model's own caption turn."""
-        if self.mode == "caption-turn" and question["answer"] in ("yes", "no"):
-            return caption_turn_prompt(question["question"], captions[question["image"]])
-        if self.mode == "caption-text" and question["answer"] in ("yes", "no") and question["image"] in self.labels:
-            seen = description(self.labels[question["image"]])
-            return [{"role": "user", "content": caption_text_question(question["question"], seen)}]
-        return [{"role": "user", "content": f"<image>\n{question['question']}"}]
-
-
-class ScoreEvery(TrainerCallback):
-    """Scores the model being trained every `every` steps and once at the end, printing and keeping the scores (the
-    model as trained, in its stage's learner mode: stage 1 without the textual learner)."""
-
-    def __init__(self, scorer: KindScorer, every: int) -> None:
-        self.scorer, self.every = scorer, every
-        self.history: list[dict[str, Any]] = []
-        self.final: dict[str, float] = {}
-
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
-            scores = self.scorer.score(model, processing_class)
-            self.history.append({"step": state.global_step, **scores})
-            print(f"  step {state.global_step}: {scores}")
-
-    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        self.final = self.scorer.score(model, processing_class)
-
-
-def training_questions(data: Path) -> list[tuple[dict[str, Any], str, str]]:
-    """(record, question, answer) of every turn of the training conversations, the question without `<image>`."""
-    found = []
-    for record in json.loads((data / "train.json").read_text()):
-        turns = record["conversations"]
-        for turn in range(0, len(turns) - 1, 2):
-            found.append((record, turns[turn]["value"].replace("<image>", "").strip(), turns[turn + 1]["value"]))
-    return found
-
-
-def image_labels(data: Path) -> dict[str, dict[str, str]]:
-    """image -> {"colour": ..., "shape": ...} from the open questions of both splits (the images with both)."""
-    found: dict[str, dict[str, str]] = {}
-    test = [json.loads(line) for line in (data / "test_questions.jsonl").read_text().splitlines()]
-    pairs = [(record["image"], q, a) for record, q, a in training_questions(data)]
-    for image, question, answer in pairs + [(q["image"], q["question"], q["answer"]) for q in test]:
-        if answer not in ("yes", "no"):
-            found.setdefault(image, {})[question_kind(question, answer)] = answer
-    return {image: labels for image, labels in found.items() if len(labels) == 2}
 
 
 def balance_yes_no(by_text: dict[str, dict[str, list[Any]]], shuffler: random.Random) -> list[Any]:

@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments import easy_vqa_scoring as scoring
 from experiments import easy_vqa_stage1 as stage1
-from experiments.easy_vqa_stage1 import (
-    KINDS,
-    image_labels,
-    main,
-    parse_arguments,
-    question_kind,
-    write_balanced_align_set,
-)
+from experiments.easy_vqa_scoring import KINDS, KindScorer, image_labels, question_kind
+from experiments.easy_vqa_stage1 import main, parse_arguments, write_balanced_align_set
 from experiments.easy_vqa_yes_no_modes import last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
@@ -94,7 +89,7 @@ def test_caption_text_writes_the_true_caption_before_each_yes_no_question_beside
         "<image>\nThe image shows a green triangle.\nis there a circle?",
         "no",
     ]
-    scorer = stage1.KindScorer(easy_vqa, 9, "caption-text")
+    scorer = KindScorer(easy_vqa, 9, "caption-text")
     yes_no = next(q for q in scorer.questions if q["answer"] in ("yes", "no") and q["image"] in scorer.labels)
     prompt = scorer.prompt(yes_no, {})[0]["content"]
     labels = scorer.labels[yes_no["image"]]
@@ -119,7 +114,7 @@ def test_yes_no_modes_train_on_rewritten_questions_and_score_descriptions(
             return seen
         return [f"{text}. {answers[pair]}" for text, pair in zip(seen, asked)]
 
-    monkeypatch.setattr(stage1, "greedy_answers", trained_answers)
+    monkeypatch.setattr(scoring, "greedy_answers", trained_answers)
     out = tmp_path / mode
     result = main(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir, test_questions=9) + ["--yes-no-mode", mode])
     trained = json.loads((out / "train.json").read_text())
