@@ -57,6 +57,8 @@ from experiments.easy_vqa_yes_no_modes import YES_NO_MODES, rewrite_yes_no
 from wings.data.easy_vqa import write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
 from wings.model import fused
+from wings.model.modeling_wings import WingsForConditionalGeneration
+from wings.model.processing_wings import WingsProcessor
 from wings.model.registry import load_llm, resolve_llm
 from wings.model.vision_towers import is_scratch_preset
 from wings.training.arguments import build_config
@@ -214,6 +216,25 @@ def stage_config(args: argparse.Namespace, train_path: Path, image_folder: Path)
     }
 
 
+def learner_scope(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Where the visual learner writes for this run: the paper's (every token after the image) or the answer turn."""
+    if args.visual_learner_at != "answer":
+        return contextlib.nullcontext()
+    tokenizer = AutoTokenizer.from_pretrained(args.init_from or resolve_llm(args.llm))
+    return visual_learner_in_last_turn(tokenizer.convert_tokens_to_ids(TURN_START))
+
+
+def score_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The --init-from model's scores by kind, untrained further (the table row `main` prints, "scored as it is")."""
+    model = WingsForConditionalGeneration.from_pretrained(args.init_from).eval()
+    processor = WingsProcessor.from_pretrained(args.init_from)
+    with learner_scope(args):
+        scores = KindScorer(args.data, args.test_questions, args.yes_no_mode).score(model, processor)
+    scope = ", visual learner in the answer turn" if args.visual_learner_at == "answer" else ""
+    print(f"| {args.init_from}, scored as it is{scope} | {json.dumps(scores)} |")
+    return {"scores": scores}
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="`wings data easy-vqa --max-turns 1` output")
@@ -285,6 +306,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the visual learner writes: every token after the image (the paper's), or the answer turn only "
         "(from its <|im_start|>; the question's words left as the LLM wrote them: an experiment)",
     )
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="no training: score the --init-from model as it is (with --visual-learner-at, as that scope sees it)",
+    )
     parser.add_argument("--test-questions", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -322,6 +348,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--router-init-visual-weight must be in (0, 1) (a softmax weight), got {args.router_init_visual_weight}"
         )
+    if args.score_only and args.init_from is None:
+        parser.error("--score-only scores a trained model: give its folder with --init-from")
     if args.stage != "instruct" and args.init_from is None:
         parser.error(f"--stage {args.stage} is a stage 2: give the stage-1 model it starts from with --init-from")
     if args.init_from is not None and not (args.init_from / "config.json").is_file():
@@ -341,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = caption_baseline(args.data, args.test_questions, args.llm)
         print(f"base LLM, true caption as text, yes/no questions: {result}")
         return result
+    if args.score_only:
+        return score_only(args)
     shutil.rmtree(args.out, ignore_errors=True)  # a scratch folder: a finished model there would be reused
     args.out.mkdir(parents=True)
     data = solid_copy(args.data, args.out / "solid") if args.solid_images else args.data
@@ -356,12 +386,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     library_attend = fused.attend
     if args.null_key:  # for this run only: the scores below read the same learners
         fused.attend = attend_with_null_key
-    positions = contextlib.nullcontext()
-    if args.visual_learner_at == "answer":
-        tokenizer = AutoTokenizer.from_pretrained(args.init_from or resolve_llm(args.llm))
-        positions = visual_learner_in_last_turn(tokenizer.convert_tokens_to_ids(TURN_START))
     try:
-        with positions:
+        with learner_scope(args):
             run_stage(config, command="python -m experiments.easy_vqa_stage1", callbacks=[every])
     finally:
         fused.attend = library_attend

@@ -15,6 +15,7 @@ from experiments.easy_vqa_stage1 import main, parse_arguments, write_balanced_al
 from experiments.easy_vqa_yes_no_modes import last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
+from wings.model import wiring
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,15 @@ def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tin
     assert set(result["scores"]) == {*KINDS, "all"}
 
 
+def test_score_only_scores_a_saved_model_as_its_run_did_with_the_same_learner_scope(tmp_path, easy_vqa, tiny_llm_dir):
+    out, scope = tmp_path / "answer-turn", ["--visual-learner-at", "answer"]
+    trained = main(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir, steps=2, test_questions=9) + scope)
+    flags = ["--data", str(easy_vqa), "--init-from", str(out / "model"), "--test-questions", "9", "--score-only"]
+    assert main([*flags, *scope, "--out", str(tmp_path / "unused")])["scores"] == trained["scores"]
+    assert not (tmp_path / "unused").exists()  # nothing trained, nothing written
+    assert wiring.build_learner_inputs.__module__ == "wings.model.learner_inputs"  # the library's, after both runs
+
+
 def test_a_null_key_is_one_more_logit_of_zero_with_a_zero_value():
     generator = torch.Generator().manual_seed(0)
     queries = torch.randn(2, 3, 4, 8, generator=generator)  # (B, L, H, D)
@@ -241,6 +251,7 @@ def test_a_stage_2_without_learners_and_batches_not_grouped_by_length(tmp_path, 
         (["--stage", "llava-instruct"], "--stage llava-instruct is a stage 2: give the stage-1 model"),
         (["--router-init-visual-weight", "0.1"], "--router-init-visual-weight sets the routers a stage 2 creates"),
         (["--init-from", ".", "--router-init-visual-weight", "1"], "--router-init-visual-weight must be in (0, 1)"),
+        (["--score-only"], "--score-only scores a trained model: give its folder with --init-from"),
     ],
 )
 def test_bad_flags_are_refused_with_the_fix(easy_vqa, capsys, flags, message):
