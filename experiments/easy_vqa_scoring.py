@@ -15,6 +15,8 @@ from transformers import TrainerCallback
 
 from experiments.easy_vqa_yes_no_modes import (
     CAPTION_QUESTION,
+    COLOUR_QUESTION,
+    SHAPE_QUESTION,
     caption_text_question,
     caption_turn_prompt,
     description,
@@ -40,7 +42,8 @@ class KindScorer:
     scored by the answer's last word ("red circle. no" -> "no"); with "caption-turn", the model first captions the
     image in a turn of its own (greedy) and the yes/no question follows as the next turn, ranked as the others; with
     "caption-text", the true caption is written before a yes/no question (the image kept; a question whose image has
-    no known labels is asked plainly).
+    no known labels is asked plainly); with "own-caption-text", the same with the model's own caption, built from
+    the answers it ranks first to the image's colour and shape questions (`COLOUR_QUESTION`, `SHAPE_QUESTION`).
     "description" is then the share of yes/no questions whose generated description or caption names the image's
     colour and shape right (of the questions whose image has both labels)."""
 
@@ -57,9 +60,6 @@ class KindScorer:
         """{kind: accuracy in percent} and "all"; the model is left in the mode it was in."""
         training = model.training
         model.eval()
-        first_token = torch.tensor(
-            [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers]
-        )
         yes_no = [q for q in self.questions if q["answer"] in ("yes", "no")]
         written: list[str] = []  # per yes/no question: its description-led answer, or the model's caption of its image
         if self.mode == "describe-first":
@@ -67,36 +67,33 @@ class KindScorer:
                 model, processor, self.data, [(q["image"], q["question"]) for q in yes_no], chunk_size
             )
         captions: dict[str, str] = {}
+        images = sorted({q["image"] for q in yes_no})
         if self.mode == "caption-turn":
-            images = sorted({q["image"] for q in yes_no})
             asked = [(image, CAPTION_QUESTION) for image in images]
             captions = dict(zip(images, greedy_answers(model, processor, self.data, asked, chunk_size)))
+        if self.mode == "own-caption-text":
+            asked = [(image, question) for question in (COLOUR_QUESTION, SHAPE_QUESTION) for image in images]
+            read = self.ranked(
+                model, processor, [self.plain_prompt(question) for _, question in asked], asked, chunk_size
+            )
+            captions = {image: f"{colour} {shape}" for image, colour, shape in zip(images, read, read[len(images) :])}
+        if captions:
             written = [captions[q["image"]] for q in yes_no]
-        right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
         ranked_questions = [
             q for q in self.questions if not (self.mode == "describe-first" and q["answer"] in ("yes", "no"))
         ]
-        for start in range(0, len(ranked_questions), chunk_size):
-            chunk = ranked_questions[start : start + chunk_size]
-            samples = [
-                processor.encode_conversation(
-                    self.prompt(q, captions), [str(self.data / q["image"])], add_generation_prompt=True
-                )
-                for q in chunk
-            ]
-            batch = WingsCollator(processor.pad_token_id, padding_side="left")(samples)
-            batch.pop("labels", None)
-            batch = {key: value.to(model.device) for key, value in batch.items()}
-            ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
-            for question, choice in zip(chunk, ranked.tolist()):
-                right[question_kind(question["question"], question["answer"])].append(
-                    self.answers[choice] == question["answer"]
-                )
+        prompts = [self.prompt(q, captions) for q in ranked_questions]
+        chosen = self.ranked(
+            model, processor, prompts, [(q["image"], q["question"]) for q in ranked_questions], chunk_size
+        )
+        right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+        for question, answer in zip(ranked_questions, chosen):
+            right[question_kind(question["question"], question["answer"])].append(answer == question["answer"])
         model.train(training)
         scores: dict[str, float] = {}
         if self.mode == "describe-first":
             right["yes/no"] = [last_word(text) == q["answer"] for q, text in zip(yes_no, written)]
-        if self.mode in ("describe-first", "caption-turn"):
+        if written:
             described = [
                 names(text, description(self.labels[q["image"]]))
                 for q, text in zip(yes_no, written)
@@ -107,14 +104,50 @@ class KindScorer:
         scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
         return scores
 
+    def ranked(
+        self,
+        model: Any,
+        processor: Any,
+        prompts: list[list[dict[str, str]]],
+        asked: list[tuple[str, str]],
+        chunk_size: int,
+    ) -> list[str]:
+        """Per prompt (its image from `asked`), the easy-vqa answer whose first token the model ranks first."""
+        first_token = torch.tensor(
+            [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in self.answers]
+        )
+        chosen: list[str] = []
+        for start in range(0, len(prompts), chunk_size):
+            samples = [
+                processor.encode_conversation(prompt, [str(self.data / image)], add_generation_prompt=True)
+                for prompt, (image, _) in zip(prompts[start : start + chunk_size], asked[start : start + chunk_size])
+            ]
+            batch = WingsCollator(processor.pad_token_id, padding_side="left")(samples)
+            batch.pop("labels", None)
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            ranked = model(**batch).logits[:, -1, first_token.to(model.device)].argmax(-1)
+            chosen += [self.answers[choice] for choice in ranked.tolist()]
+        return chosen
+
+    @staticmethod
+    def plain_prompt(question: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"<image>\n{question}"}]
+
     def prompt(self, question: dict[str, Any], captions: dict[str, str]) -> list[dict[str, str]]:
-        """The question alone, or (caption-turn, yes/no) after the model's own caption turn."""
-        if self.mode == "caption-turn" and question["answer"] in ("yes", "no"):
+        """The question alone, or a yes/no question after the model's own caption turn (caption-turn) or with a
+        caption written before it (caption-text: the true one; own-caption-text: the model's)."""
+        if question["answer"] not in ("yes", "no"):
+            return self.plain_prompt(question["question"])
+        if self.mode == "caption-turn":
             return caption_turn_prompt(question["question"], captions[question["image"]])
-        if self.mode == "caption-text" and question["answer"] in ("yes", "no") and question["image"] in self.labels:
+        if self.mode == "own-caption-text":
+            return [
+                {"role": "user", "content": caption_text_question(question["question"], captions[question["image"]])}
+            ]
+        if self.mode == "caption-text" and question["image"] in self.labels:
             seen = description(self.labels[question["image"]])
             return [{"role": "user", "content": caption_text_question(question["question"], seen)}]
-        return [{"role": "user", "content": f"<image>\n{question['question']}"}]
+        return self.plain_prompt(question["question"])
 
 
 class ScoreEvery(TrainerCallback):

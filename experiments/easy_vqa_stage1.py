@@ -27,6 +27,10 @@ generation), per kind: yes/no, colour, shape.
         --steps 2700 --eval-every 300                # stage 1 in bf16, as the demo runs it on a CPU with AMX units
     python -m experiments.easy_vqa_stage1 --data DIR --train-file align_balanced.json --loraplus-ratio 10 --bf16 \\
         --null-key --steps 300 --eval-every 100      # learners that may attend to nothing (not the paper's)
+    python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --yes-no-mode caption-text \\
+        --kinds yes/no --visual-learner-at answer    # the visual learner kept out of the question's words
+    python -m experiments.easy_vqa_stage1 --data DIR --init-from runs/demo/wings-align --score-only \\
+        --test-questions 500                         # score a saved model as it is
 
 New models get the demo's empty system turn (`--template-system-prompt`: the chat template's default, as the rows
 measured before the demo took the empty one).
@@ -271,7 +275,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default="plain",
         help='yes/no questions as they are; answers led by what the image shows ("red circle. no", scored by '
         'generation); after a caption turn ("what is in the image?" -> "red circle", captioned by the model when '
-        'scored); or with the true caption written before the question, the image still there ("caption-text")',
+        'scored); with the true caption written before the question, the image still there ("caption-text"); or '
+        "trained so and scored with the caption the model reads from the image (its answers to the colour and shape "
+        'questions: "own-caption-text")',
     )
     parser.add_argument(
         "--template-system-prompt",

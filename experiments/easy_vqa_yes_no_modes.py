@@ -10,8 +10,11 @@ from typing import Any
 
 from wings.evaluation.vqa import VisualQuestion, generate_answers
 
-YES_NO_MODES = ("plain", "describe-first", "caption-turn", "caption-text")
+YES_NO_MODES = ("plain", "describe-first", "caption-turn", "caption-text", "own-caption-text")
 CAPTION_QUESTION = "what is in the image?"
+# easy-vqa's own open questions; "own-caption-text" builds the model's caption from its answers to them.
+COLOUR_QUESTION = "what color is the shape?"
+SHAPE_QUESTION = "what shape is in the image?"
 
 
 def description(labels: dict[str, str]) -> str:
@@ -31,7 +34,7 @@ def rewrite_yes_no(records: list[dict[str, Any]], labels: dict[str, dict[str, st
             seen = description(labels[record["image"]])
             if mode == "describe-first":
                 turns = [{"from": "human", "value": question}, {"from": "gpt", "value": f"{seen}. {answer}"}]
-            elif mode == "caption-text":
+            elif mode in ("caption-text", "own-caption-text"):  # both train on the true caption
                 turns = [{"from": "human", "value": caption_text_question(question, seen)}, record["conversations"][1]]
             else:
                 turns = [

@@ -12,7 +12,7 @@ from experiments import easy_vqa_scoring as scoring
 from experiments import easy_vqa_stage1 as stage1
 from experiments.easy_vqa_scoring import KINDS, KindScorer, image_labels, question_kind
 from experiments.easy_vqa_stage1 import main, parse_arguments, write_balanced_align_set
-from experiments.easy_vqa_yes_no_modes import last_word, names, rewrite_yes_no
+from experiments.easy_vqa_yes_no_modes import COLOUR_QUESTION, SHAPE_QUESTION, last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
 from wings.data.easy_vqa import convert_easy_vqa
 from wings.model import wiring
@@ -95,6 +95,39 @@ def test_caption_text_writes_the_true_caption_before_each_yes_no_question_beside
     prompt = scorer.prompt(yes_no, {})[0]["content"]
     labels = scorer.labels[yes_no["image"]]
     assert prompt.startswith(f"<image>\nThe image shows a {labels['colour']} {labels['shape']}.\n")
+
+
+def test_own_caption_text_writes_the_caption_the_model_read_from_the_image(easy_vqa, monkeypatch):
+    # The model reads the image through its answers to the colour and shape questions; the yes/no prompt then
+    # carries that reading (a wrong one included), and "description" counts the readings that are right.
+    scorer = KindScorer(easy_vqa, 9, "own-caption-text")
+    yes_no = [q for q in scorer.questions if q["answer"] in ("yes", "no")]
+    calls: list[list[str]] = []
+
+    def ranked(model, processor, prompts, asked, chunk_size):
+        calls.append([prompt[-1]["content"] for prompt in prompts])
+        if len(calls) == 1:  # the readings: colour questions, then shape questions, image by image
+            images = [image for image, _ in asked[: len(asked) // 2]]
+            colours = ["purple" if image == yes_no[0]["image"] else scorer.labels[image]["colour"] for image in images]
+            return colours + [scorer.labels[image]["shape"] for image in images]
+        return [q["answer"] for q in scorer.questions]
+
+    monkeypatch.setattr(scorer, "ranked", ranked)
+    model = torch.nn.Linear(1, 1)
+    scores = scorer.score(model, None)
+    readings, scored = calls
+    assert readings[0].endswith(COLOUR_QUESTION) and readings[-1].endswith(SHAPE_QUESTION)
+    wrong = yes_no[0]["image"]
+    for question, prompt in zip(scorer.questions, scored):
+        if question["answer"] in ("yes", "no"):
+            labels = scorer.labels[question["image"]]
+            colour = "purple" if question["image"] == wrong else labels["colour"]
+            assert prompt.startswith(f"<image>\nThe image shows a {colour} {labels['shape']}.\n")
+        else:
+            assert prompt == f"<image>\n{question['question']}"
+    right = sum(q["image"] != wrong for q in yes_no)
+    assert scores["description"] == round(100 * right / len(yes_no), 1) < 100
+    assert scores["all"] == 100.0  # the answers given back are the true ones
 
 
 @pytest.mark.parametrize("mode, turns", [("describe-first", 2), ("caption-turn", 4)])
