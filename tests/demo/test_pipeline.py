@@ -234,3 +234,18 @@ def test_the_tower_layer_is_chosen_by_stage_one_and_inherited_by_stage_two(tmp_p
     instruct = pipeline.stage_config("instruct", "wings-instruct", {"llm": 2e-6}, "wings-align")
     assert align["model"].get("vision_feature_layer") == layer  # None: the key is left out, the tower's own layer
     assert "vision_feature_layer" not in instruct["model"]  # a stage from a model keeps that model's layer
+
+
+@pytest.mark.parametrize(
+    ("vision", "layer", "message"),
+    [
+        ("efficientnet-lite0-in1k", 30, "vision_feature_layer 30 is outside the tower's 18 hidden states"),
+        ("efficientnet-lite0-in1k", 0, "vision_feature_layer 0 is a stride-2 map; WINGS reads a map at"),
+        ("siglip-scratch-32", -4, "vision_feature_layer -4 is outside the tower's 3 hidden states: use one of -3..2"),
+    ],
+)
+def test_a_tower_layer_the_tower_lacks_is_refused_before_any_step(tmp_path, vision, layer, message):
+    out = tmp_path / "demo"
+    with pytest.raises(ValueError, match=message):
+        DemoPipeline(DemoSettings(out=out, vision=vision, vision_feature_layer=layer)).run()
+    assert not out.exists()  # not even the data step ran

@@ -38,7 +38,8 @@ from wings.demo.settings import SCRATCH_TOWER_RATE, DemoSettings, seeded_runs
 from wings.evaluation.report import write_report
 from wings.evaluation.runner import EvalSettings, evaluate_models, load_eval_model
 from wings.evaluation.tasks import retention_file
-from wings.model.vision_towers import is_scratch_preset
+from wings.model.configuration_wings import check_vision_feature_layer
+from wings.model.vision_towers import is_scratch_preset, tower_config
 from wings.threads import cpu_has_amx, matmul_gflops
 from wings.threads import set_threads as _set_threads
 from wings.training.arguments import build_config
@@ -140,6 +141,8 @@ class DemoPipeline:
 
     def run(self) -> dict[str, Any]:
         """Run every step not yet done, then write the report; returns the report's numbers."""
+        if self.settings.vision_feature_layer is not None:  # refused here, not when stage 1 builds its model
+            check_vision_feature_layer(tower_config(self.settings.vision), self.settings.vision_feature_layer)
         self.out.mkdir(parents=True, exist_ok=True)
         steps = self.steps()
         started = time.perf_counter()

@@ -72,23 +72,8 @@ class WingsConfig(PreTrainedConfig):
         if self.vision_feature_layer is None:
             is_cnn = getattr(self.vision_config, "model_type", None) == EfficientNetLiteConfig.model_type
             self.vision_feature_layer = -1 if is_cnn else -2
-        shapes = getattr(self.vision_config, "hidden_state_shapes", None)
-        if shapes is not None:  # a CNN: its hidden states differ in width and grid
-            if not -len(shapes) <= self.vision_feature_layer < len(shapes):
-                raise ValueError(
-                    f"vision_feature_layer {self.vision_feature_layer} is outside the tower's "
-                    f"{len(shapes)} hidden states."
-                )
-            if shapes[self.vision_feature_layer][1] != self.vision_config.patch_size:
-                final = [
-                    i - len(shapes) for i, (_, stride) in enumerate(shapes) if stride == self.vision_config.patch_size
-                ]
-                stride = shapes[self.vision_feature_layer][1]
-                raise ValueError(
-                    f"vision_feature_layer {self.vision_feature_layer} is a stride-{stride} "
-                    f"map; WINGS reads a map at the tower's final stride ({self.vision_config.patch_size}): one of "
-                    f"{final[0]}..-1."
-                )
+        if self.vision_config is not None:  # a text-only WINGS model has no tower to read
+            check_vision_feature_layer(self.vision_config, self.vision_feature_layer)
         # The LLM's own setting decides whether its head shares the embedding matrix.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self.validate_wings_options()
@@ -143,4 +128,22 @@ class WingsConfig(PreTrainedConfig):
         return patches
 
 
-__all__ = ["WingsConfig", "LEARNER_MODES"]
+def check_vision_feature_layer(vision_config: PreTrainedConfig, layer: int) -> None:
+    """Raise a clear error when `layer` names no hidden state of the tower WINGS can read: outside the tower's
+    hidden states (the embeddings' and one per layer or block), or (a CNN) a map at another stride than its last."""
+    shapes = getattr(vision_config, "hidden_state_shapes", None)  # a CNN: its hidden states differ in width and grid
+    count = len(shapes) if shapes is not None else vision_config.num_hidden_layers + 1
+    if not -count <= layer < count:
+        raise ValueError(
+            f"vision_feature_layer {layer} is outside the tower's {count} hidden states: "
+            f"use one of {-count}..{count - 1}."
+        )
+    if shapes is not None and shapes[layer][1] != vision_config.patch_size:
+        final = [i - len(shapes) for i, (_, stride) in enumerate(shapes) if stride == vision_config.patch_size]
+        raise ValueError(
+            f"vision_feature_layer {layer} is a stride-{shapes[layer][1]} map; WINGS reads a map at the tower's final "
+            f"stride ({vision_config.patch_size}): one of {final[0]}..-1."
+        )
+
+
+__all__ = ["WingsConfig", "LEARNER_MODES", "check_vision_feature_layer"]

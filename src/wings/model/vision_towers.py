@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipVisionConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, SiglipVisionConfig
 
 from .efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteVisionModel, convert_reference_state_dict
 from .registry import cache_dir, package_file
@@ -80,6 +80,16 @@ def is_scratch_preset(name: str | None) -> bool:
 
 def tower_names() -> list[str]:
     return sorted(VISION_PRESETS) + sorted(PRETRAINED_TOWERS)
+
+
+def tower_config(name_or_path: str) -> PretrainedConfig:
+    """The config of a preset or of a local tower folder, without its weights (to check settings before training)."""
+    if name_or_path in VISION_PRESETS:
+        return SiglipVisionConfig(**VISION_PRESETS[name_or_path])
+    if name_or_path in PRETRAINED_TOWERS:
+        return EfficientNetLiteConfig(**PRETRAINED_TOWERS[name_or_path].config)
+    config = AutoConfig.from_pretrained(name_or_path)
+    return getattr(config, "vision_config", config)  # a full CLIP/SigLIP model's folder: its vision half
 
 
 def load_vision_tower(name_or_path: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
