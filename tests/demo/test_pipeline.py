@@ -249,3 +249,18 @@ def test_a_tower_layer_the_tower_lacks_is_refused_before_any_step(tmp_path, visi
     with pytest.raises(ValueError, match=message):
         DemoPipeline(DemoSettings(out=out, vision=vision, vision_feature_layer=layer)).run()
     assert not out.exists()  # not even the data step ran
+
+
+def test_the_demo_command_takes_a_tower_layer_into_its_own_folder_and_refuses_one_the_tower_lacks(
+    tmp_path, monkeypatch, capsys
+):
+    from wings.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--vision-feature-layer", "30"]) == 1
+    assert "error: vision_feature_layer 30 is outside the tower's 18 hidden states" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    chosen = {}
+    monkeypatch.setattr(DemoPipeline, "run", lambda self: chosen.update(settings=self.settings))
+    assert main(["demo", "--quick", "--vision-feature-layer", "-5"]) == 0
+    assert chosen["settings"].vision_feature_layer == -5 and chosen["settings"].out == Path("runs/demo-quick-layer-5")

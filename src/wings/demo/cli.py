@@ -5,6 +5,7 @@
     wings demo --ablations      # also the visual learner alone (no textual learner, no router)
     wings demo --seeds 3        # every model trained with 3 seeds: mean and spread, differences beyond the spread
     wings demo --vision siglip-scratch-32   # a small SigLIP trained from scratch instead (runs/demo-siglip-scratch-32)
+    wings demo --vision-feature-layer -5    # the tower's block 13 instead of its head (runs/demo-layer-5)
 
 Every step is skipped when its output exists: run it again to resume or to re-read the report.
 """
@@ -30,6 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
         metavar="TOWER",
         help="vision tower: a preset (default efficientnet-lite0-in1k, pretrained and frozen; "
         "siglip-scratch-32 trains a small SigLIP from scratch) or a SigLIP/CLIP folder",
+    )
+    parser.add_argument(
+        "--vision-feature-layer",
+        type=int,
+        metavar="N",
+        help="the tower's hidden state the models read (default: the tower's own, the head of EfficientNet-Lite0; "
+        "docs/vision-towers.md measures each); refused before any step when the tower has no such map",
     )
     parser.add_argument(
         "--seeds",
@@ -68,6 +76,11 @@ def run_demo(args: argparse.Namespace) -> int:
         overrides["vision"] = args.vision
         if args.out is None:  # another tower's models must not be mistaken for the default run's finished steps
             overrides["out"] = Path(f"runs/demo{'-quick' if args.quick else ''}-{Path(args.vision).name}")
+    if args.vision_feature_layer is not None:
+        overrides["vision_feature_layer"] = args.vision_feature_layer
+        if args.out is None:  # as for --vision: the default run's models stay as they are
+            default = overrides.get("out", Path(f"runs/demo{'-quick' if args.quick else ''}"))
+            overrides["out"] = Path(f"{default}-layer{args.vision_feature_layer}")
     if args.out is not None:
         overrides["out"] = args.out
     if args.no_eval_cache:
