@@ -225,7 +225,13 @@ def learner_scope(args: argparse.Namespace) -> contextlib.AbstractContextManager
     if args.visual_learner_at != "answer":
         return contextlib.nullcontext()
     tokenizer = AutoTokenizer.from_pretrained(args.init_from or resolve_llm(args.llm))
-    return visual_learner_in_last_turn(tokenizer.convert_tokens_to_ids(TURN_START))
+    turn_start = tokenizer.convert_tokens_to_ids(TURN_START)
+    if turn_start is None or turn_start == tokenizer.unk_token_id:
+        raise ValueError(
+            f"--visual-learner-at answer finds the answer turn by {TURN_START}, which this LLM's tokenizer does not "
+            "have: use a model with a ChatML chat template (SmolLM2, Qwen2)"
+        )
+    return visual_learner_in_last_turn(turn_start)
 
 
 def score_only(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -211,6 +213,16 @@ def test_score_only_scores_a_saved_model_as_its_run_did_with_the_same_learner_sc
     assert main([*flags, *scope, "--out", str(tmp_path / "unused")])["scores"] == trained["scores"]
     assert not (tmp_path / "unused").exists()  # nothing trained, nothing written
     assert wiring.build_learner_inputs.__module__ == "wings.model.learner_inputs"  # the library's, after both runs
+
+
+def test_the_answer_turn_scope_needs_a_chatml_turn_token(tmp_path):
+    from tests.fixtures.tokenizers import build_tokenizer
+
+    build_tokenizer("llama3").save_pretrained(tmp_path)
+    args = argparse.Namespace(visual_learner_at="answer", init_from=tmp_path, llm=None)
+    with pytest.raises(ValueError, match="finds the answer turn by <\\|im_start\\|>, which this LLM's tokenizer"):
+        stage1.learner_scope(args)
+    assert isinstance(stage1.learner_scope(argparse.Namespace(visual_learner_at="all")), contextlib.nullcontext)
 
 
 def test_a_null_key_is_one_more_logit_of_zero_with_a_zero_value():
