@@ -43,7 +43,9 @@ class KindScorer:
     image in a turn of its own (greedy) and the yes/no question follows as the next turn, ranked as the others; with
     "caption-text", the true caption is written before a yes/no question (the image kept; a question whose image has
     no known labels is asked plainly); with "own-caption-text", the same with the model's own caption, built from
-    the answers it ranks first to the image's colour and shape questions (`COLOUR_QUESTION`, `SHAPE_QUESTION`).
+    the answers it ranks first to the image's colour and shape questions (`COLOUR_QUESTION`, `SHAPE_QUESTION`); with
+    "other-caption-text", the true caption of another image, of another colour and shape (`other_captions`): what
+    the answer follows, the words or the image.
     "description" is then the share of yes/no questions whose generated description or caption names the image's
     colour and shape right (of the questions whose image has both labels)."""
 
@@ -77,7 +79,9 @@ class KindScorer:
                 model, processor, [self.plain_prompt(question) for _, question in asked], asked, chunk_size
             )
             captions = {image: f"{colour} {shape}" for image, colour, shape in zip(images, read, read[len(images) :])}
-        if captions:
+        if self.mode == "other-caption-text":
+            captions = other_captions(self.labels)
+        elif captions:
             written = [captions[q["image"]] for q in yes_no]
         ranked_questions = [
             q for q in self.questions if not (self.mode == "describe-first" and q["answer"] in ("yes", "no"))
@@ -135,12 +139,13 @@ class KindScorer:
 
     def prompt(self, question: dict[str, Any], captions: dict[str, str]) -> list[dict[str, str]]:
         """The question alone, or a yes/no question after the model's own caption turn (caption-turn) or with a
-        caption written before it (caption-text: the true one; own-caption-text: the model's)."""
+        caption written before it (caption-text: the true one; own-caption-text: the model's; other-caption-text:
+        another image's)."""
         if question["answer"] not in ("yes", "no"):
             return self.plain_prompt(question["question"])
         if self.mode == "caption-turn":
             return caption_turn_prompt(question["question"], captions[question["image"]])
-        if self.mode == "own-caption-text":
+        if self.mode in ("own-caption-text", "other-caption-text") and question["image"] in captions:
             return [
                 {"role": "user", "content": caption_text_question(question["question"], captions[question["image"]])}
             ]
@@ -188,3 +193,16 @@ def image_labels(data: Path) -> dict[str, dict[str, str]]:
         if answer not in ("yes", "no"):
             found.setdefault(image, {})[question_kind(question, answer)] = answer
     return {image: labels for image, labels in found.items() if len(labels) == 2}
+
+
+def other_captions(labels: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Per image, the true caption of the next image (in sorted order, wrapping round) whose colour and shape both
+    differ: a caption that is wrong on both words a yes/no question may ask about."""
+    images = sorted(labels)
+    captions = {}
+    for index, image in enumerate(images):
+        for other in images[index + 1 :] + images[:index]:
+            if all(labels[other][kind] != labels[image][kind] for kind in ("colour", "shape")):
+                captions[image] = description(labels[other])
+                break
+    return captions

@@ -10,7 +10,7 @@ from typing import Any
 
 from wings.evaluation.vqa import VisualQuestion, generate_answers
 
-YES_NO_MODES = ("plain", "describe-first", "caption-turn", "caption-text", "own-caption-text")
+YES_NO_MODES = ("plain", "describe-first", "caption-turn", "caption-text", "own-caption-text", "other-caption-text")
 CAPTION_QUESTION = "what is in the image?"
 # easy-vqa's own open questions; "own-caption-text" builds the model's caption from its answers to them.
 COLOUR_QUESTION = "what color is the shape?"
@@ -34,7 +34,7 @@ def rewrite_yes_no(records: list[dict[str, Any]], labels: dict[str, dict[str, st
             seen = description(labels[record["image"]])
             if mode == "describe-first":
                 turns = [{"from": "human", "value": question}, {"from": "gpt", "value": f"{seen}. {answer}"}]
-            elif mode in ("caption-text", "own-caption-text"):  # both train on the true caption
+            elif mode in ("caption-text", "own-caption-text", "other-caption-text"):  # all train on the true one
                 turns = [{"from": "human", "value": caption_text_question(question, seen)}, record["conversations"][1]]
             else:
                 turns = [

@@ -12,7 +12,7 @@ import torch
 
 from experiments import easy_vqa_scoring as scoring
 from experiments import easy_vqa_stage1 as stage1
-from experiments.easy_vqa_scoring import KINDS, KindScorer, image_labels, question_kind
+from experiments.easy_vqa_scoring import KINDS, KindScorer, image_labels, other_captions, question_kind
 from experiments.easy_vqa_stage1 import main, parse_arguments, write_balanced_align_set
 from experiments.easy_vqa_yes_no_modes import COLOUR_QUESTION, SHAPE_QUESTION, last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
@@ -130,6 +130,18 @@ def test_own_caption_text_writes_the_caption_the_model_read_from_the_image(easy_
     right = sum(q["image"] != wrong for q in yes_no)
     assert scores["description"] == round(100 * right / len(yes_no), 1) < 100
     assert scores["all"] == 100.0  # the answers given back are the true ones
+
+
+def test_other_caption_text_writes_a_caption_wrong_on_both_colour_and_shape(easy_vqa):
+    scorer = KindScorer(easy_vqa, 9, "other-caption-text")
+    captions = other_captions(scorer.labels)
+    assert set(captions) == set(scorer.labels)  # the miniature has images of other colour and shape for each
+    for image, caption in captions.items():
+        colour, shape = caption.split()
+        assert colour != scorer.labels[image]["colour"] and shape != scorer.labels[image]["shape"]
+    yes_no = next(q for q in scorer.questions if q["answer"] in ("yes", "no"))
+    prompt = scorer.prompt(yes_no, captions)[0]["content"]
+    assert prompt.startswith(f"<image>\nThe image shows a {captions[yes_no['image']]}.\n")
 
 
 @pytest.mark.parametrize("mode, turns", [("describe-first", 2), ("caption-turn", 4)])
