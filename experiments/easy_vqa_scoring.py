@@ -27,6 +27,9 @@ from experiments.easy_vqa_yes_no_modes import (
 from wings.model.processing_wings import WingsCollator
 
 KINDS = ("yes/no", "colour", "shape")
+# yes/no accuracy on the questions whose image has known labels: the same questions in every mode (caption-text asks
+# the others plainly), so modes compare on it.
+LABELLED_YES_NO = "yes/no, images with labels"
 
 
 def question_kind(question: str, answer: str) -> str:
@@ -55,7 +58,7 @@ class KindScorer:
         lines = (data / "test_questions.jsonl").read_text().splitlines()[:limit]
         self.questions = [json.loads(line) for line in lines]
         self.mode = mode
-        self.labels = image_labels(data) if mode != "plain" else {}
+        self.labels = image_labels(data)
 
     @torch.no_grad()
     def score(self, model: Any, processor: Any, chunk_size: int = 50) -> dict[str, float]:
@@ -91,12 +94,16 @@ class KindScorer:
             model, processor, prompts, [(q["image"], q["question"]) for q in ranked_questions], chunk_size
         )
         right: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+        labelled: list[bool] = []  # yes/no questions whose image has known labels: every caption mode captions them
         for question, answer in zip(ranked_questions, chosen):
             right[question_kind(question["question"], question["answer"])].append(answer == question["answer"])
+            if question["answer"] in ("yes", "no") and question["image"] in self.labels:
+                labelled.append(answer == question["answer"])
         model.train(training)
         scores: dict[str, float] = {}
         if self.mode == "describe-first":
             right["yes/no"] = [last_word(text) == q["answer"] for q, text in zip(yes_no, written)]
+            labelled = [ok for q, ok in zip(yes_no, right["yes/no"]) if q["image"] in self.labels]
         if written:
             described = [
                 names(text, description(self.labels[q["image"]]))
@@ -105,6 +112,8 @@ class KindScorer:
             ]
             scores["description"] = round(100 * sum(described) / max(len(described), 1), 1)
         scores |= {kind: round(100 * sum(r) / len(r), 1) for kind, r in right.items() if r}
+        if labelled:
+            scores[LABELLED_YES_NO] = round(100 * sum(labelled) / len(labelled), 1)
         scores["all"] = round(100 * sum(map(sum, right.values())) / len(self.questions), 1)
         return scores
 

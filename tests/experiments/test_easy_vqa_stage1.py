@@ -12,7 +12,7 @@ import torch
 
 from experiments import easy_vqa_scoring as scoring
 from experiments import easy_vqa_stage1 as stage1
-from experiments.easy_vqa_scoring import KINDS, KindScorer, image_labels, other_captions, question_kind
+from experiments.easy_vqa_scoring import KINDS, LABELLED_YES_NO, KindScorer, image_labels, other_captions, question_kind
 from experiments.easy_vqa_stage1 import main, parse_arguments, write_balanced_align_set
 from experiments.easy_vqa_yes_no_modes import COLOUR_QUESTION, SHAPE_QUESTION, last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
@@ -129,7 +129,7 @@ def test_own_caption_text_writes_the_caption_the_model_read_from_the_image(easy_
             assert prompt == f"<image>\n{question['question']}"
     right = sum(q["image"] != wrong for q in yes_no)
     assert scores["description"] == round(100 * right / len(yes_no), 1) < 100
-    assert scores["all"] == 100.0  # the answers given back are the true ones
+    assert scores["all"] == 100.0 and scores[LABELLED_YES_NO] == 100.0  # the true answers given back
 
 
 def test_other_caption_text_writes_a_caption_wrong_on_both_colour_and_shape(easy_vqa):
@@ -168,7 +168,7 @@ def test_yes_no_modes_train_on_rewritten_questions_and_score_descriptions(
     trained = json.loads((out / "train.json").read_text())
     yes_no = [r for r in trained if r["conversations"][-1]["value"].endswith(("yes", "no"))]
     assert len(yes_no) == 6 and all(len(r["conversations"]) == turns for r in yes_no)
-    assert set(result["scores"]) == {*KINDS, "all", "description"}
+    assert set(result["scores"]) == {*KINDS, "all", "description", LABELLED_YES_NO}
     assert result["scores"]["description"] == 100.0
     if mode == "describe-first":
         assert result["scores"]["yes/no"] == 100.0
@@ -179,7 +179,7 @@ def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_v
     out = tmp_path / "stage1"
     extra = ["--eval-every", "1", "--train-file", "align.json", "--loraplus-ratio", "10"]
     result = main(tiny_stage_arguments(easy_vqa, out, tiny_llm_dir, steps=2, test_questions=9) + extra)
-    assert set(result["scores"]) == {*KINDS, "all"}
+    assert set(result["scores"]) == {*KINDS, "all", LABELLED_YES_NO}
     assert all(0 <= value <= 100 for value in result["scores"].values())
     assert [entry["step"] for entry in result["history"]] == [1]  # every step before the last; the last is final
     provenance = json.loads((out / "model" / "provenance.json").read_text())  # written by wings.training.run
@@ -215,7 +215,7 @@ def test_stage2_from_an_earlier_stage_with_changed_rates(tmp_path, easy_vqa, tin
     assert provenance["stage"] == "instruct" and provenance["status"] == "complete"
     assert provenance["learning_rates"]["textual_learners"] == 1e-3  # changed; the others are the demo's
     assert provenance["learning_rates"]["llm"] == 2e-6
-    assert set(result["scores"]) == {*KINDS, "all"}
+    assert set(result["scores"]) == {*KINDS, "all", LABELLED_YES_NO}
 
 
 def test_score_only_scores_a_saved_model_as_its_run_did_with_the_same_learner_scope(tmp_path, easy_vqa, tiny_llm_dir):
@@ -272,7 +272,7 @@ def test_null_key_runs_patch_the_learners_for_the_run_only(tmp_path, easy_vqa, t
     result = main(tiny_stage_arguments(easy_vqa, tmp_path / "null", tiny_llm_dir) + ["--null-key"])
     assert calls  # the learners attended through it, in training and scoring
     assert stage1.fused.attend is library_attend  # and the library's attention is back
-    assert set(result["scores"]) == {*KINDS, "all"}
+    assert set(result["scores"]) == {*KINDS, "all", LABELLED_YES_NO}
 
 
 def test_bf16_is_the_demos_stage1_precision(easy_vqa):
@@ -335,5 +335,5 @@ def test_yes_no_modes_score_the_models_own_generations(mode, tmp_path, easy_vqa,
     result = main(
         tiny_stage_arguments(easy_vqa, tmp_path / mode, tiny_llm_dir, test_questions=9) + ["--yes-no-mode", mode]
     )
-    assert set(result["scores"]) == {*KINDS, "all", "description"}
+    assert set(result["scores"]) == {*KINDS, "all", "description", LABELLED_YES_NO}
     assert all(0 <= value <= 100 for value in result["scores"].values())
