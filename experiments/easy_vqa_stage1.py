@@ -283,7 +283,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         'generation); after a caption turn ("what is in the image?" -> "red circle", captioned by the model when '
         'scored); with the true caption written before the question, the image still there ("caption-text"); or '
         "trained so and scored with the caption the model reads from the image (its answers to the colour and shape "
-        'questions: "own-caption-text"), or with the caption of another image ("other-caption-text")',
+        'questions: "own-caption-text"), or with the caption of another image, wrong on colour and shape '
+        '("other-caption-text"); the caption modes all train on the true caption',
     )
     parser.add_argument(
         "--template-system-prompt",
