@@ -7,8 +7,8 @@ demo's rates), or with `--init-from` a stage 2 (`instruct`) from an earlier stag
 test questions by the answer the model ranks first among easy-vqa's 13 (teacher-forced: one forward pass, no
 generation), per kind: yes/no, colour, shape.
 
-    python -m experiments.easy_vqa_stage1 --data runs/demo/data/easy-vqa --train-file align.json \\
-        --loraplus-ratio 10 --steps 200 --eval-every 100                  # the demo's stage 1
+    python -m experiments.easy_vqa_stage1 --data runs/demo/data/easy-vqa --train-file align-45-15-40.json \\
+        --loraplus-ratio 10 --bf16 --steps 350 --eval-every 350 --test-questions 1000   # the demo's stage 1
     python -m experiments.easy_vqa_stage1 --data DIR --steps 150 --eval-every 50   # on easy-vqa's own mix
     python -m experiments.easy_vqa_stage1 --data DIR --train-file align_balanced.json --loraplus-ratio 10 \
         --steps 300 --eval-every 100               # yes/no questions whose text predicts nothing
@@ -58,7 +58,7 @@ from experiments.easy_vqa_learner_positions import visual_learner_in_last_turn
 from experiments.easy_vqa_null_key import attend_with_null_key
 from experiments.easy_vqa_scoring import KINDS, KindScorer, ScoreEvery, image_labels, question_kind, training_questions
 from experiments.easy_vqa_yes_no_modes import YES_NO_MODES, rewrite_yes_no
-from wings.data.easy_vqa import write_align_set
+from wings.data.easy_vqa import align_file_name, write_align_set
 from wings.demo.settings import SCRATCH_TOWER_RATE, WINGS_RATES
 from wings.model import fused
 from wings.model.modeling_wings import WingsForConditionalGeneration
@@ -133,6 +133,17 @@ def balance_yes_no(by_text: dict[str, dict[str, list[Any]]], shuffler: random.Ra
         size = min(len(answers["yes"]), len(answers["no"]))
         chosen += shuffler.sample(answers["yes"], size) + shuffler.sample(answers["no"], size)
     return chosen
+
+
+def earlier_align_shares(data: Path) -> dict[str, float]:
+    """The demo's stage-1 mix before `ALIGN_SHARES` (the rows of docs/results/demo.md that name align.json): every
+    colour question, half the shape ones, as many yes/no; `write_align_set` with these shares writes that file."""
+    counts = {kind: 0 for kind in KINDS}
+    for _, question, answer in training_questions(data):
+        counts[question_kind(question, answer)] += 1
+    chosen = {"colour": counts["colour"], "shape": counts["shape"] // 2}
+    chosen["yes/no"] = min(chosen["colour"] + chosen["shape"], counts["yes/no"])
+    return {kind: count / sum(chosen.values()) for kind, count in chosen.items()}
 
 
 def write_balanced_align_set(data: Path, seed: int = 0, name: str = "align_balanced.json") -> dict[str, int]:
@@ -336,9 +347,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-file",
         default="train.json",
-        help="training conversations in --data: train.json (easy-vqa's mix), align.json (the "
-        "demo's stage-1 set, `write_align_set`) or align_balanced.json (the same with yes/no questions whose text "
-        "predicts nothing, `write_balanced_align_set`)",
+        help="training conversations in --data: train.json (easy-vqa's mix), align-45-15-40.json (the demo's "
+        "stage-1 set, `write_align_set`), align.json (the demo's earlier stage-1 set: every colour question, half "
+        "the shape ones, as many yes/no) or align_balanced.json (that with yes/no questions whose text predicts "
+        "nothing, `write_balanced_align_set`); each written when missing",
     )
     args = parser.parse_args(argv)
     needed = ("train.json", "test_questions.jsonl", "answers.json")
@@ -388,6 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True)
     data = solid_copy(args.data, args.out / "solid") if args.solid_images else args.data
     if args.train_file == "align.json" and not (data / "align.json").is_file():
+        write_align_set(data, seed=args.seed, name="align.json", shares=earlier_align_shares(data))
+    if args.train_file == align_file_name() and not (data / args.train_file).is_file():
         write_align_set(data, seed=args.seed)
     if args.train_file == "align_balanced.json" and not (data / "align_balanced.json").is_file():
         write_balanced_align_set(data, seed=args.seed)

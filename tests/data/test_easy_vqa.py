@@ -73,39 +73,63 @@ def test_the_real_easy_vqa_package(tmp_path):
     assert report.problems == [] and report.assistant_turns == 9673
 
 
-def test_align_set_has_every_colour_question_half_the_shapes_and_as_many_yes_no(tmp_path):
-    from wings.data.easy_vqa import _conversation, write_align_set
+def _align_records(colours: int, shapes: int, yes_no: int) -> list[dict]:
+    """One conversation per image with its questions: `colours` colour, `shapes` shape, `yes_no` yes/no."""
+    from wings.data.easy_vqa import _conversation
 
-    records = [
-        _conversation(
-            "a",
-            "images/train/0.png",
-            [
-                ("what color is the shape?", "red"),
-                ("is it blue?", "no"),
-                ("what is the red shape?", "circle"),
-                ("is it red?", "yes"),
-            ],
-        ),
-        _conversation("b", "images/train/1.png", [("what shape is in the image?", "triangle")]),
-        _conversation(
-            "c",
-            "images/train/2.png",
-            [
-                ("what is the color of the shape?", "teal"),
-                ("what shape is this?", "triangle"),
-                ("is there a square?", "no"),
-                ("does the image contain a circle?", "no"),
-            ],
-        ),
-    ]
-    (tmp_path / "train.json").write_text(json.dumps(records))
-    assert write_align_set(tmp_path, seed=0) == {"colour": 2, "shape": 1, "yes/no": 3}
-    align = read_conversations(tmp_path / "align.json")
+    colour_names = ["red", "teal", "blue", "gray"]
+    turns = (
+        [
+            (("what color is the shape?", "what is the color of the shape?")[n % 2], colour_names[n % 4])
+            for n in range(colours)
+        ]
+        + [("what shape is in the image?", ("circle", "triangle")[n % 2]) for n in range(shapes)]
+        + [(f"is there a {colour_names[n % 4]} shape?", ("yes", "no")[n % 2]) for n in range(yes_no)]
+    )
+    return [_conversation(f"c{n}", f"images/train/{n}.png", [turn]) for n, turn in enumerate(turns)]
+
+
+def test_align_set_has_every_colour_question_and_the_other_kinds_in_their_shares(tmp_path):
+    from wings.data.easy_vqa import ALIGN_SHARES, align_file_name, write_align_set
+
+    (tmp_path / "train.json").write_text(json.dumps(_align_records(colours=18, shapes=20, yes_no=30)))
+    # every colour question is 45% of the set: 40 questions, 6 of them shape (15%) and 16 yes/no (40%)
+    assert ALIGN_SHARES == {"colour": 0.45, "shape": 0.15, "yes/no": 0.40}
+    assert align_file_name() == "align-45-15-40.json"
+    assert write_align_set(tmp_path, seed=0) == {"colour": 18, "shape": 6, "yes/no": 16}
+    align = read_conversations(tmp_path / "align-45-15-40.json")
     assert all(len(c.messages) == 2 and c.messages[0].content.startswith("<image>\n") for c in align)
-    answers = sorted(c.messages[1].content for c in align)
-    assert answers.count("yes") + answers.count("no") == 3 and {"red", "teal"} <= set(answers)
-    assert len({"circle", "triangle"} & set(answers)) == 1  # half of the three shape questions, rounded down
-    first = (tmp_path / "align.json").read_text()
+    answers = [c.messages[1].content for c in align]
+    assert answers.count("yes") + answers.count("no") == 16
+    assert answers.count("circle") + answers.count("triangle") == 6
+    assert sum(answers.count(colour) for colour in ("red", "teal", "blue", "gray")) == 18
+    first = (tmp_path / "align-45-15-40.json").read_text()
     write_align_set(tmp_path, seed=0)  # a fixed seed gives the same file
-    assert (tmp_path / "align.json").read_text() == first
+    assert (tmp_path / "align-45-15-40.json").read_text() == first
+    assert write_align_set(tmp_path, seed=1) == {"colour": 18, "shape": 6, "yes/no": 16}
+    assert (tmp_path / "align-45-15-40.json").read_text() != first  # another seed draws other questions
+
+
+def test_align_set_in_other_shares_and_when_a_kind_runs_short(tmp_path):
+    from wings.data.easy_vqa import align_file_name, write_align_set
+
+    (tmp_path / "train.json").write_text(json.dumps(_align_records(colours=10, shapes=20, yes_no=6)))
+    shares = {"colour": 0.25, "shape": 0.25, "yes/no": 0.5}
+    assert align_file_name(shares) == "align-25-25-50.json"
+    # 10 colour questions are a quarter: 10 shape, and 20 yes/no wanted but only 6 exist
+    assert write_align_set(tmp_path, shares=shares) == {"colour": 10, "shape": 10, "yes/no": 6}
+    assert len(read_conversations(tmp_path / "align-25-25-50.json")) == 26
+    assert write_align_set(tmp_path, name="align.json", shares=shares)["shape"] == 10
+    assert (tmp_path / "align.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "shares",
+    [{"colour": 0.0, "shape": 0.5, "yes/no": 0.5}, {"colour": 0.5, "shape": -0.1, "yes/no": 0.6}, {"colour": 1.0}],
+)
+def test_align_set_refuses_shares_without_every_kind_or_with_no_colour(tmp_path, shares):
+    from wings.data.easy_vqa import write_align_set
+
+    (tmp_path / "train.json").write_text(json.dumps(_align_records(colours=2, shapes=2, yes_no=2)))
+    with pytest.raises(ValueError, match="stage-1 shares must give colour"):
+        write_align_set(tmp_path, shares=shares)

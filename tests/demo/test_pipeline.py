@@ -181,6 +181,29 @@ def test_a_stage_trained_with_other_settings_is_trained_again_and_what_follows_r
     assert provenance["config"]["training"]["max_steps"] == changed.instruct_steps
 
 
+def test_another_stage_one_mix_is_another_file_and_trains_stage_one_again(finished, capsys):
+    settings, _ = finished
+    changed = dataclasses.replace(settings, align_shares={"colour": 0.5, "shape": 0.25, "yes/no": 0.25})
+    result = DemoPipeline(changed).run()
+    printed = capsys.readouterr().out
+    data = Path(settings.out) / "data" / "easy-vqa"
+    assert (data / "align-50-25-25.json").is_file() and (data / "align-45-15-40.json").is_file()
+    assert "train wings-align: trained with other settings (data.datasets): training it again" in printed
+    assert not {"data", "train wings-align", "train llava-align", "train wings-instruct", "evaluate"} & set(
+        result["skipped_steps"]
+    )
+    provenance = json.loads((Path(settings.out) / "wings-align" / "provenance.json").read_text())
+    assert provenance["config"]["data"]["datasets"][0]["path"].endswith("align-50-25-25.json")
+    assert result["settings"]["align_shares"] == {"colour": 0.5, "shape": 0.25, "yes/no": 0.25}
+
+
+def test_a_stage_one_mix_without_colour_is_refused_before_any_step(tmp_path):
+    settings = DemoSettings(out=tmp_path / "demo", align_shares={"colour": 0.0, "shape": 0.5, "yes/no": 0.5})
+    with pytest.raises(ValueError, match=r"stage-1 shares must give colour \(> 0\)"):
+        DemoPipeline(settings).run()
+    assert not (tmp_path / "demo").exists()
+
+
 def test_stage_differences_name_the_settings_that_changed():
     wanted = {
         "model": {"lorra_rank": 8, "system_prompt": ""},

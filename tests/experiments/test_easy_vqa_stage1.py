@@ -13,10 +13,10 @@ import torch
 from experiments import easy_vqa_scoring as scoring
 from experiments import easy_vqa_stage1 as stage1
 from experiments.easy_vqa_scoring import KINDS, LABELLED_YES_NO, KindScorer, image_labels, other_captions, question_kind
-from experiments.easy_vqa_stage1 import main, parse_arguments, write_balanced_align_set
+from experiments.easy_vqa_stage1 import earlier_align_shares, main, parse_arguments, write_balanced_align_set
 from experiments.easy_vqa_yes_no_modes import COLOUR_QUESTION, SHAPE_QUESTION, last_word, names, rewrite_yes_no
 from tests.fixtures.easy_vqa import fake_easy_vqa, tiny_stage_arguments
-from wings.data.easy_vqa import convert_easy_vqa
+from wings.data.easy_vqa import convert_easy_vqa, write_align_set
 from wings.model import wiring
 
 
@@ -173,6 +173,16 @@ def test_yes_no_modes_train_on_rewritten_questions_and_score_descriptions(
     if mode == "describe-first":
         assert result["scores"]["yes/no"] == 100.0
     assert all(0 <= value <= 100 for value in result["scores"].values())
+
+
+def test_the_earlier_stage_one_mix_is_every_colour_question_half_the_shapes_and_as_many_yes_no(tmp_path, easy_vqa):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text((easy_vqa / "train.json").read_text())
+    shares = earlier_align_shares(data)  # the miniature: 6 colour, 6 shape and 6 yes/no questions
+    assert shares == pytest.approx({"colour": 6 / 15, "shape": 3 / 15, "yes/no": 6 / 15})
+    assert write_align_set(data, name="align.json", shares=shares) == {"colour": 6, "shape": 3, "yes/no": 6}
+    assert len(json.loads((data / "align.json").read_text())) == 15
 
 
 def test_stage1_trains_through_the_trainer_and_scores_each_kind(tmp_path, easy_vqa, tiny_llm_dir):

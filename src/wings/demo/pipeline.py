@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 
 from wings.analysis.attention_shift import analyze_model
 from wings.analysis.cli import load_processor, sample_texts, tokenize_samples
-from wings.data.easy_vqa import convert_easy_vqa, write_align_set
+from wings.data.easy_vqa import align_file_name, check_align_shares, convert_easy_vqa, write_align_set
 from wings.data.formats import read_jsonl
 from wings.demo.report import write_demo_report
 from wings.demo.settings import SCRATCH_TOWER_RATE, DemoSettings, seeded_runs
@@ -89,7 +89,7 @@ def stage_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[
     trained with now; a key only one of them has (a record of an older version) counts as different."""
     compared = {
         "model": list(wanted["model"]),
-        "data": ["max_length"],
+        "data": ["datasets", "max_length"],
         "optim": ["learning_rates", "loraplus_lr_ratio"],
         "training": ["max_steps", "per_device_train_batch_size", "seed", "bf16"],
     }
@@ -118,7 +118,7 @@ class DemoPipeline:
 
     # ------------------------------------------------------------------------------------------ steps
     def steps(self) -> list[Step]:
-        steps = [Step("data", self.data_dir / "align.json", self.convert_data)]
+        steps = [Step("data", self.data_dir / align_file_name(self.settings.align_shares), self.convert_data)]
         seen: set[str] = set()
         for run in seeded_runs(self.settings):
             for (stage, folder, rates), init in ((run.align, None), (run.instruct, run.align[1])):
@@ -143,6 +143,7 @@ class DemoPipeline:
         """Run every step not yet done, then write the report; returns the report's numbers."""
         if self.settings.vision_feature_layer is not None:  # refused here, not when stage 1 builds its model
             check_vision_feature_layer(tower_config(self.settings.vision), self.settings.vision_feature_layer)
+        check_align_shares(self.settings.align_shares)  # refused here, not after the data step
         self.out.mkdir(parents=True, exist_ok=True)
         steps = self.steps()
         started = time.perf_counter()
@@ -201,7 +202,9 @@ class DemoPipeline:
             self.data_dir, self.settings.easy_vqa_source, max_turns=self.settings.max_turns, seed=self.settings.seed
         )
         print(f"easy-vqa: {counts}")
-        print(f"stage 1 data (align.json): {write_align_set(self.data_dir, seed=self.settings.seed)}")
+        shares = self.settings.align_shares
+        counts = write_align_set(self.data_dir, seed=self.settings.seed, shares=shares)
+        print(f"stage 1 data ({align_file_name(shares)}): {counts}")
 
     # ------------------------------------------------------------------------------------------ training
     def stage_config(
@@ -212,8 +215,8 @@ class DemoPipeline:
         steps = s.align_steps if init_from is None else s.instruct_steps
         model: dict[str, Any] = {"lorra_rank": s.lorra_rank, "router_init_visual_weight": s.router_init_visual_weight}
         rates = dict(rates)
-        # Stage 1 aligns on descriptions (align.json, see write_align_set) unless told to use the full mix.
-        data_file = "align.json" if init_from is None and s.align_on_descriptions else "train.json"
+        # Stage 1 aligns on descriptions (see write_align_set) unless told to use the full mix.
+        data_file = align_file_name(s.align_shares) if init_from is None and s.align_on_descriptions else "train.json"
         training: dict[str, Any] = {}
         if init_from is None:
             training["bf16"] = self.align_bf16()

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wings.data.easy_vqa import ALIGN_SHARES
 from wings.model.registry import cache_dir
 
 # Learning rates of the demo. The authors' rates (WINGS.md) are for ~600k samples per stage; a few hundred
@@ -39,9 +40,10 @@ class DemoSettings:
     # Questions per training conversation. Measured (docs/results/demo.md): 2 per conversation scored lower than 1
     # with both towers (the pretrained one: an image's colour answer then gave its shape question away).
     max_turns: int = 1
-    # Stage 1 on what the images show (colour and shape questions) and as many yes/no questions, as the paper
-    # aligns on captions (`write_align_set`); False: on easy-vqa's own mix (three yes/no questions in four).
+    # Stage 1 mostly on what the images show (colour and shape questions), as the paper aligns on captions
+    # (`write_align_set`, in `align_shares`' mix); False: on easy-vqa's own mix (three yes/no questions in four).
     align_on_descriptions: bool = True
+    align_shares: dict[str, float] = field(default_factory=lambda: dict(ALIGN_SHARES))
     # Stage 1 trains the learners' zero-initialised B at this multiple of their rate (LoRA+): measured, colour
     # questions learn several times faster (docs/results/demo.md).
     loraplus_lr_ratio: float = 10.0
