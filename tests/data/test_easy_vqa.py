@@ -133,3 +133,15 @@ def test_align_set_refuses_shares_without_every_kind_or_with_no_colour(tmp_path,
     (tmp_path / "train.json").write_text(json.dumps(_align_records(colours=2, shapes=2, yes_no=2)))
     with pytest.raises(ValueError, match="stage-1 shares must give colour"):
         write_align_set(tmp_path, shares=shares)
+    assert not list(tmp_path.glob("align*.json"))
+
+
+def test_align_set_refuses_shares_that_do_not_sum_to_one(tmp_path):
+    from wings.data.easy_vqa import align_file_name, write_align_set
+
+    (tmp_path / "train.json").write_text(json.dumps(_align_records(colours=2, shapes=2, yes_no=2)))
+    shares = {"colour": 0.5, "shape": 0.5, "yes/no": 0.5}
+    with pytest.raises(ValueError, match="stage-1 shares must sum to 1"):
+        write_align_set(tmp_path, shares=shares)
+    with pytest.raises(ValueError, match="stage-1 shares must sum to 1"):
+        align_file_name(shares)

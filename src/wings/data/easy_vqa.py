@@ -133,12 +133,15 @@ ALIGN_SHARES = {"colour": 0.45, "shape": 0.15, "yes/no": 0.40}
 
 
 def check_align_shares(shares: dict[str, float]) -> dict[str, float]:
-    """`shares` when it gives colour a share above 0 and shape and yes/no one of at least 0; else a ValueError."""
+    """`shares` when it gives colour a share above 0, shape and yes/no one of at least 0, summing to 1; else a
+    ValueError."""
     if set(shares) != {"colour", "shape", "yes/no"} or not shares["colour"] > 0 or min(shares.values()) < 0:
         raise ValueError(
             f"stage-1 shares must give colour (> 0), shape and yes/no (>= 0) a share each, got {shares}: "
             f"for example {ALIGN_SHARES}"
         )
+    if abs(sum(shares.values()) - 1) > 1e-6:
+        raise ValueError(f"stage-1 shares must sum to 1 (they are fractions of the set), got {shares}")
     return shares
 
 
